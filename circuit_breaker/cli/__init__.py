@@ -1,0 +1,7 @@
+"""The ``circuit-breaker`` command."""
+
+
+def main() -> None:
+    from ._app import app
+
+    app()

@@ -1,0 +1,74 @@
+"""Checks that token data is a JSON object and, if the workflow has one, fits its token model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TokenDataError
+
+if TYPE_CHECKING:
+    from ._compiled import CompiledWorkflow
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def json_problem(value: Any, path: str = "data", depth: int = 0) -> str | None:
+    """A description of the first part of ``value`` that JSON cannot carry, or None."""
+    if depth > 64:
+        return f"{path} is nested too deeply"
+    if isinstance(value, _SCALARS):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{path} is {value}, which JSON cannot carry"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a non-string key {key!r}"
+            problem = json_problem(item, f"{path}.{key}", depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = json_problem(item, f"{path}[{i}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    return f"{path} is a {type(value).__name__}, which JSON cannot carry"
+
+
+def ensure_json_object(data: Any, *, workflow: str | None, what: str = "token data") -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise TokenDataError(
+            f"{what} for workflow {workflow!r} must be a JSON object, got {type(data).__name__}", workflow=workflow
+        )
+    obj: dict[str, Any] = dict(data)
+    problem = json_problem(obj)
+    if problem:
+        raise TokenDataError(f"{what} for workflow {workflow!r}: {problem}", workflow=workflow)
+    return obj
+
+
+def validate_token_data(cw: CompiledWorkflow, data: Any) -> dict[str, Any]:
+    obj = ensure_json_object(data, workflow=cw.name)
+    model = cw.token_model
+    if model is None:
+        return obj
+    from pydantic import ValidationError
+
+    try:
+        validated = model.model_validate(obj)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or None
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or '(root)'}: {e.get('msg')}" for e in err.errors()
+        )
+        raise TokenDataError(
+            f"token data for workflow {cw.name!r} fails {model.__name__}: {details}", workflow=cw.name, field=field
+        ) from err
+    return dict(validated.model_dump(mode="json"))

@@ -1,0 +1,119 @@
+"""The steps of one firing, shared by the engine and by seed-style ``wf.fire``.
+
+Order (design §3): inputs are merged, validations and guards are checked, the action runs, its result
+merges into the data, the rules judge the result, and only then are output tokens made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ActionError, TokenDataError
+from ..rules import RuleResult
+from ..token import HistoryEntry, Token
+from ._data import json_problem
+
+if TYPE_CHECKING:
+    from ._compiled import CompiledTransition, CompiledWorkflow
+
+
+def input_token(ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]]) -> Token:
+    """The token the policy and action see: the consumed token itself, or for a join (or weight > 1) a view
+    whose data merges every consumed token's data in input order (a later input wins on the same key)."""
+    if len(consumed) == 1:
+        (tokens,) = consumed.values()
+        if len(tokens) == 1:
+            return tokens[0]
+    merged: dict[str, Any] = {}
+    first: Token | None = None
+    for place in ct.input_places:
+        for tok in consumed.get(place, ()):
+            if first is None:
+                first = tok
+            merged.update(tok.data)
+    assert first is not None  # a transition has at least one input arc
+    return first.model_copy(update={"data": merged})
+
+
+def pre_check(ct: CompiledTransition, token: Token) -> RuleResult:
+    """Validations and guards: whether the transition is enabled for this data."""
+    if ct.validations:
+        res = ct.validations.evaluate(token)
+        if ct.guards:
+            res = res & ct.guards.evaluate(token)
+        return res
+    if ct.guards:
+        return ct.guards.evaluate(token)
+    return RuleResult.ok()
+
+
+def post_check(ct: CompiledTransition, token: Token) -> RuleResult:
+    return ct.rules.evaluate(token) if ct.rules else RuleResult.ok()
+
+
+def action_failure(cw: CompiledWorkflow, ct: CompiledTransition, err: BaseException, attempts: int) -> ActionError:
+    if isinstance(err, ActionError):
+        return err
+    retryable = getattr(err, "retryable", True) and not isinstance(err, TokenDataError)
+    return ActionError(
+        f"action of transition {ct.name!r} in workflow {cw.name!r} failed: {type(err).__name__}: {err}",
+        workflow=cw.name,
+        transition=ct.name,
+        attempts=attempts,
+        retryable=bool(retryable),
+    )
+
+
+async def run_action(ct: CompiledTransition, token: Token) -> Any:
+    """Run the action once. Sync actions run in a worker thread so they cannot stall the event loop."""
+    handler = ct.handler
+    assert handler is not None
+    if ct.is_async:
+        return await handler(token)  # type: ignore[misc]
+    result = await asyncio.to_thread(handler, token)
+    if asyncio.iscoroutine(result):
+        return await result
+    return result
+
+
+def merge_result(cw: CompiledWorkflow, ct: CompiledTransition, data: dict[str, Any], result: Any) -> dict[str, Any]:
+    """The data after the action: the result's top-level keys replace the data's. Raises TokenDataError."""
+    if result is None:
+        return data
+    if not isinstance(result, dict):
+        raise TokenDataError(
+            f"action of transition {ct.name!r} in workflow {cw.name!r} returned {type(result).__name__}, "
+            "expected a dict (or None)",
+            workflow=cw.name,
+        )
+    if not result:
+        return data
+    problem = json_problem(result, "result")
+    if problem:
+        raise TokenDataError(f"action of transition {ct.name!r} in workflow {cw.name!r}: {problem}", workflow=cw.name)
+    merged = {**data, **result}
+    if cw.token_model is not None:
+        merged = cw.validate_data(merged)
+    return merged
+
+
+def produce(
+    ct: CompiledTransition,
+    source: Token,
+    data: dict[str, Any],
+    entry: HistoryEntry,
+    *,
+    places: tuple[str, ...] | None = None,
+    weights: dict[str, int] | None = None,
+) -> dict[str, tuple[Token, ...]]:
+    """Output tokens per output place (or per ``places``, for a move to an error place)."""
+    out: dict[str, tuple[Token, ...]] = {}
+    if places is None:
+        for arc in ct.net.outputs:
+            out[arc.place] = tuple(source.moved(arc.place, data, entry) for _ in range(arc.weight))
+    else:
+        for place in places:
+            n = (weights or {}).get(place, 1)
+            out[place] = tuple(source.moved(place, data, entry) for _ in range(n))
+    return out

@@ -1,0 +1,682 @@
+"""The engine: starts instances, fires enabled automatic transitions, runs actions, records events.
+
+Concurrency model: everything runs on one event loop. Per instance, firings are decided by a scheduler pass
+(``_advance``); a transition with an action reserves its input tokens and runs the action in its own task, so
+parallel branches run in parallel while no token can be consumed twice. A firing is committed as one event
+(consume and produce together), appended to the store with the instance's expected sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from ..dsl import CompiledTransition, CompiledWorkflow, Workflow
+from ..dsl._firing import action_failure, input_token, merge_result, post_check, pre_check, produce, run_action
+from ..dsl._workflow import check_name
+from ..errors import (
+    ActionError,
+    ActionTimeoutError,
+    DuplicateNameError,
+    InstanceExistsError,
+    InstanceStateError,
+    TransitionNotEnabledError,
+    TransitionRejectedError,
+    UnknownInstanceError,
+    UnknownTransitionError,
+    UnknownWorkflowError,
+    WaitTimeoutError,
+)
+from ..events import (
+    ErrorInfo,
+    Event,
+    EventType,
+    InstanceCompleted,
+    InstanceStatusChanged,
+    TokenInjected,
+    TransitionFailed,
+    TransitionFired,
+    TransitionRejected,
+)
+from ..net import is_enabled, missing_tokens, select
+from ..retry import NO_RETRY
+from ..store import MemoryStore, Store
+from ..token import History, HistoryEntry, Token, new_id, utcnow
+from ._instance import Instance
+from ._lifecycle import InstanceStatus, next_status
+from ._run import Run
+
+log = logging.getLogger("circuit_breaker.engine")
+
+RUNNING = InstanceStatus.RUNNING
+WAITING = InstanceStatus.WAITING
+FAILED = InstanceStatus.FAILED
+
+
+class Engine:
+    """Runs workflows. ``Engine()`` keeps everything in memory; pass a store for durability.
+
+    Use ``async with Engine() as engine:`` so that running actions are cancelled and subscriptions end
+    cleanly on exit.
+    """
+
+    def __init__(self, store: Store | None = None, *, workflows: Iterable[Workflow] = ()) -> None:
+        self.store: Store = store if store is not None else MemoryStore()
+        self._workflows: dict[str, CompiledWorkflow] = {}
+        self._runs: dict[str, Run] = {}
+        self._subscribers: list[tuple[Callable[[Event], bool], asyncio.Queue[Event | None]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        for wf in workflows:
+            self.register(wf)
+
+    # -- lifecycle of the engine -----------------------------------------------------------------------
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def close(self) -> None:
+        """Cancel running actions (their tokens stay where they were), end subscriptions, close the store."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for _, queue in self._subscribers:
+            queue.put_nowait(None)
+        self._subscribers.clear()
+        await self.store.close()
+
+    # -- workflows -------------------------------------------------------------------------------------
+    def register(self, workflow: Workflow) -> CompiledWorkflow:
+        """Check and add a workflow; raises DefinitionError naming every problem."""
+        cw = workflow.compile()
+        known = self._workflows.get(workflow.name)
+        if known is not None and known.source is not workflow:
+            raise DuplicateNameError(
+                f"another workflow named {workflow.name!r} is already registered",
+                workflow=workflow.name,
+                name=workflow.name,
+            )
+        self._workflows[workflow.name] = cw
+        return cw
+
+    @property
+    def workflows(self) -> list[str]:
+        return list(self._workflows)
+
+    def _workflow(self, workflow: str | Workflow) -> CompiledWorkflow:
+        if isinstance(workflow, Workflow):
+            known = self._workflows.get(workflow.name)
+            if known is not None and known.source is workflow:
+                # Re-compile in case the definition changed since registration.
+                compiled: CompiledWorkflow = workflow.compile()
+                self._workflows[workflow.name] = compiled
+                return compiled
+            return self.register(workflow)
+        cw = self._workflows.get(workflow)
+        if cw is None:
+            raise UnknownWorkflowError(str(workflow), list(self._workflows))
+        return cw
+
+    def _run(self, instance_id: str) -> Run:
+        run = self._runs.get(instance_id)
+        if run is None:
+            raise UnknownInstanceError(instance_id)
+        return run
+
+    # -- public operations -----------------------------------------------------------------------------
+    async def start(
+        self,
+        workflow: str | Workflow,
+        data: Any = None,
+        *,
+        instance_id: str | None = None,
+        actor: str | None = None,
+    ) -> Instance:
+        """Start an instance with ``data`` in the initial place; returns once the instance exists."""
+        cw = self._workflow(workflow)
+        clean = cw.validate_data(data)
+        iid = check_name("instance", instance_id, cw.name) if instance_id is not None else new_id()
+        if iid in self._runs:
+            raise InstanceExistsError(iid)
+        now = utcnow()
+        entry = HistoryEntry.model_construct(
+            time=now,
+            kind="created",
+            transition=None,
+            from_places=(),
+            to_places=(cw.initial_place,),
+            actor=actor,
+            details={},
+        )
+        token = Token.model_construct(
+            id=new_id(),
+            instance_id=iid,
+            place=cw.initial_place,
+            data=clean,
+            created_at=now,
+            updated_at=now,
+            history=History().append(entry),
+        )
+        run = Run(iid, cw)
+        self._runs[iid] = run
+        event = TokenInjected.model_construct(
+            workflow=cw.name, instance_id=iid, seq=1, time=now, actor=actor, type=EventType.TOKEN_INJECTED, token=token
+        )
+        try:
+            await self._append(run, event)
+        except BaseException:
+            del self._runs[iid]
+            raise
+        self._kick(run)
+        return run.snapshot()
+
+    async def get(self, instance_id: str) -> Instance:
+        return self._run(instance_id).snapshot()
+
+    async def instances(
+        self, workflow: str | None = None, status: InstanceStatus | str | None = None
+    ) -> list[Instance]:
+        wanted = InstanceStatus(status) if status is not None else None
+        return [
+            r.snapshot()
+            for r in self._runs.values()
+            if (workflow is None or r.cw.name == workflow) and (wanted is None or r.status is wanted)
+        ]
+
+    async def wait(self, instance_id: str, timeout: float | None = None) -> Instance:
+        """Return once the instance is completed, waiting only on manual transitions, failed, paused or cancelled."""
+        run = self._run(instance_id)
+        if not run.settled.is_set():
+            try:
+                await asyncio.wait_for(run.settled.wait(), timeout)
+            except TimeoutError:
+                raise WaitTimeoutError(instance_id, timeout or 0.0, run.status.value) from None
+        return run.snapshot()
+
+    async def fire(self, instance_id: str, transition: str, actor: str | None = None) -> Instance:
+        """Fire a manual transition. Raises TransitionNotEnabledError (saying why), TransitionRejectedError
+        (listing the failing rules) or ActionError; in each case nothing moved."""
+        run = self._run(instance_id)
+        ct = run.cw.transitions.get(transition)
+        if ct is None:
+            raise UnknownTransitionError(run.cw.name, transition, list(run.cw.transitions))
+        if run.status is not RUNNING and run.status is not WAITING:
+            raise InstanceStateError(instance_id, run.status.value, f"fire {transition!r} on")
+        if not ct.is_manual:
+            raise TransitionNotEnabledError(
+                run.cw.name, transition, instance_id, ["it is automatic: the engine fires it when it is enabled"]
+            )
+        missing = missing_tokens(ct.net, run.marking, run.reserved)
+        if missing:
+            raise TransitionNotEnabledError(run.cw.name, transition, instance_id, missing)
+        consumed = select(ct.net, run.marking, run.reserved)
+        view = input_token(ct, consumed)
+        pre = pre_check(ct, view)
+        if not pre.valid:
+            raise TransitionNotEnabledError(run.cw.name, transition, instance_id, list(pre.errors))
+        if ct.handler is None:
+            post = post_check(ct, view)
+            if not post.valid:
+                await self._reject(run, ct, consumed, list(post.errors), "rules", actor)
+                raise TransitionRejectedError(run.cw.name, transition, instance_id, list(post.errors))
+            await self._commit_fire(run, ct, consumed, view, view.data, actor)
+        else:
+            run.reserve(consumed)
+            try:
+                data = await self._run_action(run, ct, view, actor, raise_on_failure=True)
+                assert data is not None
+                after = view.model_copy(update={"data": data})
+                post = post_check(ct, after)
+                if not post.valid:
+                    await self._reject(run, ct, consumed, list(post.errors), "rules", actor)
+                    raise TransitionRejectedError(run.cw.name, transition, instance_id, list(post.errors))
+                await self._commit_fire(run, ct, consumed, after, data, actor)
+            finally:
+                run.release(consumed)
+        await self._after_fire(run, ct)
+        return run.snapshot()
+
+    async def retry(self, instance_id: str, actor: str | None = None) -> Instance:
+        """Resolve the incidents of a failed instance and try again."""
+        run = self._run(instance_id)
+        await self._set_status(run, "retry", actor, reason="retried by hand")
+        run.rejected.clear()
+        self._kick(run)
+        return run.snapshot()
+
+    async def pause(self, instance_id: str, actor: str | None = None) -> Instance:
+        run = self._run(instance_id)
+        await self._set_status(run, "pause", actor)
+        return run.snapshot()
+
+    async def resume(self, instance_id: str, actor: str | None = None) -> Instance:
+        run = self._run(instance_id)
+        await self._set_status(run, "resume", actor)
+        self._kick(run)
+        return run.snapshot()
+
+    async def cancel(self, instance_id: str, actor: str | None = None, reason: str | None = None) -> Instance:
+        """Cancel: running actions are stopped and no token moves any more."""
+        run = self._run(instance_id)
+        await self._set_status(run, "cancel", actor, reason=reason)
+        for task in list(run.tasks):
+            task.cancel()
+        return run.snapshot()
+
+    def events(
+        self,
+        *,
+        workflow: str | None = None,
+        instance: str | None = None,
+        types: Iterable[EventType | str] | None = None,
+        transition: str | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[Event]:
+        """Stored events matching every filter given, oldest first; with ``follow=True``, then live ones
+        until the engine closes."""
+        wanted = frozenset(EventType(t) for t in types) if types is not None else None
+
+        def match(event: Event) -> bool:
+            return (
+                (workflow is None or event.workflow == workflow)
+                and (instance is None or event.instance_id == instance)
+                and (wanted is None or event.type in wanted)
+                and (transition is None or getattr(event, "transition", None) == transition)
+            )
+
+        return self._events(match, workflow, instance, follow)
+
+    async def _events(
+        self, match: Callable[[Event], bool], workflow: str | None, instance: str | None, follow: bool
+    ) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Event | None] | None = None
+        if follow and not self._closed:
+            queue = asyncio.Queue()
+            self._subscribers.append((match, queue))
+        seen: dict[str, int] = {}
+        try:
+            async for event in self.store.replay(workflow=workflow, instance_id=instance):
+                seen[event.instance_id] = event.seq
+                if match(event):
+                    yield event
+            if queue is None:
+                return
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if item.seq <= seen.get(item.instance_id, 0):
+                    continue  # already replayed
+                yield item
+        finally:
+            if queue is not None:
+                self._subscribers[:] = [s for s in self._subscribers if s[1] is not queue]
+
+    # -- committing events -----------------------------------------------------------------------------
+    async def _append(self, run: Run, event: Event, consumed: dict[str, tuple[Token, ...]] | None = None) -> None:
+        """Persist, then apply: a state change is visible only once the store has it."""
+        await self.store.append(event, event.seq - 1)
+        run.apply(event, consumed)
+        for match, queue in self._subscribers:
+            if match(event):
+                queue.put_nowait(event)
+
+    async def _commit_fire(
+        self,
+        run: Run,
+        ct: CompiledTransition,
+        consumed: dict[str, tuple[Token, ...]],
+        view: Token,
+        data: dict[str, Any],
+        actor: str | None,
+    ) -> None:
+        async with run.lock:
+            now = utcnow()
+            entry = HistoryEntry.model_construct(
+                time=now,
+                kind="fired",
+                transition=ct.name,
+                from_places=ct.input_places,
+                to_places=ct.output_places,
+                actor=actor,
+                details={},
+            )
+            produced = produce(ct, view, data, entry)
+            event = TransitionFired.model_construct(
+                workflow=run.cw.name,
+                instance_id=run.id,
+                seq=run.seq + 1,
+                time=now,
+                actor=actor,
+                type=EventType.TRANSITION_FIRED,
+                transition=ct.name,
+                consumed=[t.id for ts in consumed.values() for t in ts],
+                produced=[t for ts in produced.values() for t in ts],
+            )
+            await self._append(run, event, consumed)
+
+    async def _reject(
+        self,
+        run: Run,
+        ct: CompiledTransition,
+        consumed: dict[str, tuple[Token, ...]],
+        errors: list[str],
+        stage: str,
+        actor: str | None,
+    ) -> None:
+        async with run.lock:
+            event = TransitionRejected.model_construct(
+                workflow=run.cw.name,
+                instance_id=run.id,
+                seq=run.seq + 1,
+                time=utcnow(),
+                actor=actor,
+                type=EventType.TRANSITION_REJECTED,
+                transition=ct.name,
+                tokens=[t.id for ts in consumed.values() for t in ts],
+                errors=errors,
+                stage=stage,  # type: ignore[arg-type]
+            )
+            await self._append(run, event)
+
+    async def _set_status(self, run: Run, trigger: str, actor: str | None, reason: str | None = None) -> None:
+        async with run.lock:
+            status = next_status(run.id, run.status, trigger)
+            if trigger == "complete":
+                event: Event = InstanceCompleted.model_construct(
+                    workflow=run.cw.name,
+                    instance_id=run.id,
+                    seq=run.seq + 1,
+                    time=utcnow(),
+                    actor=actor,
+                    type=EventType.INSTANCE_COMPLETED,
+                    final_places=sorted(run.marking),
+                )
+            else:
+                event = InstanceStatusChanged.model_construct(
+                    workflow=run.cw.name,
+                    instance_id=run.id,
+                    seq=run.seq + 1,
+                    time=utcnow(),
+                    actor=actor,
+                    type=EventType.INSTANCE_STATUS_CHANGED,
+                    status=status.value,
+                    previous=run.status.value,
+                    reason=reason,
+                    details={},
+                )
+            await self._append(run, event)
+        run.update_settled()
+
+    # -- scheduling --------------------------------------------------------------------------------------
+    def _kick(self, run: Run) -> None:
+        """Make sure a scheduler pass runs for ``run`` soon (at most one at a time per instance)."""
+        if run.advancing:
+            run.dirty = True
+            return
+        run.advancing = True
+        run.settled.clear()
+        self._spawn(run, self._advance(run))
+
+    def _spawn(self, run: Run, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        run.tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            run.tasks.discard(t)
+
+        task.add_done_callback(done)
+        return task
+
+    async def _after_fire(self, run: Run, ct: CompiledTransition) -> None:
+        """After a manual firing: go on automatically if it can enable something, else settle."""
+        if ct.feeds_auto or run.status is RUNNING:
+            if run.status is WAITING:
+                await self._set_status(run, "proceed", None, reason=f"{ct.name} fired")
+            self._kick(run)
+        else:
+            await self._settle(run)
+
+    async def _advance(self, run: Run) -> None:
+        try:
+            while not self._closed:
+                run.dirty = False
+                progressed = await self._step(run) if run.status is RUNNING else False
+                if progressed or run.dirty:
+                    continue
+                await self._settle(run)
+                if not run.dirty:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            # A bug or a store failure must not leave waiters hanging or stop other instances.
+            log.exception("scheduler pass failed for instance %s of workflow %s", run.id, run.cw.name)
+            await self._fail_internal(run, err)
+        finally:
+            run.advancing = False
+            run.update_settled()
+
+    async def _fail_internal(self, run: Run, err: BaseException) -> None:
+        try:
+            if run.status in (RUNNING, WAITING):
+                await self._set_status(run, "fail", None, reason=f"internal error: {type(err).__name__}: {err}")
+        except Exception:
+            log.exception("could not record the failure of instance %s", run.id)
+
+    async def _settle(self, run: Run) -> None:
+        """No automatic firing is possible now: completed when every token rests in a final place, else waiting."""
+        if run.inflight:
+            return
+        if run.status is RUNNING or run.status is WAITING:
+            if run.all_final():
+                await self._set_status(run, "complete", None)
+            elif run.status is RUNNING:
+                await self._set_status(run, "wait", None)
+        run.update_settled()
+
+    async def _step(self, run: Run) -> bool:
+        """One scheduler pass over the automatic transitions that the marking could enable, in declaration order.
+
+        Returns True when a firing was committed (the marking changed, so look again).
+        """
+        cw = run.cw
+        marking = run.marking
+        candidates: list[CompiledTransition] = []
+        for place in marking:
+            for ct in cw.auto_by_place.get(place, ()):
+                if ct not in candidates:
+                    candidates.append(ct)
+        if len(candidates) > 1:
+            order = cw.ordered
+            candidates.sort(key=order.index)
+        for ct in candidates:
+            if run.status is not RUNNING:
+                return False
+            if not is_enabled(ct.net, run.marking, run.reserved):
+                continue
+            consumed = select(ct.net, run.marking, run.reserved)
+            key = (ct.name, tuple(t.id for ts in consumed.values() for t in ts))
+            if key in run.rejected:
+                continue
+            view = input_token(ct, consumed)
+            pre = pre_check(ct, view)
+            if not pre.valid:
+                await self._reject(run, ct, consumed, list(pre.errors), "validations", None)
+                continue
+            if ct.handler is None:
+                post = post_check(ct, view)
+                if not post.valid:
+                    await self._reject(run, ct, consumed, list(post.errors), "rules", None)
+                    continue
+                await self._commit_fire(run, ct, consumed, view, view.data, None)
+                return True
+            run.reserve(consumed)
+            run.inflight += 1
+            self._spawn(run, self._fire_with_action(run, ct, consumed, view))
+        return False
+
+    async def _fire_with_action(
+        self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token
+    ) -> None:
+        try:
+            data = await self._run_action(run, ct, view, None, raise_on_failure=False, consumed=consumed)
+            if data is None:
+                return  # an incident was recorded
+            after = view.model_copy(update={"data": data})
+            post = post_check(ct, after)
+            if post.valid:
+                await self._commit_fire(run, ct, consumed, after, data, None)
+            else:
+                await self._reject(run, ct, consumed, list(post.errors), "rules", None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.exception("firing %s failed for instance %s", ct.name, run.id)
+            await self._fail_internal(run, err)
+        finally:
+            run.release(consumed)
+            run.inflight -= 1
+            if not self._closed:
+                self._kick(run)
+
+    async def _run_action(
+        self,
+        run: Run,
+        ct: CompiledTransition,
+        view: Token,
+        actor: str | None,
+        *,
+        raise_on_failure: bool,
+        consumed: dict[str, tuple[Token, ...]] | None = None,
+    ) -> dict[str, Any] | None:
+        """Run the action with retries and timeout. Returns the merged data, or None after an incident
+        (auto firing), or raises ActionError (manual firing)."""
+        cw = run.cw
+        policy = ct.retry or NO_RETRY
+        attempt = 0
+        token_ids = [view.id] if consumed is None else [t.id for ts in consumed.values() for t in ts]
+        while True:
+            attempt += 1
+            try:
+                # The action gets its own copy of the data, so mutating it in place cannot corrupt a token.
+                arg = view.model_copy(update={"data": dict(view.data)})
+                if ct.timeout is not None:
+                    result = await asyncio.wait_for(run_action(ct, arg), ct.timeout)
+                else:
+                    result = await run_action(ct, arg)
+                return merge_result(cw, ct, view.data, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if isinstance(err, TimeoutError):
+                    failure: ActionError = ActionTimeoutError(
+                        f"action of transition {ct.name!r} in workflow {cw.name!r} timed out after {ct.timeout:g}s",
+                        workflow=cw.name,
+                        transition=ct.name,
+                        attempts=attempt,
+                    )
+                else:
+                    failure = action_failure(cw, ct, err, attempt)
+                failure.instance_id = run.id
+                failure.attempts = attempt
+                info = ErrorInfo(kind=type(err).__name__, message=str(err) or str(failure), retryable=failure.retryable)
+                will_retry = failure.retryable and attempt < policy.max_attempts and run.status in (RUNNING, WAITING)
+                if will_retry:
+                    await self._record_failure(run, ct, token_ids, attempt, info, actor, will_retry=True)
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
+                if raise_on_failure:
+                    await self._record_failure(run, ct, token_ids, attempt, info, actor, will_retry=False)
+                    raise failure from err
+                await self._incident(run, ct, consumed or {}, view, token_ids, attempt, info)
+                return None
+
+    async def _record_failure(
+        self,
+        run: Run,
+        ct: CompiledTransition,
+        token_ids: list[str],
+        attempt: int,
+        info: ErrorInfo,
+        actor: str | None,
+        *,
+        will_retry: bool,
+    ) -> None:
+        async with run.lock:
+            event = TransitionFailed.model_construct(
+                workflow=run.cw.name,
+                instance_id=run.id,
+                seq=run.seq + 1,
+                time=utcnow(),
+                actor=actor,
+                type=EventType.TRANSITION_FAILED,
+                transition=ct.name,
+                tokens=token_ids,
+                attempt=attempt,
+                error=info,
+                will_retry=will_retry,
+                incident=None,
+                consumed=[],
+                produced=[],
+            )
+            await self._append(run, event)
+
+    async def _incident(
+        self,
+        run: Run,
+        ct: CompiledTransition,
+        consumed: dict[str, tuple[Token, ...]],
+        view: Token,
+        token_ids: list[str],
+        attempt: int,
+        info: ErrorInfo,
+    ) -> None:
+        """Retries ran out: record an incident (moving the tokens to the error place, if there is one) and fail."""
+        async with run.lock:
+            now = utcnow()
+            produced: list[Token] = []
+            if ct.error_place is not None:
+                entry = HistoryEntry.model_construct(
+                    time=now,
+                    kind="failed",
+                    transition=ct.name,
+                    from_places=ct.input_places,
+                    to_places=(ct.error_place,),
+                    actor=None,
+                    details={"error": info.model_dump()},
+                )
+                moved = produce(ct, view, {**view.data, "_error": info.model_dump()}, entry, places=(ct.error_place,))
+                produced = [t for ts in moved.values() for t in ts]
+            event = TransitionFailed.model_construct(
+                workflow=run.cw.name,
+                instance_id=run.id,
+                seq=run.seq + 1,
+                time=now,
+                actor=None,
+                type=EventType.TRANSITION_FAILED,
+                transition=ct.name,
+                tokens=token_ids,
+                attempt=attempt,
+                error=info,
+                will_retry=False,
+                incident=new_id(),
+                consumed=token_ids if produced else [],
+                produced=produced,
+            )
+            await self._append(run, event)
+        if run.status in (RUNNING, WAITING):
+            await self._set_status(run, "fail", None, reason=f"{ct.name}: {info.message}")

@@ -1,0 +1,84 @@
+"""What callers see of an instance: an immutable snapshot taken when they asked."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..events import ErrorInfo
+from ..token import History, Token
+from ._lifecycle import InstanceStatus
+
+
+class Incident(BaseModel):
+    """An action whose retries ran out. The instance is failed until someone retries or cancels it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    transition: str
+    tokens: list[str]
+    error: ErrorInfo
+    attempts: int
+    time: datetime
+    error_place: str | None = None
+    resolved: bool = False
+
+
+class Instance(BaseModel):
+    """One run of a workflow, as it was when this snapshot was taken."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    id: str
+    workflow: str
+    status: InstanceStatus
+    tokens: list[Token]
+    version: int = Field(description="sequence number of the last event applied")
+    created_at: datetime
+    updated_at: datetime
+    incidents: list[Incident] = Field(default_factory=list)
+    history: History = Field(default_factory=History, description="the instance's audit trail, oldest first")
+    enabled_manual: list[str] = Field(default_factory=list, description="manual transitions that could fire now")
+
+    def tokens_in(self, place: str) -> list[Token]:
+        return [t for t in self.tokens if t.place == place]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.tokens:
+            out[t.place or ""] = out.get(t.place or "", 0) + 1
+        return out
+
+    @property
+    def places(self) -> list[str]:
+        return list(dict.fromkeys(t.place or "" for t in self.tokens))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The data of the instance's tokens merged (oldest first); for a single token, its data."""
+        if len(self.tokens) == 1:
+            return self.tokens[0].data
+        merged: dict[str, Any] = {}
+        for t in self.tokens:
+            merged.update(t.data)
+        return merged
+
+    @property
+    def open_incidents(self) -> list[Incident]:
+        return [i for i in self.incidents if not i.resolved]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON form the CLI prints: instance, status, tokens and history."""
+        return {
+            "instance": self.id,
+            "workflow": self.workflow,
+            "status": self.status.value,
+            "tokens": [{"id": t.id, "place": t.place, "data": t.data} for t in self.tokens],
+            "incidents": [i.model_dump(mode="json") for i in self.incidents],
+            "enabled_manual": list(self.enabled_manual),
+            "history": self.history.to_records(),
+        }

@@ -1,0 +1,208 @@
+"""The engine's live state of one instance, and the fold that applies an event to it.
+
+The same ``apply`` serves live firing and replay from a store, so a rebuilt instance equals the live one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from ..dsl import CompiledWorkflow
+from ..events import (
+    Event,
+    InstanceCompleted,
+    InstanceStatusChanged,
+    TokenInjected,
+    TransitionFailed,
+    TransitionFired,
+    TransitionRejected,
+)
+from ..net import Marking, fire, missing_tokens
+from ..token import History, HistoryEntry, Token
+from ._instance import Incident, Instance
+from ._lifecycle import SETTLED, InstanceStatus
+
+_EMPTY: frozenset[Token] = frozenset()
+
+
+class Run:
+    """Mutable runtime state of an instance. Only the engine touches it, on the event loop."""
+
+    __slots__ = (
+        "advancing",
+        "created_at",
+        "cw",
+        "dirty",
+        "history",
+        "id",
+        "incidents",
+        "inflight",
+        "lock",
+        "marking",
+        "rejected",
+        "reserved",
+        "seq",
+        "settled",
+        "status",
+        "tasks",
+        "updated_at",
+    )
+
+    def __init__(self, instance_id: str, cw: CompiledWorkflow) -> None:
+        self.id = instance_id
+        self.cw = cw
+        self.marking: Marking[Token] = Marking()
+        self.status = InstanceStatus.RUNNING
+        self.seq = 0
+        self.reserved: frozenset[Token] = _EMPTY  # tokens an action in flight will consume
+        self.rejected: set[tuple[str, tuple[str, ...]]] = set()  # (transition, token ids) a policy refused
+        self.incidents: list[Incident] = []
+        self.history = History()
+        self.created_at: datetime | None = None
+        self.updated_at: datetime | None = None
+        self.inflight = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.settled = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self.advancing = False
+        self.dirty = False
+
+    # -- reservations ------------------------------------------------------------------------------------
+    def reserve(self, consumed: Mapping[str, tuple[Token, ...]]) -> None:
+        self.reserved = self.reserved.union(t for ts in consumed.values() for t in ts)
+
+    def release(self, consumed: Mapping[str, tuple[Token, ...]]) -> None:
+        if self.reserved:
+            self.reserved = self.reserved.difference(t for ts in consumed.values() for t in ts)
+
+    # -- the fold ----------------------------------------------------------------------------------------
+    def apply(self, event: Event, consumed: Mapping[str, tuple[Token, ...]] | None = None) -> None:
+        """Apply one event. ``consumed`` is a hint from the live path (tokens by place) that saves a lookup."""
+        if isinstance(event, TransitionFired):
+            ct = self.cw.transitions.get(event.transition)
+            produced: dict[str, tuple[Token, ...]] = {}
+            for tok in event.produced:
+                produced[tok.place or ""] = produced.get(tok.place or "", ()) + (tok,)
+            if consumed is not None and ct is not None:
+                self.marking = fire(ct.net, self.marking, consumed, produced)
+            else:
+                self.marking = self._move(event.consumed, produced)
+            from_places = ct.input_places if ct is not None else ()
+            self._record(event, "fired", event.transition, from_places, tuple(produced))
+        elif isinstance(event, TokenInjected):
+            tok = event.token
+            self.marking = self.marking.add(tok.place or self.cw.initial_place, tok)
+            self.created_at = event.time
+            self._record(event, "created", None, (), (tok.place or "",), {"token": tok.id})
+        elif isinstance(event, TransitionRejected):
+            self.rejected.add((event.transition, tuple(event.tokens)))
+            self._record(event, "rejected", event.transition, (), (), {"errors": event.errors, "stage": event.stage})
+        elif isinstance(event, TransitionFailed):
+            details: dict[str, Any] = {"attempt": event.attempt, "error": event.error.model_dump()}
+            if event.incident is not None:
+                to_places: tuple[str, ...] = ()
+                if event.consumed:
+                    moved: dict[str, tuple[Token, ...]] = {}
+                    for tok in event.produced:
+                        moved[tok.place or ""] = moved.get(tok.place or "", ()) + (tok,)
+                    self.marking = self._move(event.consumed, moved)
+                    to_places = tuple(moved)
+                self.incidents.append(
+                    Incident(
+                        id=event.incident,
+                        transition=event.transition,
+                        tokens=event.tokens,
+                        error=event.error,
+                        attempts=event.attempt,
+                        time=event.time,
+                        error_place=to_places[0] if to_places else None,
+                    )
+                )
+                details["incident"] = event.incident
+                self._record(event, "failed", event.transition, (), to_places, details)
+            else:
+                details["will_retry"] = event.will_retry
+                self._record(event, "failed", event.transition, (), (), details)
+        elif isinstance(event, InstanceCompleted):
+            self.status = InstanceStatus.COMPLETED
+            self._record(event, "completed", None, (), (), {"final_places": event.final_places})
+        elif isinstance(event, InstanceStatusChanged):
+            status = InstanceStatus(event.status)
+            if status is InstanceStatus.RUNNING and self.status is InstanceStatus.FAILED:
+                self.incidents = [i.model_copy(update={"resolved": True}) for i in self.incidents]
+            self.status = status
+            self._record(event, "status", None, (), (), {"status": event.status, "reason": event.reason})
+        self.seq = event.seq
+        self.updated_at = event.time
+
+    def _move(self, consumed_ids: list[str], produced: Mapping[str, tuple[Token, ...]]) -> Marking[Token]:
+        ids = set(consumed_ids)
+        places: dict[str, tuple[Token, ...]] = {}
+        for place, toks in self.marking.items():
+            kept = tuple(t for t in toks if t.id not in ids)
+            if kept:
+                places[place] = kept
+        for place, toks in produced.items():
+            places[place] = places.get(place, ()) + toks
+        return Marking(places)
+
+    def _record(
+        self,
+        event: Event,
+        kind: str,
+        transition: str | None,
+        from_places: tuple[str, ...],
+        to_places: tuple[str, ...],
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.history = self.history.append(
+            HistoryEntry.model_construct(
+                time=event.time,
+                kind=kind,
+                transition=transition,
+                from_places=from_places,
+                to_places=to_places,
+                actor=event.actor,
+                details=details or {},
+            )
+        )
+
+    # -- views ---------------------------------------------------------------------------------------------
+    def all_final(self) -> bool:
+        finals = self.cw.final_places
+        return all(place in finals for place in self.marking)
+
+    def enabled_manual(self) -> list[str]:
+        out = []
+        seen = set()
+        for place in self.marking:
+            for ct in self.cw.manual_by_place.get(place, ()):
+                if ct.name not in seen:
+                    seen.add(ct.name)
+                    if not missing_tokens(ct.net, self.marking, self.reserved):
+                        out.append(ct.name)
+        return out
+
+    def update_settled(self) -> None:
+        if self.status in SETTLED and not self.inflight:
+            self.settled.set()
+        else:
+            self.settled.clear()
+
+    def snapshot(self) -> Instance:
+        assert self.created_at is not None and self.updated_at is not None
+        return Instance.model_construct(
+            id=self.id,
+            workflow=self.cw.name,
+            status=self.status,
+            tokens=list(self.marking.tokens()),
+            version=self.seq,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            incidents=list(self.incidents),
+            history=self.history,
+            enabled_manual=self.enabled_manual(),
+        )

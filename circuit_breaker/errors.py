@@ -1,0 +1,222 @@
+"""The error tree: one root, specific subclasses, attributes that name the culprit.
+
+::
+
+    CircuitBreakerError
+    ├── DefinitionError                 a workflow is defined wrongly (raised when built or registered)
+    │   ├── UnknownPlaceError
+    │   ├── DuplicateNameError
+    │   ├── UnknownRuleError
+    │   └── ForeignPlaceError
+    ├── RuleDefinitionError             a rule cannot be built (bad expression, too long)
+    ├── TokenDataError                  data is not a JSON object or fails the workflow's token model
+    ├── UnknownWorkflowError
+    ├── UnknownTransitionError
+    ├── UnknownInstanceError
+    ├── TransitionNotEnabledError       firing by hand what is not enabled; says why
+    ├── TransitionRejectedError         the policy's rules failed after the action; lists every failing rule
+    ├── ActionError                     an action raised (or timed out) and no retry is left
+    │   └── ActionTimeoutError
+    ├── InstanceExistsError             start() with an instance id that is taken
+    ├── InstanceStateError              an illegal lifecycle move (resume a completed instance)
+    ├── ConcurrencyError                someone else changed the instance first (retryable)
+    ├── WaitTimeoutError                engine.wait() gave up
+    ├── WorkflowLoadError               a workflow file cannot be loaded
+    └── ExecutorConfigError             an executor's parameters are missing or of the wrong type
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class CircuitBreakerError(Exception):
+    """Root of every error circuit_breaker raises on purpose."""
+
+    retryable: bool = False
+
+
+class DefinitionError(CircuitBreakerError):
+    """A workflow definition is wrong; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, message: str, *, workflow: str | None = None, problems: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.problems = list(problems)
+
+
+class UnknownPlaceError(DefinitionError):
+    """A flow or token names a place the workflow does not have."""
+
+    def __init__(self, message: str, *, workflow: str | None = None, place: str | None = None) -> None:
+        super().__init__(message, workflow=workflow)
+        self.place = place
+
+
+class DuplicateNameError(DefinitionError):
+    """Two places, two transitions or two rules share a name."""
+
+    def __init__(self, message: str, *, workflow: str | None = None, name: str | None = None) -> None:
+        super().__init__(message, workflow=workflow)
+        self.name = name
+
+
+class UnknownRuleError(DefinitionError):
+    """A policy names a rule its workflow's rule set does not define."""
+
+    def __init__(
+        self, message: str, *, workflow: str | None = None, transition: str | None = None, rule: str | None = None
+    ) -> None:
+        super().__init__(message, workflow=workflow)
+        self.transition = transition
+        self.rule = rule
+
+
+class ForeignPlaceError(DefinitionError):
+    """A flow joins places that belong to another workflow."""
+
+    def __init__(self, message: str, *, workflow: str | None = None, place: str | None = None) -> None:
+        super().__init__(message, workflow=workflow)
+        self.place = place
+
+
+class RuleDefinitionError(CircuitBreakerError):
+    """A rule cannot be built: an expression that does not parse, is too long, or a bad helper argument."""
+
+    def __init__(self, message: str, *, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class TokenDataError(CircuitBreakerError):
+    """Token data is not a JSON object, or fails the workflow's token model."""
+
+    def __init__(self, message: str, *, workflow: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.field = field
+
+
+class UnknownWorkflowError(CircuitBreakerError):
+    def __init__(self, workflow: str, known: Sequence[str] = ()) -> None:
+        hint = f" (registered: {', '.join(sorted(known))})" if known else " (none registered)"
+        super().__init__(f"unknown workflow {workflow!r}{hint}")
+        self.workflow = workflow
+
+
+class UnknownTransitionError(CircuitBreakerError):
+    def __init__(self, workflow: str, transition: str, known: Sequence[str] = ()) -> None:
+        hint = f" (it has: {', '.join(known)})" if known else ""
+        super().__init__(f"workflow {workflow!r} has no transition {transition!r}{hint}")
+        self.workflow = workflow
+        self.transition = transition
+
+
+class UnknownInstanceError(CircuitBreakerError):
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"unknown instance {instance_id!r}")
+        self.instance_id = instance_id
+
+
+class TransitionNotEnabledError(CircuitBreakerError):
+    """Firing by hand a transition that is not enabled; ``reasons`` says why."""
+
+    def __init__(self, workflow: str, transition: str, instance_id: str, reasons: Sequence[str]) -> None:
+        why = "; ".join(reasons) or "not enabled"
+        super().__init__(f"transition {transition!r} of {workflow!r} is not enabled for instance {instance_id}: {why}")
+        self.workflow = workflow
+        self.transition = transition
+        self.instance_id = instance_id
+        self.reasons = list(reasons)
+
+
+class TransitionRejectedError(CircuitBreakerError):
+    """The policy rejected a firing; nothing moved. ``errors`` holds every failing rule's message."""
+
+    def __init__(self, workflow: str, transition: str, instance_id: str | None, errors: Sequence[str]) -> None:
+        where = f" for instance {instance_id}" if instance_id else ""
+        super().__init__(f"transition {transition!r} of {workflow!r} rejected{where}: {'; '.join(errors)}")
+        self.workflow = workflow
+        self.transition = transition
+        self.instance_id = instance_id
+        self.errors = list(errors)
+
+
+class ActionError(CircuitBreakerError):
+    """A transition's action failed and its retries ran out."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow: str | None = None,
+        transition: str | None = None,
+        instance_id: str | None = None,
+        attempts: int = 1,
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.transition = transition
+        self.instance_id = instance_id
+        self.attempts = attempts
+        self.retryable = retryable
+
+
+class ActionTimeoutError(ActionError):
+    """An action ran longer than its transition's timeout."""
+
+
+class InstanceStateError(CircuitBreakerError):
+    """An illegal lifecycle move, such as resuming a completed instance."""
+
+    def __init__(self, instance_id: str, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} instance {instance_id}: it is {status}")
+        self.instance_id = instance_id
+        self.status = status
+        self.action = action
+
+
+class InstanceExistsError(CircuitBreakerError):
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"instance {instance_id!r} already exists")
+        self.instance_id = instance_id
+
+
+class ConcurrencyError(CircuitBreakerError):
+    """The instance changed since it was read (another engine fired first)."""
+
+    retryable = True
+
+    def __init__(self, instance_id: str, expected: int, actual: int | None = None) -> None:
+        seen = f", found {actual}" if actual is not None else ""
+        super().__init__(f"instance {instance_id} changed concurrently (expected version {expected}{seen})")
+        self.instance_id = instance_id
+        self.expected = expected
+        self.actual = actual
+
+
+class WaitTimeoutError(CircuitBreakerError):
+    def __init__(self, instance_id: str, timeout: float, status: str) -> None:
+        super().__init__(f"instance {instance_id} still {status} after {timeout:g}s")
+        self.instance_id = instance_id
+        self.timeout = timeout
+        self.status = status
+
+
+class WorkflowLoadError(CircuitBreakerError):
+    """A workflow file cannot be loaded (missing, raises on import, defines no workflow)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ExecutorConfigError(CircuitBreakerError):
+    """An executor's parameters are missing or of the wrong type; names the executor and parameter."""
+
+    def __init__(self, message: str, *, executor: str | None = None, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.executor = executor
+        self.parameter = parameter

@@ -1,0 +1,118 @@
+"""Typed events: every state change of an instance is one event; the instance is the fold of its events.
+
+The JSON form (``event.model_dump(mode="json")``) is what the NATS store persists and what services in any
+language read; ``type`` tells the kinds apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .token import Token, utcnow
+
+
+class EventType(StrEnum):
+    TOKEN_INJECTED = "token_injected"
+    TRANSITION_FIRED = "transition_fired"
+    TRANSITION_REJECTED = "transition_rejected"
+    TRANSITION_FAILED = "transition_failed"
+    INSTANCE_COMPLETED = "instance_completed"
+    INSTANCE_STATUS_CHANGED = "instance_status_changed"
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    message: str
+    retryable: bool = True
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workflow: str
+    instance_id: str
+    seq: int = Field(description="the instance's version after this event; 1 for its first event")
+    time: datetime = Field(default_factory=utcnow)
+    actor: str | None = None
+
+
+class TokenInjected(_EventBase):
+    """An instance started: its first token was placed in the initial place."""
+
+    type: Literal[EventType.TOKEN_INJECTED] = EventType.TOKEN_INJECTED
+    token: Token
+
+
+class TransitionFired(_EventBase):
+    """Tokens were consumed and produced, atomically."""
+
+    type: Literal[EventType.TRANSITION_FIRED] = EventType.TRANSITION_FIRED
+    transition: str
+    consumed: list[str] = Field(description="ids of the consumed tokens")
+    produced: list[Token]
+
+
+class TransitionRejected(_EventBase):
+    """A policy said no; nothing moved."""
+
+    type: Literal[EventType.TRANSITION_REJECTED] = EventType.TRANSITION_REJECTED
+    transition: str
+    tokens: list[str]
+    errors: list[str]
+    stage: Literal["validations", "rules"] = "rules"
+
+
+class TransitionFailed(_EventBase):
+    """An action attempt failed. With ``incident`` set, retries ran out and the instance needs a person.
+
+    ``consumed``/``produced`` are filled only when the failure moved tokens to an error place.
+    """
+
+    type: Literal[EventType.TRANSITION_FAILED] = EventType.TRANSITION_FAILED
+    transition: str
+    tokens: list[str]
+    attempt: int
+    error: ErrorInfo
+    will_retry: bool = False
+    incident: str | None = None
+    consumed: list[str] = Field(default_factory=list)
+    produced: list[Token] = Field(default_factory=list)
+
+
+class InstanceCompleted(_EventBase):
+    """Every token of the instance rests in a final place."""
+
+    type: Literal[EventType.INSTANCE_COMPLETED] = EventType.INSTANCE_COMPLETED
+    final_places: list[str] = Field(default_factory=list)
+
+
+class InstanceStatusChanged(_EventBase):
+    type: Literal[EventType.INSTANCE_STATUS_CHANGED] = EventType.INSTANCE_STATUS_CHANGED
+    status: str
+    previous: str
+    reason: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+Event = Annotated[
+    TokenInjected | TransitionFired | TransitionRejected | TransitionFailed | InstanceCompleted | InstanceStatusChanged,
+    Field(discriminator="type"),
+]
+
+_ADAPTER: TypeAdapter[Event] | None = None
+
+
+def parse_event(data: bytes | str | dict[str, Any]) -> Event:
+    """An event from its JSON form (bytes, text or an already-decoded dict)."""
+    global _ADAPTER
+    if _ADAPTER is None:
+        _ADAPTER = TypeAdapter(Event)
+    if isinstance(data, dict):
+        return _ADAPTER.validate_python(data)
+    return _ADAPTER.validate_json(data)

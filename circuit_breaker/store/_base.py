@@ -1,0 +1,32 @@
+"""The store interface: an append-only event log per instance with optimistic concurrency."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from ..events import Event
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where instance events live. The engine folds them into state; a store never interprets them.
+
+    ``append`` must be atomic per instance: it succeeds only when the instance's last sequence number equals
+    ``expected_seq`` (0 for a new instance) and raises ``ConcurrencyError`` otherwise, so two engines cannot
+    both fire from the same marking.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, event: Event, expected_seq: int) -> None: ...
+
+    async def read(self, instance_id: str) -> list[Event]: ...
+
+    def replay(self, *, workflow: str | None = None, instance_id: str | None = None) -> AsyncIterator[Event]:
+        """Every stored event (optionally of one workflow or instance) in the order it was appended."""
+        ...
+
+    async def instance_ids(self, workflow: str | None = None) -> list[str]: ...
