@@ -1,0 +1,308 @@
+"""Engine semantics: forks and joins per instance, weights, choice order, manual vs automatic firing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from circuit_breaker import Engine, EventType, InstanceStatus, RuleSet, Workflow
+from circuit_breaker.errors import (
+    InstanceStateError,
+    TransitionNotEnabledError,
+    TransitionRejectedError,
+    UnknownInstanceError,
+    UnknownTransitionError,
+    UnknownWorkflowError,
+)
+
+
+def fork_join_workflow() -> Workflow:
+    wf = Workflow("fork_join")
+    start, left, right, left_done, right_done, joined = wf.states(
+        "start", "left", "right", "left_done", "right_done", "joined"
+    )
+    wf.flow(start >> (left, right), "fork")
+
+    @wf.flow(left >> left_done, "work_left")
+    async def work_left(token):
+        # Instances finish their left branch in the reverse order of their right branch.
+        await asyncio.sleep(0.01 * (5 - token.data["n"]))
+        return {"left": f"L{token.data['n']}"}
+
+    @wf.flow(right >> right_done, "work_right")
+    async def work_right(token):
+        await asyncio.sleep(0.01 * token.data["n"])
+        return {"right": f"R{token.data['n']}"}
+
+    @wf.flow((left_done, right_done) >> joined, "join")
+    def join(token):
+        return {"pair": [token.data["left"], token.data["right"]]}
+
+    return wf
+
+
+async def test_joins_combine_tokens_of_the_same_instance_only(engine: Engine) -> None:
+    wf = fork_join_workflow()
+    started = [await engine.start(wf, {"n": n}) for n in range(5)]
+    finished = [await engine.wait(i.id, timeout=5) for i in started]
+    for n, inst in enumerate(finished):
+        assert inst.status is InstanceStatus.COMPLETED
+        assert [t.place for t in inst.tokens] == ["joined"]
+        assert inst.tokens[0].data["pair"] == [f"L{n}", f"R{n}"]
+        assert inst.tokens[0].instance_id == inst.id
+
+
+async def test_parallel_branches_run_concurrently(engine: Engine) -> None:
+    wf = Workflow("parallel")
+    s, a, b, a2, b2, end = wf.states("s", "a", "b", "a2", "b2", "end")
+    wf.flow(s >> (a, b), "fork")
+    running = 0
+    peak = 0
+
+    async def slow(token):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return None
+
+    wf.flow(a >> a2, "slow_a", action=slow)
+    wf.flow(b >> b2, "slow_b", action=slow)
+    wf.flow((a2, b2) >> end, "join")
+    inst = await engine.start(wf, {})
+    done = await engine.wait(inst.id, timeout=5)
+    assert done.status is InstanceStatus.COMPLETED
+    assert peak == 2
+
+
+async def test_join_data_merges_in_input_order_later_input_wins(engine: Engine) -> None:
+    wf = Workflow("merge_order")
+    s, a, b, end = wf.states("s", "a", "b", "end")
+
+    @wf.flow(s >> (a, b), "fork")
+    def fork(token):
+        return {"k": "from-fork"}
+
+    wf.flow(a >> a, "noop_a", trigger="manual")  # keeps `a` non-final; never fired here
+
+    @wf.flow((b, a) >> end, "join")
+    def join(token):
+        return None
+
+    inst = await engine.wait((await engine.start(wf, {"x": 1})).id, timeout=5)
+    assert inst.tokens_in("end")[0].data == {"x": 1, "k": "from-fork"}
+
+
+async def test_weights_consume_and_produce_several_tokens(engine: Engine) -> None:
+    wf = Workflow("weights")
+    s, pool, pair, end = wf.states("s", "pool", "pair", "end")
+    wf.flow(s >> pool * 3, "split")
+    wf.flow(pool * 2 >> pair, "take_two")
+    wf.flow(pool >> end, "drain", trigger="manual")
+    wf.flow(pair >> end, "finish", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    # Three tokens were produced; two were consumed together, one is left behind.
+    assert inst.counts == {"pool": 1, "pair": 1}
+    assert inst.status is InstanceStatus.WAITING
+    assert sorted(inst.enabled_manual) == ["drain", "finish"]
+
+
+async def test_choice_follows_declaration_order_and_falls_through_rejections(engine: Engine) -> None:
+    rules = RuleSet()
+    rules.add("big", "n >= 100")
+    rules.add("medium", "n >= 10")
+    wf = Workflow("choice", rules=rules)
+    s, big, medium, small = wf.states("s", "big", "medium", "small")
+    wf.flow(s >> big, "to_big", rules={"all": ["big"]})
+    wf.flow(s >> medium, "to_medium", rules={"all": ["medium"]})
+    wf.flow(s >> small, "to_small")
+    results = {}
+    for n in (500, 50, 5):
+        inst = await engine.wait((await engine.start(wf, {"n": n})).id, timeout=5)
+        results[n] = inst.tokens[0].place
+    assert results == {500: "big", 50: "medium", 5: "small"}
+    # Both earlier candidates were tried and rejected for n=5, in order, with their rule messages.
+    inst5 = [i for i in await engine.instances("choice") if i.tokens[0].place == "small"][0]
+    rejected = [e async for e in engine.events(instance=inst5.id, types=[EventType.TRANSITION_REJECTED])]
+    assert [e.transition for e in rejected] == ["to_big", "to_medium"]
+    assert "n >= 100" in rejected[0].errors[0]
+
+
+async def test_action_result_is_judged_by_rules_after_the_action(engine: Engine) -> None:
+    rules = RuleSet()
+    rules.add("good", "score >= 0.5")
+    wf = Workflow("post_rules", rules=rules)
+    s, ok, fallback = wf.states("s", "ok", "fallback")
+
+    @wf.flow(s >> ok, "score", rules={"all": ["good"]})
+    def score(token):
+        return {"score": token.data["raw"] / 10}
+
+    wf.flow(s >> fallback, "fallback")
+    high = await engine.wait((await engine.start(wf, {"raw": 9})).id, timeout=5)
+    low = await engine.wait((await engine.start(wf, {"raw": 1})).id, timeout=5)
+    assert high.tokens[0].place == "ok" and high.tokens[0].data["score"] == 0.9
+    # A rejected action's result is discarded: the fallback sees the original data.
+    assert low.tokens[0].place == "fallback" and "score" not in low.tokens[0].data
+
+
+async def test_manual_transitions_wait_for_a_person(engine: Engine) -> None:
+    wf = Workflow("manual")
+    draft, review, done = wf.states("draft", "review", "done")
+    wf.flow(draft >> review, "submit")
+    wf.flow(review >> done, "approve", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {"doc": 1})).id, timeout=5)
+    assert inst.status is InstanceStatus.WAITING
+    assert inst.enabled_manual == ["approve"]
+    fired = await engine.fire(inst.id, "approve", actor="alice")
+    assert fired.status is InstanceStatus.COMPLETED
+    assert fired.tokens[0].place == "done"
+    entry = [e for e in fired.tokens[0].history if e.transition == "approve"][0]
+    assert entry.actor == "alice" and entry.from_places == ("review",) and entry.to_places == ("done",)
+
+
+async def test_firing_a_manual_transition_that_is_not_enabled_says_why(engine: Engine) -> None:
+    wf = Workflow("not_enabled")
+    a, b, c = wf.states("a", "b", "c")
+    wf.flow(a >> b, "first", trigger="manual", validations={"all": ["title"]})
+    wf.flow(b >> c, "second", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    with pytest.raises(TransitionNotEnabledError) as no_token:
+        await engine.fire(inst.id, "second")
+    assert "'b'" in str(no_token.value) and "has 0" in str(no_token.value)
+    with pytest.raises(TransitionNotEnabledError) as invalid:
+        await engine.fire(inst.id, "first")
+    assert "title is required" in str(invalid.value)
+    after = await engine.get(inst.id)
+    assert after.tokens == inst.tokens and after.version == inst.version
+
+
+async def test_firing_an_automatic_transition_by_hand_is_refused(engine: Engine) -> None:
+    wf = Workflow("auto_only")
+    a, b, c = wf.states("a", "b", "c")
+    wf.flow(a >> b, "go", guards={"all": [lambda t: t.data.get("ready", False)]})
+    wf.flow(b >> c, "end")
+    inst = await engine.wait((await engine.start(wf, {"ready": False})).id, timeout=5)
+    with pytest.raises(TransitionNotEnabledError, match="automatic"):
+        await engine.fire(inst.id, "go")
+
+
+async def test_rejected_manual_firing_leaves_everything_in_place(engine: Engine) -> None:
+    rules = RuleSet()
+    rules.add("has_approver", "approver != null")
+    rules.add("urgent", "priority in ['high', 'urgent']")
+    wf = Workflow("reject", rules=rules)
+    review, done = wf.states("review", "done")
+
+    @wf.flow(review >> done, "approve", trigger="manual", rules={"all": ["has_approver", "urgent"]})
+    def approve(token):
+        return {"approved": True}
+
+    inst = await engine.wait((await engine.start(wf, {"priority": "low", "approver": None})).id, timeout=5)
+    with pytest.raises(TransitionRejectedError) as err:
+        await engine.fire(inst.id, "approve", actor="bob")
+    # Every failing rule is reported, not just the first.
+    assert len(err.value.errors) == 2
+    assert any("has_approver" in e for e in err.value.errors) and any("urgent" in e for e in err.value.errors)
+    after = await engine.get(inst.id)
+    assert after.tokens == inst.tokens  # same ids, place and data: nothing moved
+    assert after.status is InstanceStatus.WAITING
+    kinds = [e.type async for e in engine.events(instance=inst.id)]
+    assert kinds[-1] is EventType.TRANSITION_REJECTED
+
+
+async def test_unknown_names_get_specific_errors(engine: Engine) -> None:
+    wf = Workflow("names")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "go", trigger="manual")
+    engine.register(wf)
+    with pytest.raises(UnknownWorkflowError, match="nope"):
+        await engine.start("nope", {})
+    inst = await engine.start("names", {})
+    with pytest.raises(UnknownTransitionError, match="'fly'.*go"):
+        await engine.fire(inst.id, "fly")
+    with pytest.raises(UnknownInstanceError):
+        await engine.get("missing")
+
+
+async def test_completed_instances_cannot_be_resumed_or_fired(engine: Engine) -> None:
+    wf = Workflow("lifecycle")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "go")
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    assert inst.status is InstanceStatus.COMPLETED
+    with pytest.raises(InstanceStateError, match="completed"):
+        await engine.resume(inst.id)
+    with pytest.raises(InstanceStateError):
+        await engine.pause(inst.id)
+
+
+async def test_pause_stops_automatic_firing_until_resumed(engine: Engine) -> None:
+    wf = Workflow("pausable")
+    a, b, c = wf.states("a", "b", "c")
+    gate = asyncio.Event()
+
+    @wf.flow(a >> b, "first")
+    async def first(token):
+        await gate.wait()
+        return {"first": True}
+
+    wf.flow(b >> c, "second")
+    inst = await engine.start(wf, {})
+    await asyncio.sleep(0.01)
+    paused = await engine.pause(inst.id)
+    assert paused.status is InstanceStatus.PAUSED
+    gate.set()
+    settled = await engine.wait(inst.id, timeout=5)
+    # The running action finished and was recorded, but nothing new started while paused.
+    assert settled.status is InstanceStatus.PAUSED
+    assert [t.place for t in settled.tokens] == ["b"]
+    resumed = await engine.resume(inst.id)
+    assert resumed.status is InstanceStatus.RUNNING
+    done = await engine.wait(inst.id, timeout=5)
+    assert done.status is InstanceStatus.COMPLETED and done.tokens[0].data == {"first": True}
+
+
+async def test_cancel_stops_running_actions_and_keeps_tokens(engine: Engine) -> None:
+    wf = Workflow("cancellable")
+    a, b = wf.states("a", "b")
+
+    @wf.flow(a >> b, "forever")
+    async def forever(token):
+        await asyncio.sleep(60)
+
+    inst = await engine.start(wf, {"x": 1})
+    await asyncio.sleep(0.01)
+    cancelled = await engine.cancel(inst.id, reason="no longer needed")
+    assert cancelled.status is InstanceStatus.CANCELLED
+    done = await engine.wait(inst.id, timeout=5)
+    assert [t.place for t in done.tokens] == ["a"]
+
+
+async def test_close_ends_live_subscriptions() -> None:
+    wf = Workflow("follow")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "go", trigger="manual")
+    engine = Engine()
+    seen: list[EventType] = []
+
+    async def consume() -> None:
+        async for event in engine.events(workflow="follow", follow=True):
+            seen.append(event.type)
+
+    inst = await engine.start(wf, {})
+    await engine.wait(inst.id, timeout=5)
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.01)
+    await engine.fire(inst.id, "go")
+    await asyncio.sleep(0.01)
+    await engine.close()
+    await asyncio.wait_for(task, 2)
+    assert seen == [
+        EventType.TOKEN_INJECTED,
+        EventType.INSTANCE_STATUS_CHANGED,
+        EventType.TRANSITION_FIRED,
+        EventType.INSTANCE_COMPLETED,
+    ]
