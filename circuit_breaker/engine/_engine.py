@@ -53,6 +53,7 @@ log = logging.getLogger("circuit_breaker.engine")
 RUNNING = InstanceStatus.RUNNING
 WAITING = InstanceStatus.WAITING
 FAILED = InstanceStatus.FAILED
+YIELD_EVERY = 64  # automatic firings in a row before the scheduler lets the event loop run others
 
 
 class Engine:
@@ -451,11 +452,18 @@ class Engine:
             await self._settle(run)
 
     async def _advance(self, run: Run) -> None:
+        firings = 0
         try:
             while not self._closed:
                 run.dirty = False
                 progressed = await self._step(run) if run.status is RUNNING else False
-                if progressed or run.dirty:
+                if progressed:
+                    firings += 1
+                    if firings % YIELD_EVERY == 0:
+                        # An automatic cycle must not starve other instances, timers and callers.
+                        await asyncio.sleep(0)
+                    continue
+                if run.dirty:
                     continue
                 await self._settle(run)
                 if not run.dirty:

@@ -306,3 +306,17 @@ async def test_close_ends_live_subscriptions() -> None:
         EventType.TRANSITION_FIRED,
         EventType.INSTANCE_COMPLETED,
     ]
+
+
+async def test_an_endless_automatic_cycle_does_not_starve_the_event_loop(engine: Engine) -> None:
+    wf = Workflow("spin")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "there")
+    wf.flow(b >> a, "back")
+    inst = await engine.start(wf, {})
+    # If the scheduler never yielded, this timeout could not fire and the test would hang.
+    with pytest.raises(Exception, match="still running"):
+        await engine.wait(inst.id, timeout=0.05)
+    paused = await engine.pause(inst.id)
+    assert paused.status is InstanceStatus.PAUSED
+    assert paused.version > 64
