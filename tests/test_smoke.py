@@ -1,7 +1,8 @@
-from circuit_breaker import Engine, RuleSet, Workflow
+from circuit_breaker import RuleSet, Workflow
+from circuit_breaker.testing import memory_engine, run_to_rest
 
 
-async def test_a_linear_workflow_completes(engine: Engine) -> None:
+async def test_a_linear_workflow_completes_with_the_testing_helpers() -> None:
     rules = RuleSet()
     rules.add("big", "n >= 10")
     wf = Workflow("smoke", rules=rules)
@@ -12,7 +13,11 @@ async def test_a_linear_workflow_completes(engine: Engine) -> None:
         return {"n": token.data["n"] * 10}
 
     wf.flow(b >> c, "finish", rules={"all": ["big"]})
-    inst = await engine.start(wf, {"n": 2})
-    done = await engine.wait(inst.id, timeout=5)
+    async with memory_engine(wf) as engine:
+        assert engine.workflows == ["smoke"]
+        done = await run_to_rest(engine, "smoke", {"n": 2})
+        small = await run_to_rest(engine, "smoke", {"n": 0})
     assert done.status == "completed"
     assert [(t.place, t.data) for t in done.tokens] == [("c", {"n": 20})]
+    # 0 * 10 fails the rule, so the token rests in b and the instance waits.
+    assert small.status == "waiting" and small.tokens[0].place == "b"
