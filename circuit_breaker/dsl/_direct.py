@@ -60,10 +60,17 @@ def fire(wf: Workflow, token: Token, transition: str, *, actor: str | None = Non
         raise UnknownTransitionError(wf.name, transition, list(cw.transitions))
     markings = _markings(wf)
     marking = markings.get(token.instance_id)
-    if marking is None or token not in marking.get_tokens(token.place or ""):
-        # A token the workflow has not seen yet: place it first, as the seed did.
+    if marking is None:
+        # A token of an instance the workflow has not seen yet: place it first, as the seed did.
         token = add_token(wf, token)
         marking = markings[token.instance_id]
+    elif token not in marking.get_tokens(token.place or ""):
+        raise TransitionNotEnabledError(
+            wf.name,
+            transition,
+            token.instance_id,
+            [f"token {token.id} is not in place {token.place!r} (already consumed by an earlier firing?)"],
+        )
     if token.place not in ct.input_places:
         raise TransitionNotEnabledError(
             wf.name,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from ..dsl import CompiledTransition, CompiledWorkflow, Workflow
+from ..dsl._data import ensure_json_object
 from ..dsl._firing import action_failure, input_token, merge_result, post_check, pre_check, produce, run_action
 from ..dsl._workflow import check_name
 from ..errors import (
@@ -205,9 +206,12 @@ class Engine:
                 raise WaitTimeoutError(instance_id, timeout or 0.0, run.status.value) from None
         return run.snapshot()
 
-    async def fire(self, instance_id: str, transition: str, actor: str | None = None) -> Instance:
-        """Fire a manual transition. Raises TransitionNotEnabledError (saying why), TransitionRejectedError
-        (listing the failing rules) or ActionError; in each case nothing moved."""
+    async def fire(
+        self, instance_id: str, transition: str, actor: str | None = None, *, data: dict[str, Any] | None = None
+    ) -> Instance:
+        """Fire a manual transition. ``data`` (a reviewer's verdict, a comment, corrected fields) is merged into
+        the token data before validations run. Raises TransitionNotEnabledError (saying why),
+        TransitionRejectedError (listing the failing rules) or ActionError; in each case nothing moved."""
         run = self._run(instance_id)
         ct = run.cw.transitions.get(transition)
         if ct is None:
@@ -223,6 +227,12 @@ class Engine:
             raise TransitionNotEnabledError(run.cw.name, transition, instance_id, missing)
         consumed = select(ct.net, run.marking, run.reserved)
         view = input_token(ct, consumed)
+        if data is not None:
+            extra = ensure_json_object(data, workflow=run.cw.name, what=f"data for transition {transition!r}")
+            merged = {**view.data, **extra}
+            if run.cw.token_model is not None:
+                merged = run.cw.validate_data(merged)
+            view = view.model_copy(update={"data": merged})
         pre = pre_check(ct, view)
         if not pre.valid:
             raise TransitionNotEnabledError(run.cw.name, transition, instance_id, list(pre.errors))
@@ -249,10 +259,11 @@ class Engine:
         return run.snapshot()
 
     async def retry(self, instance_id: str, actor: str | None = None) -> Instance:
-        """Resolve the incidents of a failed instance and try again."""
+        """Try again: a failed instance gets its incidents resolved; a waiting one has the automatic
+        transitions its policies refused reconsidered (after the world they depend on changed)."""
         run = self._run(instance_id)
-        await self._set_status(run, "retry", actor, reason="retried by hand")
-        run.rejected.clear()
+        trigger = "proceed" if run.status is WAITING else "retry"
+        await self._set_status(run, trigger, actor, reason="retried by hand", details={"retry": True})
         self._kick(run)
         return run.snapshot()
 
@@ -391,7 +402,14 @@ class Engine:
             )
             await self._append(run, event)
 
-    async def _set_status(self, run: Run, trigger: str, actor: str | None, reason: str | None = None) -> None:
+    async def _set_status(
+        self,
+        run: Run,
+        trigger: str,
+        actor: str | None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         async with run.lock:
             status = next_status(run.id, run.status, trigger)
             if trigger == "complete":
@@ -415,7 +433,7 @@ class Engine:
                     status=status.value,
                     previous=run.status.value,
                     reason=reason,
-                    details={},
+                    details=details or {},
                 )
             await self._append(run, event)
         run.update_settled()

@@ -133,6 +133,8 @@ class Run:
             status = InstanceStatus(event.status)
             if status is InstanceStatus.RUNNING and self.status is InstanceStatus.FAILED:
                 self.incidents = [i.model_copy(update={"resolved": True}) for i in self.incidents]
+            if event.details.get("retry"):
+                self.rejected.clear()
             self.status = status
             self._record(event, "status", None, (), (), {"status": event.status, "reason": event.reason})
         self.seq = event.seq

@@ -32,14 +32,15 @@ def compile_expression(text: str) -> Any:
         raise RuleDefinitionError(f"invalid rule expression {text!r}: {_describe(err)}") from err
 
 
-def evaluate_expression(compiled: Any, data: dict[str, Any], name: str) -> RuleResult:
+def evaluate_expression(compiled: Any, data: dict[str, Any], name: str, desc: str = "") -> RuleResult:
     """Evaluate against token data; any error inside the expression is a failure of this rule, not a crash."""
     import rule_engine
 
     try:
         if compiled.matches(data):
             return RuleResult.ok()
-        return RuleResult.fail(f"rule {name!r} failed: {compiled.text}")
+        why = f" ({desc})" if desc else ""
+        return RuleResult.fail(f"rule {name!r} failed: {compiled.text}{why}")
     except rule_engine.errors.SymbolResolutionError as err:
         return RuleResult.fail(f"rule {name!r} failed: field {err.symbol_name!r} is missing")
     except rule_engine.errors.EngineError as err:

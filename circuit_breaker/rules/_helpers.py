@@ -85,7 +85,7 @@ def matches(field: str, pattern: str, message: str | None = None) -> Rule:
             return RuleResult.fail(message or f"{field} must match {pattern!r}")
         return RuleResult.ok()
 
-    return Rule(f"matches({field})", check)
+    return Rule(f"matches({field}, {pattern!r})", check)
 
 
 def one_of(field: str, values: Iterable[Any]) -> Rule:

@@ -50,7 +50,7 @@ class Rule:
 
     def evaluate(self, token: Token) -> RuleResult:
         if self._compiled is not None:
-            return evaluate_expression(self._compiled, token.data, self.name)
+            return evaluate_expression(self._compiled, token.data, self.name, self.desc)
         check = self._check
         assert check is not None  # construction guarantees one of the two
         try:

@@ -320,3 +320,36 @@ async def test_an_endless_automatic_cycle_does_not_starve_the_event_loop(engine:
     paused = await engine.pause(inst.id)
     assert paused.status is InstanceStatus.PAUSED
     assert paused.version > 64
+
+
+async def test_a_manual_firing_can_carry_a_reviewers_data(engine: Engine) -> None:
+    rules = RuleSet()
+    rules.add("approved", "verdict == 'ok'")
+    wf = Workflow("with_data", rules=rules)
+    review, done = wf.states("review", "done")
+
+    @wf.flow(review >> done, "decide", trigger="manual", validations={"all": ["verdict"]}, rules={"all": ["approved"]})
+    def decide(token):
+        return {"closed_by": token.data["reviewer"]}
+
+    inst = await engine.wait((await engine.start(wf, {"doc": "d1"})).id, timeout=5)
+    with pytest.raises(TransitionNotEnabledError, match="verdict is required"):
+        await engine.fire(inst.id, "decide")
+    with pytest.raises(TransitionRejectedError, match="approved"):
+        await engine.fire(inst.id, "decide", data={"verdict": "no", "reviewer": "bo"})
+    assert (await engine.get(inst.id)).tokens == inst.tokens
+    done = await engine.fire(inst.id, "decide", actor="bo", data={"verdict": "ok", "reviewer": "bo"})
+    assert done.tokens[0].data == {"doc": "d1", "verdict": "ok", "reviewer": "bo", "closed_by": "bo"}
+
+
+async def test_retry_reconsiders_refused_automatic_transitions_of_a_waiting_instance(engine: Engine) -> None:
+    ready = {"value": False}
+    wf = Workflow("external_gate")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "go", guards={"all": [lambda t: ready["value"]]})
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    assert inst.status is InstanceStatus.WAITING and inst.enabled_manual == []
+    ready["value"] = True
+    await engine.retry(inst.id)
+    done = await engine.wait(inst.id, timeout=5)
+    assert done.status is InstanceStatus.COMPLETED
