@@ -42,6 +42,10 @@ class HistoryEntry(BaseModel):
     actor: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
+    def __hash__(self) -> int:
+        # details is a dict, so hash the fields that identify an entry; equal entries still hash equal.
+        return hash((self.time, self.kind, self.transition, self.from_places, self.to_places, self.actor))
+
 
 class History(Sequence[HistoryEntry]):
     """An immutable sequence of history entries with O(1) amortised append.

@@ -1,7 +1,24 @@
-"""The ``circuit-breaker`` command."""
+"""The ``circuit-breaker`` command: ``run``, ``graph`` and ``check`` a workflow file, and ``version``.
+
+typer and rich are imported only when the command runs, so ``import circuit_breaker`` stays fast.
+
+Exit codes, so that scripts and CI can tell outcomes apart:
+
+    0  ok; for ``run``: the instance completed, or waits on a manual transition
+    1  the instance failed (an incident) or is stuck (waiting, but no transition can fire);
+       ``check`` found problems
+    2  usage error: a bad option or argument, or --workflow is missing or names no workflow of the file
+    3  the workflow is defined wrongly (``check`` reports such problems instead, with exit code 1)
+    4  bad input data: --data is not a JSON object, or the workflow's token model rejects it
+    5  the workflow file cannot be loaded: missing, raises on import, or defines no Workflow
+    6  timed out waiting for the instance (--timeout)
+
+Errors are one line on stderr starting with ``error:``, never a traceback; results go to stdout.
+"""
 
 
 def main() -> None:
+    """Console-script entry point (``circuit-breaker``)."""
     from ._app import app
 
     app()

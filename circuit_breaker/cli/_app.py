@@ -1,12 +1,376 @@
-"""The typer application behind ``circuit-breaker``."""
+"""The typer application behind ``circuit-breaker``.
+
+Commands: ``run`` one instance of a workflow file, ``graph`` it as Mermaid or DOT, ``check`` its definition,
+``version``. A workflow file is a Python module defining ``Workflow`` objects; ``PATH:NAME`` or ``--workflow
+NAME`` picks one when it defines several.
+
+Exit codes: see ``circuit_breaker.cli`` (and ``ExitCode`` below); they are also shown in ``--help``.
+
+Errors are one line on stderr starting with ``error:``; results go to stdout.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
-app = typer.Typer(help="circuit_breaker: a Petri-net workflow engine.", no_args_is_help=True)
+from ..errors import (
+    CircuitBreakerError,
+    DefinitionError,
+    RuleDefinitionError,
+    TokenDataError,
+    WaitTimeoutError,
+    WorkflowLoadError,
+)
+from ._loader import WorkflowChoiceError, load_workflows, pick_workflow, split_target
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..dsl import Problem, Workflow
+    from ..engine import Instance
 
 
+class ExitCode(IntEnum):
+    """What the process exit status means (see the module docstring)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    DEFINITION = 3
+    BAD_DATA = 4
+    LOAD = 5
+    TIMEOUT = 6
+
+
+EPILOG = "\n".join(
+    [
+        "Exit codes:",
+        "  0  ok (run: the instance completed, or waits on a manual transition)",
+        "  1  the instance failed or is stuck; check found problems",
+        "  2  usage error (bad option, --workflow missing or unknown)",
+        "  3  the workflow is defined wrongly",
+        "  4  bad input data (--data, token model)",
+        "  5  the workflow file cannot be loaded",
+        "  6  timed out waiting (--timeout)",
+    ]
+)
+
+app = typer.Typer(
+    help="circuit_breaker: a Petri-net workflow engine.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    # A crash must not print local variables: they may hold token data or secrets.
+    pretty_exceptions_show_locals=False,
+)
+
+
+class GraphFormat(StrEnum):
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+class _Fail(Exception):
+    """An expected failure: its message becomes the one ``error:`` line, its code the exit status."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _die(code: ExitCode, message: str) -> typer.Exit:
+    typer.echo("error: " + " ".join(message.split()), err=True)
+    return typer.Exit(int(code))
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one ``error:`` line and a meaningful exit code, not a traceback."""
+    try:
+        yield
+    except _Fail as err:
+        raise _die(err.code, str(err)) from None
+    except WorkflowChoiceError as err:
+        raise _die(ExitCode.USAGE, str(err)) from None
+    except WorkflowLoadError as err:
+        raise _die(ExitCode.LOAD, str(err)) from None
+    except (DefinitionError, RuleDefinitionError) as err:
+        raise _die(ExitCode.DEFINITION, str(err)) from None
+    except TokenDataError as err:
+        raise _die(ExitCode.BAD_DATA, str(err)) from None
+    except WaitTimeoutError as err:
+        raise _die(ExitCode.TIMEOUT, f"{err}; raise --timeout to wait longer") from None
+    except CircuitBreakerError as err:
+        raise _die(ExitCode.FAILED, str(err)) from None
+
+
+# -- shared options ------------------------------------------------------------------------------------------
+PathArg = Annotated[
+    str,
+    typer.Argument(metavar="PATH", help="A Python file defining workflows; PATH:NAME picks one by name."),
+]
+WorkflowOpt = Annotated[
+    str | None,
+    typer.Option("--workflow", "-w", metavar="NAME", help="Which workflow of the file, when it defines several."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def _load(target: str, workflow: str | None) -> tuple[str, list[Workflow]]:
+    """The file's path as given and its workflows: the one picked by name, or all of them."""
+    path, name = split_target(target)
+    if name is not None and workflow is not None and name != workflow:
+        raise _Fail(ExitCode.USAGE, f"{target} and --workflow {workflow} name different workflows")
+    workflows = load_workflows(path)
+    name = name or workflow
+    return path, workflows if name is None else [pick_workflow(workflows, name, path)]
+
+
+def _load_one(target: str, workflow: str | None) -> Workflow:
+    path, workflows = _load(target, workflow)
+    return pick_workflow(workflows, None, path)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    names = {str: "a string", list: "an array", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _parse_data(raw: str | None) -> dict[str, Any]:
+    """``--data``: inline JSON, ``@file.json``, or ``@-`` for stdin; it must be a JSON object."""
+    if raw is None:
+        return {}
+    source, text = "--data", raw
+    if raw.startswith("@"):
+        name = raw[1:]
+        source = "--data from stdin" if name == "-" else f"--data file {name}"
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except OSError as err:
+            raise _Fail(ExitCode.BAD_DATA, f"cannot read --data file {name!r}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise _Fail(ExitCode.BAD_DATA, f"--data file {name!r} is not UTF-8 text: {err.reason}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _Fail(ExitCode.BAD_DATA, f"{source} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise _Fail(ExitCode.BAD_DATA, f"{source} must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _console(*, soft_wrap: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=soft_wrap)
+
+
+# -- run -----------------------------------------------------------------------------------------------------
+@app.command(epilog=EPILOG)
+def run(
+    target: PathArg,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", metavar="JSON", help="Token data: a JSON object, @file.json, or @- to read stdin."
+        ),
+    ] = None,
+    workflow: WorkflowOpt = None,
+    as_json: JsonOpt = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", help="Give up (exit 6) if the instance has not settled by then."),
+    ] = None,
+) -> None:
+    """Run one instance of a workflow in memory until it completes, fails or waits on a manual transition.
+
+    Prints the final tokens, status and history.
+    """
+    if timeout is not None and timeout <= 0:
+        raise typer.BadParameter("must be a positive number of seconds", param_hint="--timeout")
+    with _errors():
+        wf = _load_one(target, workflow)
+        wf.compile()
+        token_data = _parse_data(data)
+        inst = asyncio.run(_run_instance(wf, token_data, timeout, progress=not as_json))
+    if as_json:
+        _print_json(inst.summary())
+    else:
+        _show_instance(inst)
+    problem = _run_problem(inst)
+    if problem is not None:
+        raise _die(ExitCode.FAILED, problem)
+
+
+async def _run_instance(wf: Workflow, data: dict[str, Any], timeout: float | None, *, progress: bool) -> Instance:
+    from ..engine import Engine
+
+    async with Engine() as engine:
+        inst = await engine.start(wf, data, actor="cli")
+        if not progress:
+            return await engine.wait(inst.id, timeout=timeout)
+        from rich.console import Console
+
+        status = Console(stderr=True)
+        if not status.is_terminal:
+            return await engine.wait(inst.id, timeout=timeout)
+        with status.status(f"running {wf.name} (instance {inst.id})"):
+            return await engine.wait(inst.id, timeout=timeout)
+
+
+def _run_problem(inst: Instance) -> str | None:
+    """Why a settled instance is not ok (None when it completed or waits on a manual transition)."""
+    status = inst.status.value
+    if status == "completed" or (status == "waiting" and inst.enabled_manual):
+        return None
+    if status == "failed":
+        reasons = [f"{i.transition}: {i.error.kind}: {i.error.message}" for i in inst.open_incidents]
+        why = "; ".join(reasons) if reasons else "see the history"
+        return f"instance {inst.id} of {inst.workflow} failed: {why}"
+    if status == "waiting":
+        places = ", ".join(inst.places) or "none"
+        rejected = [e for e in inst.history if e.kind == "rejected"]
+        last = ""
+        if rejected:
+            errors = "; ".join(str(x) for x in rejected[-1].details.get("errors", ()))
+            last = f" (last rejection: {rejected[-1].transition}: {errors})"
+        return f"instance {inst.id} of {inst.workflow} is stuck in {places}: no transition can fire{last}"
+    return f"instance {inst.id} of {inst.workflow} ended {status}"
+
+
+def _show_instance(inst: Instance) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _console()
+    colour = {"completed": "green", "waiting": "yellow", "failed": "red"}.get(inst.status.value, "magenta")
+    head = Text.assemble((inst.workflow, "bold"), "  instance ", inst.id, "  ", (inst.status.value, f"bold {colour}"))
+    console.print(head)
+
+    tokens = Table(title="Tokens", title_justify="left")
+    tokens.add_column("place", style="cyan", no_wrap=True)
+    tokens.add_column("data")
+    for t in inst.tokens:
+        tokens.add_row(Text(t.place or ""), Text(json.dumps(t.data, ensure_ascii=False, default=str)))
+    console.print(tokens)
+
+    history = Table(title="History", title_justify="left")
+    for column in ("time", "event", "transition", "places", "details"):
+        history.add_column(column)
+    for e in inst.history:
+        moved = f"{', '.join(e.from_places)} → {', '.join(e.to_places)}" if e.from_places or e.to_places else ""
+        details = json.dumps(e.details, ensure_ascii=False, default=str) if e.details else ""
+        history.add_row(
+            e.time.strftime("%H:%M:%S.%f")[:-3], e.kind, Text(e.transition or ""), Text(moved), Text(details)
+        )
+    console.print(history)
+
+    if inst.incidents:
+        incidents = Table(title="Incidents", title_justify="left")
+        for column in ("transition", "error", "attempts", "resolved"):
+            incidents.add_column(column)
+        for i in inst.incidents:
+            error = Text(f"{i.error.kind}: {i.error.message}")
+            incidents.add_row(i.transition, error, str(i.attempts), "yes" if i.resolved else "no")
+        console.print(incidents)
+    if inst.enabled_manual:
+        console.print(Text("waiting on manual transition(s): " + ", ".join(inst.enabled_manual), style="yellow"))
+
+
+# -- graph ---------------------------------------------------------------------------------------------------
+@app.command(epilog=EPILOG)
+def graph(
+    target: PathArg,
+    workflow: WorkflowOpt = None,
+    fmt: Annotated[
+        GraphFormat, typer.Option("--format", "-f", help="Mermaid flowchart or Graphviz DOT.")
+    ] = GraphFormat.mermaid,
+) -> None:
+    """Print a workflow's diagram (places, transitions and arcs); manual transitions are marked."""
+    with _errors():
+        wf = _load_one(target, workflow)
+    sys.stdout.write(wf.to_dot() if fmt is GraphFormat.dot else wf.to_mermaid())
+
+
+# -- check ---------------------------------------------------------------------------------------------------
+@app.command(epilog=EPILOG)
+def check(target: PathArg, workflow: WorkflowOpt = None, as_json: JsonOpt = False) -> None:
+    """Report every definition problem of a workflow file; exit 1 if there is any.
+
+    Errors (unknown rules, duplicate names) and structural problems: unreachable places, dead transitions.
+
+    Every workflow of the file is checked unless one is named.
+    """
+    reports = _check_reports(target, workflow)
+    ok = not any(problems for _, _, problems in reports)
+    if as_json:
+        _print_json(
+            {
+                "path": split_target(target)[0],
+                "ok": ok,
+                "workflows": [
+                    {"workflow": name, "ok": not problems, "problems": [p.to_dict() for p in problems]}
+                    for name, _, problems in reports
+                ],
+            }
+        )
+    else:
+        from rich.text import Text
+
+        console = _console(soft_wrap=True)  # one line per problem, so grep and diff work on the report
+        for name, size, problems in reports:
+            if not problems:
+                console.print(Text.assemble(("OK", "bold green"), f"  {name}: no problems ({size})"))
+                continue
+            console.print(Text.assemble(("FAIL", "bold red"), f"  {name}: {_count(len(problems), 'problem')}"))
+            for p in problems:
+                style = "red" if p.severity == "error" else "yellow"
+                console.print(Text.assemble("  ", (f"{p.severity:<7}", style), f" {p.kind} {p.element}: {p.message}"))
+    if not ok:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+def _check_reports(target: str, workflow: str | None) -> list[tuple[str, str, list[Problem]]]:
+    """(workflow name, size, problems) for each workflow checked.
+
+    A definition error raised while the file builds its workflows (a place declared twice) stops the import,
+    so it is reported as the one problem found rather than as a load failure: it is what ``check`` is for.
+    """
+    from ..dsl import Problem
+
+    with _errors():
+        try:
+            _, workflows = _load(target, workflow)
+        except (DefinitionError, RuleDefinitionError) as err:
+            name = getattr(err, "workflow", None) or split_target(target)[0]
+            return [(name, "", [Problem("definition", name, str(err))])]
+    return [
+        (wf.name, f"{_count(len(wf.places), 'place')}, {_count(len(wf.transitions), 'transition')}", wf.problems())
+        for wf in workflows
+    ]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+# -- version -------------------------------------------------------------------------------------------------
 @app.command()
 def version() -> None:
     """Print the installed version."""

@@ -48,10 +48,13 @@ def find_problems(wf: Workflow) -> list[Problem]:
                 "unreachable_place",
                 place,
                 f"place {place!r} cannot be reached from the initial place {net.places[0]!r}",
+                "warning",
             )
         )
     for place in analysis.trap_places:
-        problems.append(Problem("no_path_to_final", place, f"no final place can be reached from place {place!r}"))
+        problems.append(
+            Problem("no_path_to_final", place, f"no final place can be reached from place {place!r}", "warning")
+        )
     for name in analysis.dead_transitions:
         t = net.transition(name)
         starved = [a.place for a in t.inputs if a.place not in analysis.reachable_places]
@@ -60,6 +63,7 @@ def find_problems(wf: Workflow) -> list[Problem]:
                 "dead_transition",
                 name,
                 f"transition {name!r} can never be enabled: input place(s) {starved} can never hold a token",
+                "warning",
             )
         )
     return problems

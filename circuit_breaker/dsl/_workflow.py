@@ -94,6 +94,13 @@ class Workflow:
                 workflow=self.name,
                 place=sorted(unknown_review)[0],
             )
+        # All or nothing: check every name before declaring any, so a typo leaves the workflow unchanged.
+        for n in names:
+            check_name("place", n, self.name)
+            if n in self._places:
+                raise DuplicateNameError(
+                    f"workflow {self.name!r}: place {n!r} is declared twice", workflow=self.name, name=n
+                )
         return [self.state(n, review=n in review) for n in names]
 
     def flow(

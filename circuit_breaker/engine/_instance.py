@@ -68,6 +68,14 @@ class Instance(BaseModel):
         return merged
 
     @property
+    def stalled(self) -> bool:
+        """Waiting, but not on a person: no manual transition can fire and the automatic ones were refused.
+
+        Fix the cause (data, an outside condition) and call ``engine.retry``, or cancel the instance.
+        """
+        return self.status is InstanceStatus.WAITING and not self.enabled_manual
+
+    @property
     def open_incidents(self) -> list[Incident]:
         return [i for i in self.incidents if not i.resolved]
 

@@ -154,7 +154,7 @@ async def test_manual_transitions_wait_for_a_person(engine: Engine) -> None:
     wf.flow(draft >> review, "submit")
     wf.flow(review >> done, "approve", trigger="manual")
     inst = await engine.wait((await engine.start(wf, {"doc": 1})).id, timeout=5)
-    assert inst.status is InstanceStatus.WAITING
+    assert inst.status is InstanceStatus.WAITING and not inst.stalled
     assert inst.enabled_manual == ["approve"]
     fired = await engine.fire(inst.id, "approve", actor="alice")
     assert fired.status is InstanceStatus.COMPLETED
@@ -349,6 +349,7 @@ async def test_retry_reconsiders_refused_automatic_transitions_of_a_waiting_inst
     wf.flow(a >> b, "go", guards={"all": [lambda t: ready["value"]]})
     inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
     assert inst.status is InstanceStatus.WAITING and inst.enabled_manual == []
+    assert inst.stalled
     ready["value"] = True
     await engine.retry(inst.id)
     done = await engine.wait(inst.id, timeout=5)
