@@ -32,7 +32,8 @@ def _markings(wf: Workflow) -> dict[str, Marking[Token]]:
     return markings
 
 
-def add_token(wf: Workflow, token: Token) -> Token:
+def _placed(wf: Workflow, token: Token) -> Token:
+    """The token as it would sit in its place (the initial place when it names none), with a history."""
     cw = wf.compile()
     place = token.place or cw.initial_place
     if place not in cw.net.places:
@@ -44,8 +45,13 @@ def add_token(wf: Workflow, token: Token) -> Token:
             time=utcnow(), kind="created", transition=None, from_places=(), to_places=(place,), actor=None, details={}
         )
         placed = placed.model_copy(update={"history": placed.history.append(entry)})
+    return placed
+
+
+def add_token(wf: Workflow, token: Token) -> Token:
+    placed = _placed(wf, token)
     markings = _markings(wf)
-    markings[placed.instance_id] = markings.get(placed.instance_id, Marking()).add(place, placed)
+    markings[placed.instance_id] = markings.get(placed.instance_id, Marking()).add(placed.place or "", placed)
     return placed
 
 
@@ -61,9 +67,10 @@ def fire(wf: Workflow, token: Token, transition: str, *, actor: str | None = Non
     markings = _markings(wf)
     marking = markings.get(token.instance_id)
     if marking is None:
-        # A token of an instance the workflow has not seen yet: place it first, as the seed did.
-        token = add_token(wf, token)
-        marking = markings[token.instance_id]
+        # A token of an instance the workflow has not seen yet: place it first, as the seed did. It is kept
+        # only if the firing succeeds.
+        token = _placed(wf, token)
+        marking = Marking().add(token.place or "", token)
     elif token not in marking.get_tokens(token.place or ""):
         raise TransitionNotEnabledError(
             wf.name,

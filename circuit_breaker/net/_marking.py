@@ -60,7 +60,7 @@ class Marking(Mapping[str, tuple[T, ...]], Generic[T]):
         return Marking._of(places)
 
     def remove(self, place: str, *tokens: T) -> Marking[T]:
-        """Without ``tokens`` (compared by identity or equality) in ``place``; raises KeyError if one is missing."""
+        """Without ``tokens`` (compared by equality) in ``place``; raises ValueError if one is missing."""
         current = list(self._places.get(place, ()))
         for tok in tokens:
             current.remove(tok)  # ValueError if absent

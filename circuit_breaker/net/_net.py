@@ -37,6 +37,10 @@ class Net:
     _consumers: Mapping[str, tuple[NetTransition, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for t in self.transitions:
+            # A transition without inputs would be enabled for ever; workflows start instances instead.
+            if not t.inputs:
+                raise ValueError(f"transition {t.name!r} has no input place")
         object.__setattr__(self, "_by_name", {t.name: t for t in self.transitions})
         consumers: dict[str, list[NetTransition]] = {p: [] for p in self.places}
         for t in self.transitions:

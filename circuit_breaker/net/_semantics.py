@@ -77,6 +77,11 @@ def fire(
     Checks the firing against the arcs: each input place gives up exactly its weight, each output place
     receives exactly its weight, and every consumed token was in the marking. The input marking is unchanged.
     """
+    if len(consumed) > len(transition.inputs) or len(produced) > len(transition.outputs):
+        inputs = {a.place for a in transition.inputs}
+        outputs = {a.place for a in transition.outputs}
+        stray = sorted(set(consumed) - inputs) + sorted(set(produced) - outputs)
+        raise ValueError(f"transition {transition.name!r} has no arc to place(s) {stray}")
     places = dict(marking._places)
     for arc in transition.inputs:
         take = consumed.get(arc.place, ())

@@ -5,6 +5,7 @@ Every failing helper says which field failed and why, so a rejected firing expla
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,8 @@ def presence(field: str) -> Rule:
 def matches(field: str, pattern: str, message: str | None = None) -> Rule:
     """The field is a string matching the regular expression ``pattern`` (``re.search``)."""
     field = _field_name(field)
+    if not isinstance(pattern, str):
+        raise RuleDefinitionError(f"matches({field}): pattern must be a string, got {type(pattern).__name__}")
     try:
         regex = re.compile(pattern)
     except re.error as err:
@@ -91,6 +94,8 @@ def matches(field: str, pattern: str, message: str | None = None) -> Rule:
 def one_of(field: str, values: Iterable[Any]) -> Rule:
     """The field's value is one of ``values``."""
     field = _field_name(field)
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise RuleDefinitionError(f"one_of({field}): values must be a list of allowed values, got {values!r}")
     allowed = list(values)
     if not allowed:
         raise RuleDefinitionError(f"one_of({field}) needs at least one allowed value")
@@ -99,7 +104,8 @@ def one_of(field: str, values: Iterable[Any]) -> Rule:
         value = _get(token.data, field)
         if value is _MISSING:
             return RuleResult.fail(f"{field} is required (one of {allowed!r})")
-        if value not in allowed:
+        # `True in [1]` is true in Python; a bool only matches a bool.
+        if value not in allowed or (isinstance(value, bool) and not any(v is value for v in allowed)):
             return RuleResult.fail(f"{field} must be one of {allowed!r}, got {value!r}")
         return RuleResult.ok()
 
@@ -111,6 +117,9 @@ def length(field: str, min: int | None = None, max: int | None = None) -> Rule:
     field = _field_name(field)
     if min is None and max is None:
         raise RuleDefinitionError(f"length({field}) needs min, max or both")
+    for label, bound in (("min", min), ("max", max)):
+        if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool) or bound < 0):
+            raise RuleDefinitionError(f"length({field}): {label} must be a non-negative integer, got {bound!r}")
     if min is not None and max is not None and min > max:
         raise RuleDefinitionError(f"length({field}): min {min} is greater than max {max}")
 
@@ -162,6 +171,9 @@ def numericality(
         "other_than": other_than,
     }
     bounds = [(name, bound) for name, bound in given.items() if bound is not None]
+    for name, bound in bounds:
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise RuleDefinitionError(f"numericality({field}): {name} must be a number, got {bound!r}")
 
     def check(token: Token) -> RuleResult:
         value = _get(token.data, field)
@@ -263,6 +275,8 @@ def custom(fn: RuleCheck, message: str | None = None, *, name: str | None = None
     """A rule from any ``(token) -> bool | RuleResult``; ``message`` is the error when it returns False."""
     if not callable(fn):
         raise RuleDefinitionError(f"custom() needs a callable, got {fn!r}")
+    if inspect.iscoroutinefunction(fn):
+        raise RuleDefinitionError("custom() needs a plain function, not an async one: rules run synchronously")
     rule_name = name or str(getattr(fn, "__name__", "custom"))
 
     def check(token: Token) -> bool | RuleResult:
