@@ -70,7 +70,7 @@ def fire(wf: Workflow, token: Token, transition: str, *, actor: str | None = Non
         # A token of an instance the workflow has not seen yet: place it first, as the seed did. It is kept
         # only if the firing succeeds.
         token = _placed(wf, token)
-        marking = Marking().add(token.place or "", token)
+        marking = Marking[Token]().add(token.place or "", token)
     elif token not in marking.get_tokens(token.place or ""):
         raise TransitionNotEnabledError(
             wf.name,
