@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
+
+Counts = Mapping[str, int] | Any  # a place -> count mapping, or an Instance (its ``counts``)
+
+
+def token_counts(source: Counts | None) -> dict[str, int] | None:
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        return dict(source)
+    counts = getattr(source, "counts", None)
+    if isinstance(counts, Mapping):
+        return dict(counts)
+    raise TypeError(f"expected token counts per place or an Instance, got {type(source).__name__}")
 
 
 def _label(name: str, counts: dict[str, int] | None) -> str:
@@ -13,8 +27,9 @@ def _label(name: str, counts: dict[str, int] | None) -> str:
     return f"{name} ({n})" if counts is not None and n else name
 
 
-def to_mermaid(wf: Workflow, counts: dict[str, int] | None = None) -> str:
+def to_mermaid(wf: Workflow, source: Counts | None = None) -> str:
     """A Mermaid flowchart: places are rounded boxes, transitions small squares, so joins and forks show."""
+    counts = token_counts(source)
     lines = ["flowchart LR"]
     initial = wf.initial_place
     for p in wf.places:
@@ -32,8 +47,9 @@ def to_mermaid(wf: Workflow, counts: dict[str, int] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_dot(wf: Workflow, counts: dict[str, int] | None = None) -> str:
+def to_dot(wf: Workflow, source: Counts | None = None) -> str:
     """Graphviz DOT: places are circles (double for final), transitions are boxes."""
+    counts = token_counts(source)
     finals = {p.name for p in wf.places} - {p.name for t in wf.transitions for p, _ in t.inputs}
     lines = [f'digraph "{wf.name}" {{', "    rankdir=LR;"]
     for p in wf.places:

@@ -300,12 +300,14 @@ class Workflow:
         return find_problems(self)
 
     # -- diagrams --------------------------------------------------------------------------------------
-    def to_mermaid(self, counts: dict[str, int] | None = None) -> str:
+    def to_mermaid(self, counts: Any = None) -> str:
+        """Mermaid source; ``counts`` (place -> tokens, or an Instance) labels places with their token count."""
         from ._diagram import to_mermaid
 
         return to_mermaid(self, counts)
 
-    def to_dot(self, counts: dict[str, int] | None = None) -> str:
+    def to_dot(self, counts: Any = None) -> str:
+        """Graphviz DOT source; ``counts`` as for ``to_mermaid``."""
         from ._diagram import to_dot
 
         return to_dot(self, counts)

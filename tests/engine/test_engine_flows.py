@@ -354,3 +354,14 @@ async def test_retry_reconsiders_refused_automatic_transitions_of_a_waiting_inst
     await engine.retry(inst.id)
     done = await engine.wait(inst.id, timeout=5)
     assert done.status is InstanceStatus.COMPLETED
+
+
+async def test_diagrams_show_the_token_counts_of_an_instance(engine: Engine) -> None:
+    wf = Workflow("drawn")
+    s, pool, end = wf.states("s", "pool", "end")
+    wf.flow(s >> pool * 2, "split")
+    wf.flow(pool >> end, "finish", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    assert 'p_pool("pool (2)")' in wf.to_mermaid(inst)
+    assert '"p_pool" [label="pool (2)"' in wf.to_dot(inst)
+    assert "pool (2)" not in wf.to_mermaid()
