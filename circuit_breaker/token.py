@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import uuid
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -26,7 +26,8 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex characters (the shape of ``uuid4().hex``, at a fifth of the cost)."""
+    return os.urandom(16).hex()
 
 
 class HistoryEntry(BaseModel):
@@ -193,7 +194,7 @@ class Token(BaseModel):
         """
         now = entry.time
         base = self.history if history is None else history
-        return Token.model_construct(
+        return make_token(
             id=new_id(),
             instance_id=self.instance_id,
             place=place,
@@ -210,3 +211,8 @@ class Token(BaseModel):
             return exporters[fmt]()
         except KeyError:
             raise ValueError(f"unknown history format {fmt!r} (use json, yaml or csv)") from None
+
+
+from ._construct import constructor  # noqa: E402 - needs the classes above
+
+make_token = constructor(Token)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from .._construct import build
 from ..errors import (
     ActionError,
     TransitionNotEnabledError,
@@ -41,8 +42,15 @@ def _placed(wf: Workflow, token: Token) -> Token:
     data = cw.validate_data(token.data)
     placed = token.model_copy(update={"place": place, "data": data})
     if not placed.history:
-        entry = HistoryEntry.model_construct(
-            time=utcnow(), kind="created", transition=None, from_places=(), to_places=(place,), actor=None, details={}
+        entry = build(
+            HistoryEntry,
+            time=utcnow(),
+            kind="created",
+            transition=None,
+            from_places=(),
+            to_places=(place,),
+            actor=None,
+            details={},
         )
         placed = placed.model_copy(update={"history": placed.history.append(entry)})
     return placed
@@ -110,7 +118,8 @@ def fire(wf: Workflow, token: Token, transition: str, *, actor: str | None = Non
     post = post_check(ct, after)
     if not post.valid:
         raise TransitionRejectedError(wf.name, transition, token.instance_id, list(post.errors))
-    entry = HistoryEntry.model_construct(
+    entry = build(
+        HistoryEntry,
         time=utcnow(),
         kind="fired",
         transition=ct.name,

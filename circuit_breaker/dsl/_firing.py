@@ -110,7 +110,11 @@ def produce(
     """Output tokens per output place (or per ``places``, for a move to an error place)."""
     out: dict[str, tuple[Token, ...]] = {}
     if places is None:
-        for arc in ct.net.outputs:
+        outputs = ct.net.outputs
+        if len(outputs) == 1 and outputs[0].weight == 1:  # the common case, kept cheap
+            place = outputs[0].place
+            return {place: (source.moved(place, data, entry),)}
+        for arc in outputs:
             out[arc.place] = tuple(source.moved(arc.place, data, entry) for _ in range(arc.weight))
     else:
         for place in places:

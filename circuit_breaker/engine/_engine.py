@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from .._construct import build
 from ..dsl import CompiledTransition, CompiledWorkflow, Workflow
 from ..dsl._data import ensure_json_object
 from ..dsl._firing import action_failure, input_token, merge_result, post_check, pre_check, produce, run_action
@@ -152,7 +153,8 @@ class Engine:
         if iid in self._runs:
             raise InstanceExistsError(iid)
         now = utcnow()
-        entry = HistoryEntry.model_construct(
+        entry = build(
+            HistoryEntry,
             time=now,
             kind="created",
             transition=None,
@@ -161,7 +163,8 @@ class Engine:
             actor=actor,
             details={},
         )
-        token = Token.model_construct(
+        token = build(
+            Token,
             id=new_id(),
             instance_id=iid,
             place=cw.initial_place,
@@ -172,8 +175,15 @@ class Engine:
         )
         run = Run(iid, cw)
         self._runs[iid] = run
-        event = TokenInjected.model_construct(
-            workflow=cw.name, instance_id=iid, seq=1, time=now, actor=actor, type=EventType.TOKEN_INJECTED, token=token
+        event = build(
+            TokenInjected,
+            workflow=cw.name,
+            instance_id=iid,
+            seq=1,
+            time=now,
+            actor=actor,
+            type=EventType.TOKEN_INJECTED,
+            token=token,
         )
         try:
             await self._append(run, event)
@@ -336,10 +346,16 @@ class Engine:
                 self._subscribers[:] = [s for s in self._subscribers if s[1] is not queue]
 
     # -- committing events -----------------------------------------------------------------------------
-    async def _append(self, run: Run, event: Event, consumed: dict[str, tuple[Token, ...]] | None = None) -> None:
+    async def _append(
+        self,
+        run: Run,
+        event: Event,
+        consumed: dict[str, tuple[Token, ...]] | None = None,
+        produced: dict[str, tuple[Token, ...]] | None = None,
+    ) -> None:
         """Persist, then apply: a state change is visible only once the store has it."""
         await self.store.append(event, event.seq - 1)
-        run.apply(event, consumed)
+        run.apply(event, consumed, produced)
         for match, queue in self._subscribers:
             if match(event):
                 queue.put_nowait(event)
@@ -355,7 +371,8 @@ class Engine:
     ) -> None:
         async with run.lock:
             now = utcnow()
-            entry = HistoryEntry.model_construct(
+            entry = build(
+                HistoryEntry,
                 time=now,
                 kind="fired",
                 transition=ct.name,
@@ -365,7 +382,8 @@ class Engine:
                 details={},
             )
             produced = produce(ct, view, data, entry)
-            event = TransitionFired.model_construct(
+            event = build(
+                TransitionFired,
                 workflow=run.cw.name,
                 instance_id=run.id,
                 seq=run.seq + 1,
@@ -376,7 +394,7 @@ class Engine:
                 consumed=[t.id for ts in consumed.values() for t in ts],
                 produced=[t for ts in produced.values() for t in ts],
             )
-            await self._append(run, event, consumed)
+            await self._append(run, event, consumed, produced)
 
     async def _reject(
         self,
@@ -388,7 +406,8 @@ class Engine:
         actor: str | None,
     ) -> None:
         async with run.lock:
-            event = TransitionRejected.model_construct(
+            event = build(
+                TransitionRejected,
                 workflow=run.cw.name,
                 instance_id=run.id,
                 seq=run.seq + 1,
@@ -398,7 +417,7 @@ class Engine:
                 transition=ct.name,
                 tokens=[t.id for ts in consumed.values() for t in ts],
                 errors=errors,
-                stage=stage,  # type: ignore[arg-type]
+                stage=stage,
             )
             await self._append(run, event)
 
@@ -413,7 +432,8 @@ class Engine:
         async with run.lock:
             status = next_status(run.id, run.status, trigger)
             if trigger == "complete":
-                event: Event = InstanceCompleted.model_construct(
+                event: Event = build(
+                    InstanceCompleted,
                     workflow=run.cw.name,
                     instance_id=run.id,
                     seq=run.seq + 1,
@@ -423,7 +443,8 @@ class Engine:
                     final_places=sorted(run.marking),
                 )
             else:
-                event = InstanceStatusChanged.model_construct(
+                event = build(
+                    InstanceStatusChanged,
                     workflow=run.cw.name,
                     instance_id=run.id,
                     seq=run.seq + 1,
@@ -643,7 +664,8 @@ class Engine:
         will_retry: bool,
     ) -> None:
         async with run.lock:
-            event = TransitionFailed.model_construct(
+            event = build(
+                TransitionFailed,
                 workflow=run.cw.name,
                 instance_id=run.id,
                 seq=run.seq + 1,
@@ -676,7 +698,8 @@ class Engine:
             now = utcnow()
             produced: list[Token] = []
             if ct.error_place is not None:
-                entry = HistoryEntry.model_construct(
+                entry = build(
+                    HistoryEntry,
                     time=now,
                     kind="failed",
                     transition=ct.name,
@@ -687,7 +710,8 @@ class Engine:
                 )
                 moved = produce(ct, view, {**view.data, "_error": info.model_dump()}, entry, places=(ct.error_place,))
                 produced = [t for ts in moved.values() for t in ts]
-            event = TransitionFailed.model_construct(
+            event = build(
+                TransitionFailed,
                 workflow=run.cw.name,
                 instance_id=run.id,
                 seq=run.seq + 1,

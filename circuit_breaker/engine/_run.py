@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from .._construct import build
 from ..dsl import CompiledWorkflow
 from ..events import (
     Event,
@@ -79,19 +80,16 @@ class Run:
             self.reserved = self.reserved.difference(t for ts in consumed.values() for t in ts)
 
     # -- the fold ----------------------------------------------------------------------------------------
-    def apply(self, event: Event, consumed: Mapping[str, tuple[Token, ...]] | None = None) -> None:
-        """Apply one event. ``consumed`` is a hint from the live path (tokens by place) that saves a lookup."""
+    def apply(
+        self,
+        event: Event,
+        consumed: Mapping[str, tuple[Token, ...]] | None = None,
+        produced: Mapping[str, tuple[Token, ...]] | None = None,
+    ) -> None:
+        """Apply one event. ``consumed`` and ``produced`` (tokens by place) are hints from the live path that
+        save regrouping the event's tokens; replay goes without them."""
         if isinstance(event, TransitionFired):
-            ct = self.cw.transitions.get(event.transition)
-            produced: dict[str, tuple[Token, ...]] = {}
-            for tok in event.produced:
-                produced[tok.place or ""] = produced.get(tok.place or "", ()) + (tok,)
-            if consumed is not None and ct is not None:
-                self.marking = fire(ct.net, self.marking, consumed, produced)
-            else:
-                self.marking = self._move(event.consumed, produced)
-            from_places = ct.input_places if ct is not None else ()
-            self._record(event, "fired", event.transition, from_places, tuple(produced))
+            self._apply_fired(event, consumed, produced)
         elif isinstance(event, TokenInjected):
             tok = event.token
             self.marking = self.marking.add(tok.place or self.cw.initial_place, tok)
@@ -101,31 +99,7 @@ class Run:
             self.rejected.add((event.transition, tuple(event.tokens)))
             self._record(event, "rejected", event.transition, (), (), {"errors": event.errors, "stage": event.stage})
         elif isinstance(event, TransitionFailed):
-            details: dict[str, Any] = {"attempt": event.attempt, "error": event.error.model_dump()}
-            if event.incident is not None:
-                to_places: tuple[str, ...] = ()
-                if event.consumed:
-                    moved: dict[str, tuple[Token, ...]] = {}
-                    for tok in event.produced:
-                        moved[tok.place or ""] = moved.get(tok.place or "", ()) + (tok,)
-                    self.marking = self._move(event.consumed, moved)
-                    to_places = tuple(moved)
-                self.incidents.append(
-                    Incident(
-                        id=event.incident,
-                        transition=event.transition,
-                        tokens=event.tokens,
-                        error=event.error,
-                        attempts=event.attempt,
-                        time=event.time,
-                        error_place=to_places[0] if to_places else None,
-                    )
-                )
-                details["incident"] = event.incident
-                self._record(event, "failed", event.transition, (), to_places, details)
-            else:
-                details["will_retry"] = event.will_retry
-                self._record(event, "failed", event.transition, (), (), details)
+            self._apply_failed(event)
         elif isinstance(event, InstanceCompleted):
             self.status = InstanceStatus.COMPLETED
             self._record(event, "completed", None, (), (), {"final_places": event.final_places})
@@ -139,6 +113,52 @@ class Run:
             self._record(event, "status", None, (), (), {"status": event.status, "reason": event.reason})
         self.seq = event.seq
         self.updated_at = event.time
+
+    def _apply_fired(
+        self,
+        event: TransitionFired,
+        consumed: Mapping[str, tuple[Token, ...]] | None,
+        produced: Mapping[str, tuple[Token, ...]] | None,
+    ) -> None:
+        ct = self.cw.transitions.get(event.transition)
+        if produced is None:
+            produced = _by_place(event.produced)
+        if consumed is not None and ct is not None:
+            self.marking = fire(ct.net, self.marking, consumed, produced)
+        else:
+            self.marking = self._move(event.consumed, produced)
+        last = event.produced[0].history[-1] if event.produced and event.produced[0].history else None
+        if last is not None and last.kind == "fired" and last.transition == event.transition:
+            # The produced tokens' newest entry already says exactly this; share it.
+            self.history = self.history.append(last)
+        else:
+            from_places = ct.input_places if ct is not None else ()
+            self._record(event, "fired", event.transition, from_places, tuple(produced))
+
+    def _apply_failed(self, event: TransitionFailed) -> None:
+        details: dict[str, Any] = {"attempt": event.attempt, "error": event.error.model_dump()}
+        if event.incident is None:
+            details["will_retry"] = event.will_retry
+            self._record(event, "failed", event.transition, (), (), details)
+            return
+        to_places: tuple[str, ...] = ()
+        if event.consumed:
+            moved = _by_place(event.produced)
+            self.marking = self._move(event.consumed, moved)
+            to_places = tuple(moved)
+        self.incidents.append(
+            Incident(
+                id=event.incident,
+                transition=event.transition,
+                tokens=event.tokens,
+                error=event.error,
+                attempts=event.attempt,
+                time=event.time,
+                error_place=to_places[0] if to_places else None,
+            )
+        )
+        details["incident"] = event.incident
+        self._record(event, "failed", event.transition, (), to_places, details)
 
     def _move(self, consumed_ids: list[str], produced: Mapping[str, tuple[Token, ...]]) -> Marking[Token]:
         ids = set(consumed_ids)
@@ -161,7 +181,8 @@ class Run:
         details: dict[str, Any] | None = None,
     ) -> None:
         self.history = self.history.append(
-            HistoryEntry.model_construct(
+            build(
+                HistoryEntry,
                 time=event.time,
                 kind=kind,
                 transition=transition,
@@ -196,7 +217,8 @@ class Run:
 
     def snapshot(self) -> Instance:
         assert self.created_at is not None and self.updated_at is not None
-        return Instance.model_construct(
+        return build(
+            Instance,
             id=self.id,
             workflow=self.cw.name,
             status=self.status,
@@ -208,3 +230,10 @@ class Run:
             history=self.history,
             enabled_manual=self.enabled_manual(),
         )
+
+
+def _by_place(tokens: list[Token]) -> dict[str, tuple[Token, ...]]:
+    grouped: dict[str, tuple[Token, ...]] = {}
+    for tok in tokens:
+        grouped[tok.place or ""] = grouped.get(tok.place or "", ()) + (tok,)
+    return grouped
