@@ -173,7 +173,7 @@ class Engine:
             updated_at=now,
             history=History().append(entry),
         )
-        run = Run(iid, cw)
+        run = Run(iid, cw, atomic_store=getattr(self.store, "appends_atomically", False))
         self._runs[iid] = run
         event = build(
             TokenInjected,
@@ -265,7 +265,8 @@ class Engine:
                 await self._commit_fire(run, ct, consumed, after, data, actor)
             finally:
                 run.release(consumed)
-        await self._after_fire(run, ct)
+        if ct.feeds_auto or run.status is RUNNING or run.all_final():
+            await self._after_fire(run, ct)
         return run.snapshot()
 
     async def retry(self, instance_id: str, actor: str | None = None) -> Instance:
@@ -352,10 +353,11 @@ class Engine:
         event: Event,
         consumed: dict[str, tuple[Token, ...]] | None = None,
         produced: dict[str, tuple[Token, ...]] | None = None,
+        entry: HistoryEntry | None = None,
     ) -> None:
         """Persist, then apply: a state change is visible only once the store has it."""
         await self.store.append(event, event.seq - 1)
-        run.apply(event, consumed, produced)
+        run.apply(event, consumed, produced, entry)
         for match, queue in self._subscribers:
             if match(event):
                 queue.put_nowait(event)
@@ -394,7 +396,7 @@ class Engine:
                 consumed=[t.id for ts in consumed.values() for t in ts],
                 produced=[t for ts in produced.values() for t in ts],
             )
-            await self._append(run, event, consumed, produced)
+            await self._append(run, event, consumed, produced, entry)
 
     async def _reject(
         self,
@@ -487,8 +489,9 @@ class Engine:
             if run.status is WAITING:
                 await self._set_status(run, "proceed", None, reason=f"{ct.name} fired")
             self._kick(run)
-        else:
+        elif run.all_final():
             await self._settle(run)
+        # Otherwise the instance keeps waiting, and nothing about that changed.
 
     async def _advance(self, run: Run) -> None:
         firings = 0

@@ -21,12 +21,25 @@ from ..events import (
     TransitionFired,
     TransitionRejected,
 )
-from ..net import Marking, fire, missing_tokens
+from ..net import Marking, fire, is_enabled
 from ..token import History, HistoryEntry, Token
 from ._instance import Incident, Instance
 from ._lifecycle import SETTLED, InstanceStatus
 
 _EMPTY: frozenset[Token] = frozenset()
+
+
+class _NoLock:
+    """Stands in for asyncio.Lock where commits cannot interleave."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+NO_LOCK = _NoLock()
 
 
 class Run:
@@ -52,7 +65,7 @@ class Run:
         "updated_at",
     )
 
-    def __init__(self, instance_id: str, cw: CompiledWorkflow) -> None:
+    def __init__(self, instance_id: str, cw: CompiledWorkflow, *, atomic_store: bool = False) -> None:
         self.id = instance_id
         self.cw = cw
         self.marking: Marking[Token] = Marking()
@@ -67,7 +80,8 @@ class Run:
         self.inflight = 0
         self.tasks: set[asyncio.Task[Any]] = set()
         self.settled = asyncio.Event()
-        self.lock = asyncio.Lock()
+        # Serialises commits while a store append is suspended; unneeded when appends cannot suspend.
+        self.lock: asyncio.Lock | _NoLock = NO_LOCK if atomic_store else asyncio.Lock()
         self.advancing = False
         self.dirty = False
 
@@ -85,11 +99,12 @@ class Run:
         event: Event,
         consumed: Mapping[str, tuple[Token, ...]] | None = None,
         produced: Mapping[str, tuple[Token, ...]] | None = None,
+        entry: HistoryEntry | None = None,
     ) -> None:
         """Apply one event. ``consumed`` and ``produced`` (tokens by place) are hints from the live path that
         save regrouping the event's tokens; replay goes without them."""
         if isinstance(event, TransitionFired):
-            self._apply_fired(event, consumed, produced)
+            self._apply_fired(event, consumed, produced, entry)
         elif isinstance(event, TokenInjected):
             tok = event.token
             self.marking = self.marking.add(tok.place or self.cw.initial_place, tok)
@@ -119,6 +134,7 @@ class Run:
         event: TransitionFired,
         consumed: Mapping[str, tuple[Token, ...]] | None,
         produced: Mapping[str, tuple[Token, ...]] | None,
+        entry: HistoryEntry | None,
     ) -> None:
         ct = self.cw.transitions.get(event.transition)
         if produced is None:
@@ -127,7 +143,9 @@ class Run:
             self.marking = fire(ct.net, self.marking, consumed, produced)
         else:
             self.marking = self._move(event.consumed, produced)
-        last = event.produced[0].history[-1] if event.produced and event.produced[0].history else None
+        last = entry
+        if last is None and event.produced and event.produced[0].history:
+            last = event.produced[0].history[-1]
         if last is not None and last.kind == "fired" and last.transition == event.transition:
             # The produced tokens' newest entry already says exactly this; share it.
             self.history = self.history.append(last)
@@ -199,14 +217,13 @@ class Run:
         return all(place in finals for place in self.marking)
 
     def enabled_manual(self) -> list[str]:
-        out = []
-        seen = set()
+        """Manual transitions with enough unreserved tokens (their validations are checked when fired)."""
+        out: list[str] = []
+        by_place = self.cw.manual_by_place
         for place in self.marking:
-            for ct in self.cw.manual_by_place.get(place, ()):
-                if ct.name not in seen:
-                    seen.add(ct.name)
-                    if not missing_tokens(ct.net, self.marking, self.reserved):
-                        out.append(ct.name)
+            for ct in by_place.get(place, ()):
+                if ct.name not in out and is_enabled(ct.net, self.marking, self.reserved):
+                    out.append(ct.name)
         return out
 
     def update_settled(self) -> None:
@@ -222,7 +239,7 @@ class Run:
             id=self.id,
             workflow=self.cw.name,
             status=self.status,
-            tokens=list(self.marking.tokens()),
+            tokens=[t for ts in self.marking._places.values() for t in ts],
             version=self.seq,
             created_at=self.created_at,
             updated_at=self.updated_at,

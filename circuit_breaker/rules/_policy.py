@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError, RuleDefinitionError
 from ._helpers import presence
-from ._result import RuleResult
+from ._result import _OK, RuleResult
 from ._rule import Rule, RuleSet, as_rule
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class ResolvedPolicy:
         errors: list[str] = []
         for rule in self.all:
             res = rule.evaluate(token)
-            if not res.valid:
+            if res is not _OK and not res.valid:
                 errors.extend(res.errors)
         if self.any:
             any_errors: list[str] = []
@@ -115,4 +115,4 @@ class ResolvedPolicy:
                 any_errors.extend(res.errors)
             else:
                 errors.append("none of the 'any' rules passed: " + "; ".join(any_errors))
-        return RuleResult(False, tuple(errors)) if errors else RuleResult.ok()
+        return RuleResult(False, tuple(errors)) if errors else _OK

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DuplicateNameError, RuleDefinitionError
 from ._expression import compile_expression, evaluate_expression
-from ._result import RuleResult
+from ._result import _OK, RuleResult
 
 if TYPE_CHECKING:
     from ..token import Token
@@ -57,6 +57,8 @@ class Rule:
             outcome = check(token)
         except Exception as err:
             return RuleResult.fail(f"rule {self.name!r} raised {type(err).__name__}: {err}")
+        if outcome is True:
+            return _OK
         if isinstance(outcome, RuleResult):
             if outcome.valid or outcome.errors:
                 return outcome

@@ -17,6 +17,9 @@ class Store(Protocol):
     both fire from the same marking.
     """
 
+    # True when append() completes without suspending (no I/O); the engine then needs no commit lock.
+    appends_atomically: bool
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
