@@ -33,6 +33,8 @@ class CompiledTransition:
     output_places: tuple[str, ...]
     # True when producing into an output place can enable an automatic transition.
     feeds_auto: bool = False
+    # True for one input arc of weight 1: any token in that place enables it (a fast path for the engine).
+    single_input: bool = False
     desc: str = ""
 
     @property

@@ -271,6 +271,7 @@ class Workflow:
             for place in dict.fromkeys(c.input_places):
                 target.setdefault(place, []).append(c)
         for c in compiled:
+            c.single_input = len(c.net.inputs) == 1 and c.net.inputs[0].weight == 1
             c.feeds_auto = any(p in auto for p in c.output_places) or (
                 c.error_place is not None and c.error_place in auto
             )

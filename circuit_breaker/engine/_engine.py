@@ -559,8 +559,7 @@ class Engine:
             if not is_enabled(ct.net, run.marking, run.reserved):
                 continue
             consumed = select(ct.net, run.marking, run.reserved)
-            key = (ct.name, tuple(t.id for ts in consumed.values() for t in ts))
-            if key in run.rejected:
+            if run.rejected and (ct.name, tuple(t.id for ts in consumed.values() for t in ts)) in run.rejected:
                 continue
             view = input_token(ct, consumed)
             pre = pre_check(ct, view)

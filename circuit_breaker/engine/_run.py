@@ -220,9 +220,12 @@ class Run:
         """Manual transitions with enough unreserved tokens (their validations are checked when fired)."""
         out: list[str] = []
         by_place = self.cw.manual_by_place
+        reserved = self.reserved
         for place in self.marking:
             for ct in by_place.get(place, ()):
-                if ct.name not in out and is_enabled(ct.net, self.marking, self.reserved):
+                # A marked place always holds a token, so a one-arc transition needs no further check.
+                enabled = (ct.single_input and not reserved) or is_enabled(ct.net, self.marking, reserved)
+                if enabled and ct.name not in out:
                     out.append(ct.name)
         return out
 
