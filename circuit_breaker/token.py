@@ -195,13 +195,15 @@ class Token(BaseModel):
         now = entry.time
         base = self.history if history is None else history
         return make_token(
-            id=new_id(),
-            instance_id=self.instance_id,
-            place=place,
-            data=data,
-            created_at=now,
-            updated_at=now,
-            history=base.append(entry),
+            {
+                "id": new_id(),
+                "instance_id": self.instance_id,
+                "place": place,
+                "data": data,
+                "created_at": now,
+                "updated_at": now,
+                "history": base.append(entry),
+            }
         )
 
     def export_history(self, fmt: str = "json") -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ActionError, TokenDataError
 from ..rules import RuleResult
+from ..rules._result import _OK
 from ..token import HistoryEntry, Token
 from ._data import json_problem
 
@@ -38,18 +39,20 @@ def input_token(ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]]) 
 
 def pre_check(ct: CompiledTransition, token: Token) -> RuleResult:
     """Validations and guards: whether the transition is enabled for this data."""
-    if ct.validations:
-        res = ct.validations.evaluate(token)
-        if ct.guards:
-            res = res & ct.guards.evaluate(token)
+    validations, guards = ct.validations, ct.guards
+    if validations.all or validations.any:
+        res = validations.evaluate(token)
+        if guards.all or guards.any:
+            res = res & guards.evaluate(token)
         return res
-    if ct.guards:
-        return ct.guards.evaluate(token)
-    return RuleResult.ok()
+    if guards.all or guards.any:
+        return guards.evaluate(token)
+    return _OK
 
 
 def post_check(ct: CompiledTransition, token: Token) -> RuleResult:
-    return ct.rules.evaluate(token) if ct.rules else RuleResult.ok()
+    rules = ct.rules
+    return rules.evaluate(token) if rules.all or rules.any else _OK
 
 
 def action_failure(cw: CompiledWorkflow, ct: CompiledTransition, err: BaseException, attempts: int) -> ActionError:

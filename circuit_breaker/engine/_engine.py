@@ -48,7 +48,7 @@ from ..store import MemoryStore, Store
 from ..token import History, HistoryEntry, Token, new_id, utcnow
 from ._instance import Instance
 from ._lifecycle import InstanceStatus, next_status
-from ._run import Run
+from ._run import NO_LOCK, Run
 
 log = logging.getLogger("circuit_breaker.engine")
 
@@ -232,8 +232,8 @@ class Engine:
             raise TransitionNotEnabledError(
                 run.cw.name, transition, instance_id, ["it is automatic: the engine fires it when it is enabled"]
             )
-        missing = missing_tokens(ct.net, run.marking, run.reserved)
-        if missing:
+        if not is_enabled(ct.net, run.marking, run.reserved):
+            missing = missing_tokens(ct.net, run.marking, run.reserved)
             raise TransitionNotEnabledError(run.cw.name, transition, instance_id, missing)
         consumed = select(ct.net, run.marking, run.reserved)
         view = input_token(ct, consumed)
@@ -371,32 +371,55 @@ class Engine:
         data: dict[str, Any],
         actor: str | None,
     ) -> None:
+        if run.lock is NO_LOCK:  # the in-memory store: nothing can interleave, skip the lock's coroutines
+            await self._append(run, *self._fired(run, ct, consumed, view, data, actor))
+            return
         async with run.lock:
-            now = utcnow()
-            entry = build(
-                HistoryEntry,
-                time=now,
-                kind="fired",
-                transition=ct.name,
-                from_places=ct.input_places,
-                to_places=ct.output_places,
-                actor=actor,
-                details={},
-            )
-            produced = produce(ct, view, data, entry)
-            event = build(
-                TransitionFired,
-                workflow=run.cw.name,
-                instance_id=run.id,
-                seq=run.seq + 1,
-                time=now,
-                actor=actor,
-                type=EventType.TRANSITION_FIRED,
-                transition=ct.name,
-                consumed=[t.id for ts in consumed.values() for t in ts],
-                produced=[t for ts in produced.values() for t in ts],
-            )
-            await self._append(run, event, consumed, produced, entry)
+            await self._append(run, *self._fired(run, ct, consumed, view, data, actor))
+
+    @staticmethod
+    def _fired(
+        run: Run,
+        ct: CompiledTransition,
+        consumed: dict[str, tuple[Token, ...]],
+        view: Token,
+        data: dict[str, Any],
+        actor: str | None,
+    ) -> tuple[Event, dict[str, tuple[Token, ...]], dict[str, tuple[Token, ...]], HistoryEntry]:
+        """The event of a firing, with the hints ``Run.apply`` takes (consumed, produced, history entry)."""
+        now = utcnow()
+        entry = build(
+            HistoryEntry,
+            time=now,
+            kind="fired",
+            transition=ct.name,
+            from_places=ct.input_places,
+            to_places=ct.output_places,
+            actor=actor,
+            details={},
+        )
+        produced = produce(ct, view, data, entry)
+        if len(consumed) == 1 and len(produced) == 1:
+            (taken,) = consumed.values()
+            (given,) = produced.values()
+            consumed_ids = [t.id for t in taken]
+            produced_list = list(given)
+        else:
+            consumed_ids = [t.id for ts in consumed.values() for t in ts]
+            produced_list = [t for ts in produced.values() for t in ts]
+        event = build(
+            TransitionFired,
+            workflow=run.cw.name,
+            instance_id=run.id,
+            seq=run.seq + 1,
+            time=now,
+            actor=actor,
+            type=EventType.TRANSITION_FIRED,
+            transition=ct.name,
+            consumed=consumed_ids,
+            produced=produced_list,
+        )
+        return event, consumed, produced, entry
 
     async def _reject(
         self,
