@@ -10,9 +10,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter
 
 from .token import Token, utcnow
+
+
+def _tokens_without_history(tokens: list[Token]) -> list[dict[str, Any]]:
+    return [t.model_dump(mode="json", exclude={"history"}) for t in tokens]
+
+
+# Produced tokens travel without their history: the fold rebuilds it from the consumed token's history and
+# the event itself, so an event's size does not grow with the age of the token.
+ProducedTokens = Annotated[list[Token], PlainSerializer(_tokens_without_history, when_used="json")]
 
 
 class EventType(StrEnum):
@@ -54,8 +63,8 @@ class TransitionFired(_EventBase):
 
     type: Literal[EventType.TRANSITION_FIRED] = EventType.TRANSITION_FIRED
     transition: str
-    consumed: list[str] = Field(description="ids of the consumed tokens")
-    produced: list[Token]
+    consumed: list[str] = Field(description="ids of the consumed tokens, in the transition's input order")
+    produced: ProducedTokens
 
 
 class TransitionRejected(_EventBase):
@@ -82,7 +91,7 @@ class TransitionFailed(_EventBase):
     will_retry: bool = False
     incident: str | None = None
     consumed: list[str] = Field(default_factory=list)
-    produced: list[Token] = Field(default_factory=list)
+    produced: ProducedTokens = Field(default_factory=list)
 
 
 class InstanceCompleted(_EventBase):

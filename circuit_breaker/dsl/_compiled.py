@@ -35,6 +35,8 @@ class CompiledTransition:
     feeds_auto: bool = False
     # True for one input arc of weight 1: any token in that place enables it (a fast path for the engine).
     single_input: bool = False
+    # True when every output place is final: only then can this firing complete the instance.
+    outputs_final: bool = False
     desc: str = ""
 
     @property

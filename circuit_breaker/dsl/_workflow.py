@@ -270,7 +270,9 @@ class Workflow:
             target = manual if c.is_manual else auto
             for place in dict.fromkeys(c.input_places):
                 target.setdefault(place, []).append(c)
+        finals = frozenset(net.final_places())
         for c in compiled:
+            c.outputs_final = all(p in finals for p in c.output_places)
             c.single_input = len(c.net.inputs) == 1 and c.net.inputs[0].weight == 1
             c.feeds_auto = any(p in auto for p in c.output_places) or (
                 c.error_place is not None and c.error_place in auto

@@ -265,7 +265,7 @@ class Engine:
                 await self._commit_fire(run, ct, consumed, after, data, actor)
             finally:
                 run.release(consumed)
-        if ct.feeds_auto or run.status is RUNNING or run.all_final():
+        if ct.feeds_auto or run.status is RUNNING or (ct.outputs_final and run.all_final()):
             await self._after_fire(run, ct)
         return run.snapshot()
 

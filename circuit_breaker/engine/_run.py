@@ -138,7 +138,21 @@ class Run:
     ) -> None:
         ct = self.cw.transitions.get(event.transition)
         if produced is None:
-            produced = _by_place(event.produced)
+            tokens = event.produced
+            if tokens and not tokens[0].history:
+                # Replayed from JSON, where produced tokens travel without history: rebuild it as firing did.
+                entry = HistoryEntry(
+                    time=event.time,
+                    kind="fired",
+                    transition=event.transition,
+                    from_places=ct.input_places if ct is not None else (),
+                    to_places=ct.output_places
+                    if ct is not None
+                    else tuple(dict.fromkeys(t.place or "" for t in tokens)),
+                    actor=event.actor,
+                )
+                tokens = self._with_history(tokens, event.consumed, entry)
+            produced = _by_place(tokens)
         if consumed is not None and ct is not None:
             self.marking = fire(ct.net, self.marking, consumed, produced)
         else:
@@ -161,7 +175,20 @@ class Run:
             return
         to_places: tuple[str, ...] = ()
         if event.consumed:
-            moved = _by_place(event.produced)
+            tokens = event.produced
+            if tokens and not tokens[0].history:
+                ct = self.cw.transitions.get(event.transition)
+                entry = HistoryEntry(
+                    time=event.time,
+                    kind="failed",
+                    transition=event.transition,
+                    from_places=ct.input_places if ct is not None else (),
+                    to_places=tuple(dict.fromkeys(t.place or "" for t in tokens)),
+                    actor=event.actor,
+                    details={"error": event.error.model_dump()},
+                )
+                tokens = self._with_history(tokens, event.consumed, entry)
+            moved = _by_place(tokens)
             self.marking = self._move(event.consumed, moved)
             to_places = tuple(moved)
         self.incidents.append(
@@ -177,6 +204,17 @@ class Run:
         )
         details["incident"] = event.incident
         self._record(event, "failed", event.transition, (), to_places, details)
+
+    def _with_history(self, tokens: list[Token], consumed_ids: list[str], entry: HistoryEntry) -> list[Token]:
+        """Produced tokens with the history firing gave them: the first consumed token's history plus ``entry``."""
+        base = History()
+        if consumed_ids:
+            wanted = consumed_ids[0]
+            for tok in self.marking.tokens():
+                if tok.id == wanted:
+                    base = tok.history
+                    break
+        return [t.model_copy(update={"history": base.append(entry)}) for t in tokens]
 
     def _move(self, consumed_ids: list[str], produced: Mapping[str, tuple[Token, ...]]) -> Marking[Token]:
         ids = set(consumed_ids)

@@ -73,7 +73,23 @@ async def test_events_round_trip_through_json(engine: Engine) -> None:
     events = [e async for e in engine.events(instance=inst.id)]
     assert {e.type for e in events} >= {EventType.TOKEN_INJECTED, EventType.TRANSITION_FAILED}
     for event in events:
-        assert parse_event(event.model_dump_json()) == event
+        text = event.model_dump_json()
+        assert parse_event(text).model_dump_json() == text
+        assert parse_event(text).type is event.type and parse_event(text).seq == event.seq
+
+
+async def test_an_events_size_does_not_grow_with_the_age_of_its_token(engine: Engine) -> None:
+    wf = Workflow("ageing")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "there", trigger="manual")
+    wf.flow(b >> a, "back", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {"k": "v"})).id, timeout=5)
+    for i in range(200):
+        await engine.fire(inst.id, "there" if i % 2 == 0 else "back")
+    fired = [e async for e in engine.events(instance=inst.id, types=[EventType.TRANSITION_FIRED])]
+    assert len(fired[-1].produced[0].history) == 201  # the live token keeps its whole history...
+    first, last = len(fired[0].model_dump_json()), len(fired[-1].model_dump_json())
+    assert abs(last - first) < 16  # ...but the event carries only what changed
 
 
 async def test_folding_the_stored_events_rebuilds_the_instance_exactly(engine: Engine) -> None:
