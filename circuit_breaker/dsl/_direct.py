@@ -20,7 +20,7 @@ from ..errors import (
 from ..net import Marking, missing_tokens, select
 from ..net import fire as net_fire
 from ..token import HistoryEntry, Token, utcnow
-from ._firing import action_failure, input_token, merge_result, post_check, pre_check, produce
+from ._firing import action_failure, fired_entry, input_token, merge_result, post_check, pre_check, produce
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
@@ -118,17 +118,7 @@ def fire(wf: Workflow, token: Token, transition: str, *, actor: str | None = Non
     post = post_check(ct, after)
     if not post.valid:
         raise TransitionRejectedError(wf.name, transition, token.instance_id, list(post.errors))
-    entry = build(
-        HistoryEntry,
-        time=utcnow(),
-        kind="fired",
-        transition=ct.name,
-        from_places=ct.input_places,
-        to_places=ct.output_places,
-        actor=actor,
-        details={},
-    )
-    produced = produce(ct, view, data, entry)
+    produced = produce(ct, view, data, fired_entry(ct, utcnow(), actor))
     markings[token.instance_id] = net_fire(ct.net, marking, consumed, produced)
     return next(iter(produced.values()))[0]
 

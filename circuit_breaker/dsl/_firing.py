@@ -7,8 +7,10 @@ merges into the data, the rules judge the result, and only then are output token
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .._construct import build
 from ..errors import ActionError, TokenDataError
 from ..rules import RuleResult
 from ..rules._result import _OK
@@ -99,6 +101,20 @@ def merge_result(cw: CompiledWorkflow, ct: CompiledTransition, data: dict[str, A
     if cw.token_model is not None:
         merged = cw.validate_data(merged)
     return merged
+
+
+def fired_entry(ct: CompiledTransition, time: datetime, actor: str | None) -> HistoryEntry:
+    """The history entry a firing adds to every token it produces."""
+    return build(
+        HistoryEntry,
+        time=time,
+        kind="fired",
+        transition=ct.name,
+        from_places=ct.input_places,
+        to_places=ct.output_places,
+        actor=actor,
+        details={},
+    )
 
 
 def produce(

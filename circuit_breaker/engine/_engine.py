@@ -11,12 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from .._construct import build
 from ..dsl import CompiledTransition, CompiledWorkflow, Workflow
 from ..dsl._data import ensure_json_object
-from ..dsl._firing import action_failure, input_token, merge_result, post_check, pre_check, produce, run_action
+from ..dsl._firing import (
+    action_failure,
+    fired_entry,
+    input_token,
+    merge_result,
+    post_check,
+    pre_check,
+    produce,
+    run_action,
+)
 from ..dsl._workflow import check_name
 from ..errors import (
     ActionError,
@@ -388,16 +400,7 @@ class Engine:
     ) -> tuple[Event, dict[str, tuple[Token, ...]], dict[str, tuple[Token, ...]], HistoryEntry]:
         """The event of a firing, with the hints ``Run.apply`` takes (consumed, produced, history entry)."""
         now = utcnow()
-        entry = build(
-            HistoryEntry,
-            time=now,
-            kind="fired",
-            transition=ct.name,
-            from_places=ct.input_places,
-            to_places=ct.output_places,
-            actor=actor,
-            details={},
-        )
+        entry = fired_entry(ct, now, actor)
         produced = produce(ct, view, data, entry)
         if len(consumed) == 1 and len(produced) == 1:
             (taken,) = consumed.values()
@@ -431,14 +434,10 @@ class Engine:
         actor: str | None,
     ) -> None:
         async with run.lock:
-            event = build(
+            event = _next_event(
                 TransitionRejected,
-                workflow=run.cw.name,
-                instance_id=run.id,
-                seq=run.seq + 1,
-                time=utcnow(),
-                actor=actor,
-                type=EventType.TRANSITION_REJECTED,
+                run,
+                actor,
                 transition=ct.name,
                 tokens=[t.id for ts in consumed.values() for t in ts],
                 errors=errors,
@@ -457,25 +456,12 @@ class Engine:
         async with run.lock:
             status = next_status(run.id, run.status, trigger)
             if trigger == "complete":
-                event: Event = build(
-                    InstanceCompleted,
-                    workflow=run.cw.name,
-                    instance_id=run.id,
-                    seq=run.seq + 1,
-                    time=utcnow(),
-                    actor=actor,
-                    type=EventType.INSTANCE_COMPLETED,
-                    final_places=sorted(run.marking),
-                )
+                event: Event = _next_event(InstanceCompleted, run, actor, final_places=sorted(run.marking))
             else:
-                event = build(
+                event = _next_event(
                     InstanceStatusChanged,
-                    workflow=run.cw.name,
-                    instance_id=run.id,
-                    seq=run.seq + 1,
-                    time=utcnow(),
-                    actor=actor,
-                    type=EventType.INSTANCE_STATUS_CHANGED,
+                    run,
+                    actor,
                     status=status.value,
                     previous=run.status.value,
                     reason=reason,
@@ -689,14 +675,10 @@ class Engine:
         will_retry: bool,
     ) -> None:
         async with run.lock:
-            event = build(
+            event = _next_event(
                 TransitionFailed,
-                workflow=run.cw.name,
-                instance_id=run.id,
-                seq=run.seq + 1,
-                time=utcnow(),
-                actor=actor,
-                type=EventType.TRANSITION_FAILED,
+                run,
+                actor,
                 transition=ct.name,
                 tokens=token_ids,
                 attempt=attempt,
@@ -735,14 +717,11 @@ class Engine:
                 )
                 moved = produce(ct, view, {**view.data, "_error": info.model_dump()}, entry, places=(ct.error_place,))
                 produced = [t for ts in moved.values() for t in ts]
-            event = build(
+            event = _next_event(
                 TransitionFailed,
-                workflow=run.cw.name,
-                instance_id=run.id,
-                seq=run.seq + 1,
-                time=now,
-                actor=None,
-                type=EventType.TRANSITION_FAILED,
+                run,
+                None,
+                now,
                 transition=ct.name,
                 tokens=token_ids,
                 attempt=attempt,
@@ -755,3 +734,20 @@ class Engine:
             await self._append(run, event)
         if run.status in (RUNNING, WAITING):
             await self._set_status(run, "fail", None, reason=f"{ct.name}: {info.message}")
+
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def _next_event(cls: type[E], run: Run, actor: str | None, time: datetime | None = None, **fields: Any) -> E:
+    """The instance's next event of type ``cls``: the common header filled in, ``fields`` for the rest."""
+    return build(
+        cls,
+        workflow=run.cw.name,
+        instance_id=run.id,
+        seq=run.seq + 1,
+        time=time or utcnow(),
+        actor=actor,
+        type=cls.model_fields["type"].default,
+        **fields,
+    )
