@@ -22,7 +22,11 @@
     ├── ConcurrencyError                someone else changed the instance first (retryable)
     ├── WaitTimeoutError                engine.wait() gave up
     ├── WorkflowLoadError               a workflow file cannot be loaded
-    └── ExecutorConfigError             an executor's parameters are missing or of the wrong type
+    ├── ExecutorConfigError             an executor's parameters are missing or of the wrong type
+    │   ├── UnknownExecutorError        no executor registered under that name
+    │   └── TemplateError               a template names a field the token data does not have
+    └── ExecutorError                   an execution failed (``kind``, ``retryable``)
+        └── ExecutorTimeoutError
 """
 
 from __future__ import annotations
@@ -220,3 +224,45 @@ class ExecutorConfigError(CircuitBreakerError):
         super().__init__(message)
         self.executor = executor
         self.parameter = parameter
+
+
+class UnknownExecutorError(ExecutorConfigError):
+    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+        hint = f" (registered: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"unknown executor {name!r}{hint}", executor=name)
+
+
+class TemplateError(ExecutorConfigError):
+    """A parameter template refers to data that is not there, or is malformed."""
+
+    def __init__(
+        self, message: str, *, executor: str | None = None, parameter: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, executor=executor, parameter=parameter)
+        self.field = field
+
+
+class ExecutorError(CircuitBreakerError):
+    """An execution failed. ``kind`` classifies it (the exception type or a domain word such as
+    ``http_status``); ``retryable`` tells retry logic whether trying again can help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        executor: str | None = None,
+        kind: str = "error",
+        retryable: bool = True,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.executor = executor
+        self.kind = kind
+        self.retryable = retryable
+        self.details = dict(details or {})
+
+
+class ExecutorTimeoutError(ExecutorError):
+    def __init__(self, executor: str, timeout: float) -> None:
+        super().__init__(f"executor {executor!r} timed out after {timeout:g}s", executor=executor, kind="timeout")
+        self.timeout = timeout

@@ -55,6 +55,10 @@ ERROR_TREE = {
     "WaitTimeoutError": "CircuitBreakerError",
     "WorkflowLoadError": "CircuitBreakerError",
     "ExecutorConfigError": "CircuitBreakerError",
+    "UnknownExecutorError": "ExecutorConfigError",
+    "TemplateError": "ExecutorConfigError",
+    "ExecutorError": "CircuitBreakerError",
+    "ExecutorTimeoutError": "ExecutorError",
 }
 
 

@@ -37,6 +37,9 @@ class TransitionSpec(BaseModel):
     guards: dict[str, list[str]] = Field(default_factory=dict)
     rules: dict[str, list[str]] = Field(default_factory=dict)
     action: str | None = None
+    executor: dict[str, Any] | None = Field(
+        default=None, description="for an executor action: its registered name and parameters (templates kept)"
+    )
     retry: RetryPolicy | None = None
     timeout: float | None = None
     error_place: str | None = None
@@ -78,6 +81,7 @@ class WorkflowSpec(BaseModel):
                     guards=t.guards.names(),
                     rules=t.rules.names(),
                     action=_action_name(t.handler),
+                    executor=_executor_spec(t.handler),
                     retry=t.retry_policy,
                     timeout=t.timeout,
                     error_place=t.error_place.name if t.error_place is not None else None,
@@ -88,6 +92,11 @@ class WorkflowSpec(BaseModel):
             rules=[RuleSpec(name=r.name, desc=r.desc, expression=r.expression) for r in wf.rules],
             token_model=wf.token_model.model_json_schema() if wf.token_model is not None else None,
         )
+
+
+def _executor_spec(handler: Any) -> dict[str, Any] | None:
+    spec = getattr(handler, "spec", None)
+    return spec() if callable(spec) else None
 
 
 def _action_name(handler: Any) -> str | None:

@@ -1,0 +1,47 @@
+"""Executors: how transitions do work.
+
+    from circuit_breaker.executors import Executor, param
+
+Built-in executors are imported from their modules on first use, so ``import circuit_breaker.executors``
+stays light.
+"""
+
+from typing import Any
+
+from ._action import ExecutorAction
+from ._base import Executor
+from ._params import ParamSpec, param
+from ._registry import BUILTINS, ENTRY_POINT_GROUP, ExecutorRegistry, default_registry
+from ._result import ExecutionResult
+from ._template import has_template, render
+
+# name -> (module, class); the registry and attribute access both resolve them lazily.
+_BUILTIN_CLASSES: dict[str, tuple[str, str]] = {}
+
+
+def _builtin(name: str, module: str, cls: str) -> None:
+    _BUILTIN_CLASSES[cls] = (module, cls)
+    BUILTINS[name] = f"{module}:{cls}"
+
+
+def __getattr__(attr: str) -> Any:
+    target = _BUILTIN_CLASSES.get(attr)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+    import importlib
+
+    return getattr(importlib.import_module(target[0]), target[1])
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ExecutionResult",
+    "Executor",
+    "ExecutorAction",
+    "ExecutorRegistry",
+    "ParamSpec",
+    "default_registry",
+    "has_template",
+    "param",
+    "render",
+]

@@ -1,0 +1,322 @@
+"""The executor base class: declared parameters, validation, hooks, retries, timeout and a result record."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from .._construct import build
+from ..errors import ExecutorConfigError, ExecutorError, ExecutorTimeoutError, TemplateError
+from ..events import ErrorInfo
+from ..retry import RetryPolicy
+from ..token import utcnow
+from ._params import ParamSpec, collect_params, params_model
+from ._result import ExecutionResult
+from ._template import has_template, render
+
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+class Executor:
+    """Does the work of a transition (or of a script, on its own).
+
+    Subclasses set ``name``, declare parameters with ``param()`` and implement ``async execute_internal()``
+    returning a dict. Parameters are validated when the executor is built (``ExecutorConfigError`` names the
+    executor and the parameter); ``validate()`` adds checks of its own. ``await ex.execute()`` returns the
+    output dict and raises ``ExecutorError`` on failure; ``await ex.execute_detailed()`` returns the full
+    ``ExecutionResult`` and never raises for a failed execution.
+
+    Parameter values may hold templates (``"{{ input_file }}"``) that are filled from token data when the
+    executor runs as a transition's action (``render(data)``).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    default_retry: ClassVar[RetryPolicy | None] = None
+    default_timeout: ClassVar[float | None] = None
+
+    _params: ClassVar[dict[str, ParamSpec]] = {}
+    _model: ClassVar[type[BaseModel] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ or not cls.name:
+            cls.name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Executor")).lower() or "executor"
+        if not _NAME.match(cls.name):
+            raise ExecutorConfigError(
+                f"executor class {cls.__qualname__}: name {cls.name!r} must be lower-case letters, digits, '_', '-'",
+                executor=cls.name,
+            )
+        # Mistakes surface when the class is defined, not when it first runs.
+        for hook in ("execute_internal", "before_execute", "after_execute"):
+            if not inspect.iscoroutinefunction(getattr(cls, hook)):
+                raise ExecutorConfigError(f"executor {cls.name!r}: {hook} must be 'async def'", executor=cls.name)
+        if "description" not in cls.__dict__:
+            doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+            cls.description = doc.split("\n\n")[0].replace("\n", " ")
+        cls._params = collect_params(cls)
+        cls._model = params_model(cls, cls._params)
+
+    def __init__(self, **params: Any) -> None:
+        self._raw = params
+        self._templated = frozenset(k for k, v in params.items() if has_template(v))
+        self.retry_policy: RetryPolicy | None = type(self).default_retry
+        self.execution_timeout: float | None = type(self).default_timeout
+        self.usage: dict[str, float] = {}
+        values = self._validated(params)
+        for key, value in values.items():
+            setattr(self, key, value)
+        if not self._templated:
+            self._run_validate()
+
+    # -- construction ----------------------------------------------------------------------------------
+    def _validated(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        model = type(self)._model
+        if model is None:
+            raise ExecutorConfigError("Executor itself cannot run; subclass it", executor=self.name)
+        try:
+            return dict(model.model_validate(params).__dict__)
+        except ValidationError as err:
+            # Templated values are checked once rendered; report everything else now.
+            problems = [e for e in err.errors() if not (e.get("loc") and e["loc"][0] in self._templated)]
+            if problems:
+                raise self._config_error(problems) from None
+            # Validate the rest with a model that leaves the templated parameters out.
+            partial = _partial_model(type(self), self._templated)
+            out = dict(partial.model_validate({k: v for k, v in params.items() if k not in self._templated}).__dict__)
+            out.update({k: params[k] for k in self._templated})
+            return out
+
+    def _config_error(self, problems: list[Any]) -> ExecutorConfigError:
+        first = problems[0]
+        param_name = str(first["loc"][0]) if first.get("loc") else None
+        parts = []
+        for e in problems:
+            where = ".".join(str(p) for p in e.get("loc", ())) or "(parameters)"
+            if e.get("type") == "missing":
+                parts.append(f"parameter {where!r} is required")
+            elif e.get("type") == "extra_forbidden":
+                parts.append(f"unknown parameter {where!r} (it takes: {', '.join(self._params) or 'none'})")
+            else:
+                parts.append(f"parameter {where!r}: {e.get('msg')}")
+        return ExecutorConfigError(
+            f"executor {self.name!r}: " + "; ".join(parts), executor=self.name, parameter=param_name
+        )
+
+    def _run_validate(self) -> None:
+        try:
+            self.validate()
+        except ValueError as err:
+            raise ExecutorConfigError(f"executor {self.name!r}: {err}", executor=self.name) from err
+
+    # -- hooks for subclasses ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Extra checks after the declared types; raise ValueError with a message naming the problem."""
+
+    async def before_execute(self) -> None:
+        """Runs before each attempt."""
+
+    async def execute_internal(self) -> dict[str, Any]:
+        """The work. Return a dict (it becomes the output, and merges into token data in a workflow)."""
+        raise ExecutorError(f"executor {self.name!r} does not implement execute_internal", executor=self.name)
+
+    async def after_execute(self, result: dict[str, Any]) -> None:
+        """Runs after a successful attempt with its output."""
+
+    # -- configuration ---------------------------------------------------------------------------------
+    def with_retry(self, policy: RetryPolicy | int | None) -> Executor:
+        """Retry failed attempts (``retryable`` errors only): a policy or a number of attempts."""
+        self.retry_policy = RetryPolicy(max_attempts=policy) if isinstance(policy, int) else policy
+        return self
+
+    def with_timeout(self, seconds: float | None) -> Executor:
+        """Bound each attempt; a timed-out attempt is cancelled and counts as a retryable failure."""
+        if seconds is not None and seconds <= 0:
+            raise ExecutorConfigError(f"executor {self.name!r}: timeout must be positive", executor=self.name)
+        self.execution_timeout = seconds
+        return self
+
+    def record_usage(self, **amounts: float) -> None:
+        """Add to this execution's resource usage (``http_requests=1``, ``cpu_time=0.2``...)."""
+        usage = self.usage
+        for key, amount in amounts.items():
+            usage[key] = usage.get(key, 0) + amount
+
+    # -- templates ---------------------------------------------------------------------------------------
+    @property
+    def templated(self) -> frozenset[str]:
+        """Parameters whose values hold templates to fill from token data."""
+        return self._templated
+
+    def render(self, data: Mapping[str, Any]) -> Executor:
+        """A copy with every template filled from ``data`` and validated; ``self`` when there is none."""
+        if not self._templated:
+            return self
+        try:
+            params = {k: (render(v, data) if k in self._templated else v) for k, v in self._raw.items()}
+        except TemplateError as err:
+            param_name = next((k for k in self._templated if _mentions(self._raw[k], err.field)), None)
+            raise TemplateError(
+                f"executor {self.name!r}, parameter {param_name!r}: {err}",
+                executor=self.name,
+                parameter=param_name,
+                field=err.field,
+            ) from None
+        clone = type(self)(**params)
+        clone.retry_policy = self.retry_policy
+        clone.execution_timeout = self.execution_timeout
+        return clone
+
+    # -- running -----------------------------------------------------------------------------------------
+    async def execute(self) -> dict[str, Any]:
+        """Run (with the executor's retries and timeout) and return the output; raises ExecutorError."""
+        result = await self.execute_detailed()
+        if result.status == "succeeded":
+            return result.output
+        error = result.error
+        assert error is not None
+        if result.status == "timed_out":
+            raise ExecutorTimeoutError(self.name, self.execution_timeout or 0.0)
+        raise ExecutorError(error.message, executor=self.name, kind=error.kind, retryable=error.retryable)
+
+    async def execute_detailed(self) -> ExecutionResult:
+        """Run and describe what happened; failures are in the record, not raised (cancellation is)."""
+        if self._templated:
+            raise TemplateError(
+                f"executor {self.name!r} has templated parameters {sorted(self._templated)}: "
+                "render(data) it with token data first",
+                executor=self.name,
+            )
+        policy = self.retry_policy
+        max_attempts = policy.max_attempts if policy is not None else 1
+        started = utcnow()
+        t0 = time.perf_counter()
+        self.usage = {}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.before_execute()
+                if self.execution_timeout is not None:
+                    output = await asyncio.wait_for(self.execute_internal(), self.execution_timeout)
+                else:
+                    output = await self.execute_internal()
+                if not isinstance(output, dict):
+                    raise ExecutorError(
+                        f"executor {self.name!r} returned {type(output).__name__}, expected a dict",
+                        executor=self.name,
+                        kind="bad_output",
+                        retryable=False,
+                    )
+                await self.after_execute(output)
+                return self._result("succeeded", output, None, started, t0, attempt)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                status, info = _classify(self.name, err, self.execution_timeout)
+                if info.retryable and attempt < max_attempts and policy is not None:
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
+                return self._result(status, {}, info, started, t0, attempt)
+
+    def _result(
+        self, status: str, output: dict[str, Any], error: ErrorInfo | None, started: Any, t0: float, attempts: int
+    ) -> ExecutionResult:
+        wall = time.perf_counter() - t0
+        return build(
+            ExecutionResult,
+            executor=self.name,
+            status=status,
+            output=output,
+            error=error,
+            started_at=started,
+            finished_at=utcnow(),
+            duration=wall,
+            attempts=attempts,
+            usage=self.usage,
+        )
+
+    def run(self) -> dict[str, Any]:
+        """``execute()`` for scripts: runs its own event loop."""
+        return asyncio.run(self.execute())
+
+    # -- description and serialisation ---------------------------------------------------------------------
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Name, description and parameters, as ``circuit-breaker executors --json`` prints them."""
+        return {
+            "name": cls.name,
+            "description": cls.description,
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "params": [spec.describe(name) for name, spec in cls._params.items()],
+        }
+
+    def spec(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
+        """The serialisable form: registered name and parameters as given (templates kept).
+
+        A worker in another process rebuilds the executor from it through a registry. Secret parameters are
+        masked unless ``reveal_secrets`` (for handing a task to a trusted worker).
+        """
+        params: dict[str, Any] = {}
+        for key, value in self._raw.items():
+            spec = self._params.get(key)
+            if spec is not None and spec.secret and not reveal_secrets:
+                params[key] = "***"
+            elif isinstance(value, Executor):
+                params[key] = value.spec(reveal_secrets=reveal_secrets)
+            elif isinstance(value, list) and any(isinstance(v, Executor) for v in value):
+                params[key] = [v.spec(reveal_secrets=reveal_secrets) if isinstance(v, Executor) else v for v in value]
+            else:
+                params[key] = value
+        out: dict[str, Any] = {"executor": self.name, "params": params}
+        if self.retry_policy is not None:
+            out["retry"] = self.retry_policy.model_dump()
+        if self.execution_timeout is not None:
+            out["timeout"] = self.execution_timeout
+        return out
+
+    def as_action(self, *, into: str | None = None) -> Any:
+        """This executor as a transition action; ``into`` nests the output under one key of the token data."""
+        from ._action import ExecutorAction
+
+        return ExecutorAction(self, into=into)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{k}={'***' if (s := self._params.get(k)) is not None and s.secret else repr(v)}"
+            for k, v in self._raw.items()
+        )
+        return f"{type(self).__name__}({shown})"
+
+
+_PARTIAL_MODELS: dict[tuple[type[Executor], frozenset[str]], type[BaseModel]] = {}
+
+
+def _partial_model(cls: type[Executor], leave_out: frozenset[str]) -> type[BaseModel]:
+    """A parameters model without ``leave_out`` (cached: templated executors are built over and over)."""
+    key = (cls, leave_out)
+    model = _PARTIAL_MODELS.get(key)
+    if model is None:
+        model = _PARTIAL_MODELS[key] = params_model(cls, {k: v for k, v in cls._params.items() if k not in leave_out})
+    return model
+
+
+def _classify(name: str, err: Exception, timeout: float | None) -> tuple[str, ErrorInfo]:
+    if isinstance(err, TimeoutError):
+        return "timed_out", ErrorInfo(
+            kind="timeout", message=f"executor {name!r} timed out after {timeout}s", retryable=True
+        )
+    if isinstance(err, ExecutorError):
+        return "failed", ErrorInfo(kind=err.kind, message=str(err), retryable=err.retryable)
+    retryable = bool(getattr(err, "retryable", True))
+    return "failed", ErrorInfo(kind=type(err).__name__, message=str(err) or type(err).__name__, retryable=retryable)
+
+
+def _mentions(value: Any, field: str | None) -> bool:
+    return field is not None and field in repr(value)
