@@ -24,6 +24,16 @@ def _builtin(name: str, module: str, cls: str) -> None:
     BUILTINS[name] = f"{module}:{cls}"
 
 
+_builtin("shell", "circuit_breaker.executors.shell", "ShellExecutor")
+_builtin("python", "circuit_breaker.executors.python", "PythonExecutor")
+_builtin("file", "circuit_breaker.executors.files", "FileExecutor")
+_builtin("http", "circuit_breaker.executors.http", "HttpExecutor")
+_builtin("step", "circuit_breaker.executors.steps", "StepExecutor")
+_builtin("set", "circuit_breaker.executors.data", "SetExecutor")
+_builtin("wait", "circuit_breaker.executors.data", "WaitExecutor")
+_builtin("inject", "circuit_breaker.executors.data", "InjectExecutor")
+
+
 def __getattr__(attr: str) -> Any:
     target = _BUILTIN_CLASSES.get(attr)
     if target is None:
