@@ -37,6 +37,11 @@ class CompiledTransition:
     single_input: bool = False
     # True when every output place is final: only then can this firing complete the instance.
     outputs_final: bool = False
+    # Stage patterns: decide at firing time how many tokens move (see Transition.expand / collect).
+    expand: Any = None
+    collect: Any = None
+    max_parallel: int | None = None
+    rate_limit: tuple[int, float] | None = None
     desc: str = ""
 
     @property

@@ -28,6 +28,9 @@ def input_token(ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]]) 
         (tokens,) = consumed.values()
         if len(tokens) == 1:
             return tokens[0]
+    if ct.expand is not None:
+        # Stage patterns read the consumed tokens themselves; the view is the first input's first token.
+        return consumed[ct.input_places[0]][0]
     merged: dict[str, Any] = {}
     first: Token | None = None
     for place in ct.input_places:

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from ._workflow import Workflow
 
 Trigger = Literal["auto", "manual"]
+# expand(view, consumed) -> data of the tokens to produce, per output place (stage patterns).
+Expand = Callable[["Token", dict[str, tuple["Token", ...]]], dict[str, list[dict[str, Any]]]]
+# collect(marking, reserved, now) -> the tokens a variable-input firing consumes, or None when not ready.
+Collect = Callable[[Any, frozenset[Any], float], "dict[str, tuple[Token, ...]] | None"]
 ActionResult = dict[str, Any] | None
 Action = Callable[["Token"], "ActionResult | Awaitable[ActionResult]"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,18 +36,24 @@ class Transition:
     """
 
     __slots__ = (
+        "collect",
         "desc",
         "error_place",
+        "expand",
         "guards",
         "handler",
         "inputs",
+        "max_parallel",
         "name",
         "outputs",
+        "rate_limit",
         "retry_policy",
         "rules",
         "timeout",
         "trigger",
         "validations",
+        "variable_inputs",
+        "variable_outputs",
         "workflow",
     )
 
@@ -81,6 +91,14 @@ class Transition:
         self.timeout = _timeout(timeout, name, workflow.name)
         self.error_place = error_place
         self.desc = desc
+        # Set by stage patterns (scatter, gather...): arcs whose token count is decided at firing time, and the
+        # functions that decide it. Plain flows leave them empty.
+        self.variable_inputs: frozenset[str] = frozenset()
+        self.variable_outputs: frozenset[str] = frozenset()
+        self.expand: Expand | None = None
+        self.collect: Collect | None = None
+        self.max_parallel: int | None = None
+        self.rate_limit: tuple[int, float] | None = None
         if action is not None:
             self.action(action)
 
@@ -125,6 +143,20 @@ class Transition:
                 workflow=self.workflow.name,
             )
         self.handler = fn
+        self.workflow._changed()
+        return self
+
+    def limit(self, max_parallel: int | None = None, *, per_second: float | None = None) -> Transition:
+        """At most ``max_parallel`` actions of this transition run at once per instance, and (engine-wide) at
+        most ``per_second`` start per second."""
+        if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
+            raise DefinitionError(f"transition {self.name!r}: max_parallel must be a positive integer")
+        if per_second is not None and per_second <= 0:
+            raise DefinitionError(f"transition {self.name!r}: per_second must be positive")
+        self.max_parallel = max_parallel
+        if per_second is not None:
+            # n starts per window: whole numbers per second, or one start every 1/per_second seconds.
+            self.rate_limit = (int(per_second), 1.0) if per_second >= 1 else (1, 1.0 / per_second)
         self.workflow._changed()
         return self
 

@@ -61,6 +61,7 @@ class Workflow:
         self._transitions: list[Transition] = []
         self._error_place = error_place
         self._compiled: CompiledWorkflow | None = None
+        self._place_limits: dict[str, int] = {}  # place -> max actions at once of its consumers (scatter)
         self._local: Any = None  # the in-memory marking for seed-style direct use (see _direct.py)
 
     # -- definition ------------------------------------------------------------------------------------
@@ -163,6 +164,37 @@ class Workflow:
     def _changed(self) -> None:
         self._compiled = None
 
+    # -- stage patterns ----------------------------------------------------------------------------------
+    def scatter(self, flow: Flow, name: str | None = None, **options: Any) -> Transition:
+        """One token per item of a list in the data (see ``circuit_breaker.dsl._patterns.scatter``)."""
+        from ._patterns import scatter
+
+        return scatter(self, flow, name, **options)
+
+    def gather(self, flow: Flow, name: str | None = None, **options: Any) -> Transition:
+        """Barrier until every scattered item arrived; results under ``results`` (see ``_patterns.gather``)."""
+        from ._patterns import gather
+
+        return gather(self, flow, name, **options)
+
+    def broadcast(self, flow: Flow, name: str | None = None, **options: Any) -> list[Transition]:
+        """The same input to several executors in parallel (see ``_patterns.broadcast``)."""
+        from ._patterns import broadcast
+
+        return broadcast(self, flow, name, **options)
+
+    def fork_join(self, flow: Flow, name: str | None = None, **options: Any) -> list[Transition]:
+        """Named parallel branches merged under their names (see ``_patterns.fork_join``)."""
+        from ._patterns import fork_join
+
+        return fork_join(self, flow, name, **options)
+
+    def apply(self, pattern: Any, *args: Any, **options: Any) -> Any:
+        """Build a user-defined pattern: ``pattern(self, *args, **options)`` (it uses the public DSL)."""
+        if not callable(pattern):
+            raise DefinitionError(f"workflow {self.name!r}: a pattern must be callable, got {pattern!r}")
+        return pattern(self, *args, **options)
+
     # -- introspection ---------------------------------------------------------------------------------
     @property
     def places(self) -> list[Place]:
@@ -228,8 +260,8 @@ class Workflow:
                 )
             net_t = NetTransition(
                 t.name,
-                tuple(Arc(p.name, w) for p, w in t.inputs),
-                tuple(Arc(p.name, w) for p, w in t.outputs),
+                tuple(Arc(p.name, w, p.name in t.variable_inputs) for p, w in t.inputs),
+                tuple(Arc(p.name, w, p.name in t.variable_outputs) for p, w in t.outputs),
             )
             handler = t.handler
             compiled.append(
@@ -248,6 +280,10 @@ class Workflow:
                     input_places=tuple(p.name for p, _ in t.inputs),
                     output_places=tuple(p.name for p, _ in t.outputs),
                     desc=t.desc,
+                    expand=t.expand,
+                    collect=t.collect,
+                    max_parallel=t.max_parallel or _place_limit(self._place_limits, t),
+                    rate_limit=t.rate_limit,
                 )
             )
         if errors:
@@ -273,7 +309,7 @@ class Workflow:
         finals = frozenset(net.final_places())
         for c in compiled:
             c.outputs_final = all(p in finals for p in c.output_places)
-            c.single_input = len(c.net.inputs) == 1 and c.net.inputs[0].weight == 1
+            c.single_input = len(c.net.inputs) == 1 and c.net.inputs[0].weight == 1 and c.collect is None
             c.feeds_auto = any(p in auto for p in c.output_places) or (
                 c.error_place is not None and c.error_place in auto
             )
@@ -348,3 +384,8 @@ class Workflow:
         return (
             f"Workflow({self.name!r}, places={list(self._places)}, transitions={[t.name for t in self._transitions]})"
         )
+
+
+def _place_limit(limits: dict[str, int], t: Transition) -> int | None:
+    found = [limits[p.name] for p, _ in t.inputs if p.name in limits]
+    return min(found) if found else None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -33,6 +35,7 @@ from ..dsl._workflow import check_name
 from ..errors import (
     ActionError,
     ActionTimeoutError,
+    CircuitBreakerError,
     DuplicateNameError,
     InstanceExistsError,
     InstanceStateError,
@@ -83,6 +86,7 @@ class Engine:
         self._runs: dict[str, Run] = {}
         self._subscribers: list[tuple[Callable[[Event], bool], asyncio.Queue[Event | None]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._starts: dict[tuple[str, str], deque[float]] = {}  # recent action starts, for rate limits
         self._closed = False
         for wf in workflows:
             self.register(wf)
@@ -382,12 +386,13 @@ class Engine:
         view: Token,
         data: dict[str, Any],
         actor: str | None,
+        expanded: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         if run.lock is NO_LOCK:  # the in-memory store: nothing can interleave, skip the lock's coroutines
-            await self._append(run, *self._fired(run, ct, consumed, view, data, actor))
+            await self._append(run, *self._fired(run, ct, consumed, view, data, actor, expanded))
             return
         async with run.lock:
-            await self._append(run, *self._fired(run, ct, consumed, view, data, actor))
+            await self._append(run, *self._fired(run, ct, consumed, view, data, actor, expanded))
 
     @staticmethod
     def _fired(
@@ -397,11 +402,15 @@ class Engine:
         view: Token,
         data: dict[str, Any],
         actor: str | None,
+        expanded: dict[str, list[dict[str, Any]]] | None = None,
     ) -> tuple[Event, dict[str, tuple[Token, ...]], dict[str, tuple[Token, ...]], HistoryEntry]:
         """The event of a firing, with the hints ``Run.apply`` takes (consumed, produced, history entry)."""
         now = utcnow()
         entry = fired_entry(ct, now, actor)
-        produced = produce(ct, view, data, entry)
+        if expanded is None:
+            produced = produce(ct, view, data, entry)
+        else:
+            produced = {place: tuple(view.moved(place, d, entry) for d in datas) for place, datas in expanded.items()}
         if len(consumed) == 1 and len(produced) == 1:
             (taken,) = consumed.values()
             (given,) = produced.values()
@@ -538,8 +547,8 @@ class Engine:
 
     async def _settle(self, run: Run) -> None:
         """No automatic firing is possible now: completed when every token rests in a final place, else waiting."""
-        if run.inflight:
-            return
+        if run.inflight or run.wake_at is not None:
+            return  # something will still happen by itself: an action finishing, a timer (timeout, rate limit)
         if run.status is RUNNING or run.status is WAITING:
             if run.all_final():
                 await self._set_status(run, "complete", None)
@@ -567,25 +576,95 @@ class Engine:
                 return False
             if not is_enabled(ct.net, run.marking, run.reserved):
                 continue
-            consumed = select(ct.net, run.marking, run.reserved)
-            if run.rejected and (ct.name, tuple(t.id for ts in consumed.values() for t in ts)) in run.rejected:
-                continue
-            view = input_token(ct, consumed)
-            pre = pre_check(ct, view)
-            if not pre.valid:
-                await self._reject(run, ct, consumed, list(pre.errors), "validations", None)
-                continue
-            if ct.handler is None:
-                post = post_check(ct, view)
-                if not post.valid:
-                    await self._reject(run, ct, consumed, list(post.errors), "rules", None)
+            for consumed in self._selections(run, ct):
+                if ct.handler is not None and not self._may_start(run, ct):
+                    break
+                view = input_token(ct, consumed)
+                pre = pre_check(ct, view)
+                if not pre.valid:
+                    await self._reject(run, ct, consumed, list(pre.errors), "validations", None)
                     continue
-                await self._commit_fire(run, ct, consumed, view, view.data, None)
-                return True
-            run.reserve(consumed)
-            run.inflight += 1
-            self._spawn(run, self._fire_with_action(run, ct, consumed, view))
+                if ct.handler is None:
+                    post = post_check(ct, view)
+                    if not post.valid:
+                        await self._reject(run, ct, consumed, list(post.errors), "rules", None)
+                        continue
+                    expanded = None
+                    if ct.expand is not None:
+                        try:
+                            expanded = ct.expand(view, consumed)
+                        except CircuitBreakerError as err:
+                            await self._reject(run, ct, consumed, [str(err)], "rules", None)
+                            continue
+                    await self._commit_fire(run, ct, consumed, view, view.data, None, expanded)
+                    return True
+                run.reserve(consumed)
+                run.inflight += 1
+                run.running[ct.name] = run.running.get(ct.name, 0) + 1
+                self._spawn(run, self._fire_with_action(run, ct, consumed, view))
         return False
+
+    def _selections(self, run: Run, ct: CompiledTransition) -> Iterator[dict[str, tuple[Token, ...]]]:
+        """The token sets ``ct`` could fire with now, oldest first, skipping reserved and refused ones.
+
+        A one-arc transition looks at every token of its place, so one refused token does not block the
+        others (each scattered item is judged on its own); joins and weighted arcs take the oldest tokens.
+        """
+        if ct.collect is not None:
+            chosen = ct.collect(run.marking, run.reserved, time.monotonic())
+            if chosen is None:
+                # A collector that can time out (a gather) says when to look again.
+                wake = getattr(getattr(ct.collect, "__self__", None), "next_check", None)
+                delay = wake(run.marking, time.monotonic()) if wake is not None else None
+                if delay is not None:
+                    self._wake(run, delay)
+                return
+            if not run.rejected or (ct.name, _ids(chosen)) not in run.rejected:
+                yield chosen
+            return
+        if ct.single_input:
+            place = ct.input_places[0]
+            for tok in run.marking.get_tokens(place):
+                if tok in run.reserved or (run.rejected and (ct.name, (tok.id,)) in run.rejected):
+                    continue
+                yield {place: (tok,)}
+            return
+        if is_enabled(ct.net, run.marking, run.reserved):
+            consumed = select(ct.net, run.marking, run.reserved)
+            if not run.rejected or (ct.name, _ids(consumed)) not in run.rejected:
+                yield consumed
+
+    def _may_start(self, run: Run, ct: CompiledTransition) -> bool:
+        """Whether another action of ``ct`` may start now (its max_parallel and rate limit)."""
+        if ct.max_parallel is not None and run.running.get(ct.name, 0) >= ct.max_parallel:
+            return False
+        if ct.rate_limit is not None:
+            count, window = ct.rate_limit
+            starts = self._starts.setdefault((run.cw.name, ct.name), deque())
+            now = time.monotonic()
+            while starts and now - starts[0] >= window:
+                starts.popleft()
+            if len(starts) >= count:
+                self._wake(run, window - (now - starts[0]))
+                return False
+            starts.append(now)
+        return True
+
+    def _wake(self, run: Run, delay: float) -> None:
+        """Run a scheduler pass for ``run`` after ``delay`` seconds (timeouts, rate limits)."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        if run.wake_at is not None and run.wake_at <= when:
+            return
+        run.wake_at = when
+
+        def wake() -> None:
+            if run.wake_at == when:
+                run.wake_at = None
+            if not self._closed:
+                self._kick(run)
+
+        loop.call_at(when, wake)
 
     async def _fire_with_action(
         self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token
@@ -608,6 +687,7 @@ class Engine:
         finally:
             run.release(consumed)
             run.inflight -= 1
+            run.running[ct.name] -= 1
             if not self._closed:
                 self._kick(run)
 
@@ -751,3 +831,7 @@ def _next_event(cls: type[E], run: Run, actor: str | None, time: datetime | None
         type=cls.model_fields["type"].default,
         **fields,
     )
+
+
+def _ids(consumed: dict[str, tuple[Token, ...]]) -> tuple[str, ...]:
+    return tuple(t.id for ts in consumed.values() for t in ts)

@@ -58,11 +58,13 @@ class Run:
         "marking",
         "rejected",
         "reserved",
+        "running",
         "seq",
         "settled",
         "status",
         "tasks",
         "updated_at",
+        "wake_at",
     )
 
     def __init__(self, instance_id: str, cw: CompiledWorkflow, *, atomic_store: bool = False) -> None:
@@ -84,6 +86,8 @@ class Run:
         self.lock: asyncio.Lock | _NoLock = NO_LOCK if atomic_store else asyncio.Lock()
         self.advancing = False
         self.dirty = False
+        self.running: dict[str, int] = {}  # actions in flight per transition (for max_parallel)
+        self.wake_at: float | None = None  # loop time of the next timed scheduler pass, if any
 
     # -- reservations ------------------------------------------------------------------------------------
     def reserve(self, consumed: Mapping[str, tuple[Token, ...]]) -> None:

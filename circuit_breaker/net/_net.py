@@ -8,10 +8,15 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Arc:
-    """An arc between a place and a transition; ``weight`` tokens move along it per firing."""
+    """An arc between a place and a transition; ``weight`` tokens move along it per firing.
+
+    A *variable* arc moves a number of tokens decided at firing time (one per item of a scatter, a whole
+    group for a gather); ``weight`` is then the least an input arc needs to be enabled.
+    """
 
     place: str
     weight: int = 1
+    variable: bool = False
 
     def __post_init__(self) -> None:
         if self.weight < 1:

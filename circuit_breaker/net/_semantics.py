@@ -30,8 +30,13 @@ def is_enabled(transition: NetTransition, marking: Marking[T], excluded: frozens
             if len(get(arc.place)) < arc.weight:
                 return False
         return True
+    n_excluded = len(excluded)
     for arc in transition.inputs:
-        if sum(1 for t in get(arc.place) if t not in excluded) < arc.weight:
+        have = get(arc.place)
+        # Cheap when few tokens are excluded among many (a scatter's items with a handful in flight).
+        if len(have) - n_excluded >= arc.weight:
+            continue
+        if sum(1 for t in have if t not in excluded) < arc.weight:
             return False
     return True
 
@@ -107,7 +112,7 @@ def fire(
     places = dict(marking._places)
     for arc in transition.inputs:
         take = consumed.get(arc.place, ())
-        if len(take) != arc.weight:
+        if len(take) != arc.weight and not (arc.variable and len(take) >= arc.weight):
             raise ValueError(f"transition {transition.name!r} must consume {arc.weight} from {arc.place!r}")
         current = places.get(arc.place, ())
         if len(take) == 1 and current and current[0] is take[0]:
@@ -123,7 +128,8 @@ def fire(
             places.pop(arc.place, None)
     for arc in transition.outputs:
         give = tuple(produced.get(arc.place, ()))
-        if len(give) != arc.weight:
+        if len(give) != arc.weight and not arc.variable:
             raise ValueError(f"transition {transition.name!r} must produce {arc.weight} into {arc.place!r}")
-        places[arc.place] = places.get(arc.place, ()) + give
+        if give:
+            places[arc.place] = places.get(arc.place, ()) + give
     return Marking._of(places)
