@@ -39,6 +39,7 @@ class ErrorInfo(BaseModel):
     kind: str
     message: str
     retryable: bool = True
+    details: dict[str, Any] = Field(default_factory=dict, description="what the failure carried (status, excerpt...)")
 
 
 class _EventBase(BaseModel):

@@ -7,6 +7,7 @@ import inspect
 import re
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +22,9 @@ from ._result import ExecutionResult
 from ._template import has_template, render
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+_USAGE: ContextVar[dict[str, float] | None] = ContextVar("circuit_breaker_executor_usage", default=None)
+# Attributes each executor object has of its own; render() does not copy them to the clone.
+_PER_INSTANCE = frozenset({"_raw", "_templated", "usage", "last_error"})
 
 
 class Executor:
@@ -61,6 +65,13 @@ class Executor:
             doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
             cls.description = doc.split("\n\n")[0].replace("\n", " ")
         cls._params = collect_params(cls)
+        clashes = sorted(name for name in cls._params if name in _RESERVED)
+        if clashes:
+            raise ExecutorConfigError(
+                f"executor {cls.name!r}: parameter(s) {clashes} would hide the executor's own attributes; rename them",
+                executor=cls.name,
+                parameter=clashes[0],
+            )
         cls._model = params_model(cls, cls._params)
 
     def __init__(self, **params: Any) -> None:
@@ -69,6 +80,7 @@ class Executor:
         self.retry_policy: RetryPolicy | None = type(self).default_retry
         self.execution_timeout: float | None = type(self).default_timeout
         self.usage: dict[str, float] = {}
+        self.last_error: Exception | None = None
         values = self._validated(params)
         for key, value in values.items():
             setattr(self, key, value)
@@ -144,7 +156,9 @@ class Executor:
 
     def record_usage(self, **amounts: float) -> None:
         """Add to this execution's resource usage (``http_requests=1``, ``cpu_time=0.2``...)."""
-        usage = self.usage
+        usage = _USAGE.get(None)
+        if usage is None:  # outside execute_detailed (a direct execute_internal call): keep it on the object
+            usage = self.usage
         for key, amount in amounts.items():
             usage[key] = usage.get(key, 0) + amount
 
@@ -169,8 +183,10 @@ class Executor:
                 field=err.field,
             ) from None
         clone = type(self)(**params)
-        clone.retry_policy = self.retry_policy
-        clone.execution_timeout = self.execution_timeout
+        # Carry over configuration set after construction (retry, timeout, a subclass's own settings).
+        for key, value in vars(self).items():
+            if key not in self._params and key not in _PER_INSTANCE:
+                setattr(clone, key, value)
         return clone
 
     # -- running -----------------------------------------------------------------------------------------
@@ -179,11 +195,15 @@ class Executor:
         result = await self.execute_detailed()
         if result.status == "succeeded":
             return result.output
+        if isinstance(self.last_error, ExecutorError):
+            raise self.last_error  # the original class (CircuitOpenError...) with its details
         error = result.error
         assert error is not None
         if result.status == "timed_out":
             raise ExecutorTimeoutError(self.name, self.execution_timeout or 0.0)
-        raise ExecutorError(error.message, executor=self.name, kind=error.kind, retryable=error.retryable)
+        raise ExecutorError(
+            error.message, executor=self.name, kind=error.kind, retryable=error.retryable, details=error.details
+        )
 
     async def execute_detailed(self) -> ExecutionResult:
         """Run and describe what happened; failures are in the record, not raised (cancellation is)."""
@@ -193,11 +213,22 @@ class Executor:
                 "render(data) it with token data first",
                 executor=self.name,
             )
-        policy = self.retry_policy
-        max_attempts = policy.max_attempts if policy is not None else 1
         started = utcnow()
         t0 = time.perf_counter()
-        self.usage = {}
+        # Usage is per execution, kept in a context variable: one executor object may run concurrently (as an
+        # action without templates), and each run must count only its own requests.
+        usage: dict[str, float] = {}
+        token = _USAGE.set(usage)
+        self.last_error = None
+        try:
+            return await self._attempts(started, t0, usage)
+        finally:
+            _USAGE.reset(token)
+            self.usage = usage
+
+    async def _attempts(self, started: Any, t0: float, usage: dict[str, float]) -> ExecutionResult:
+        policy = self.retry_policy
+        max_attempts = policy.max_attempts if policy is not None else 1
         attempt = 0
         while True:
             attempt += 1
@@ -215,18 +246,26 @@ class Executor:
                         retryable=False,
                     )
                 await self.after_execute(output)
-                return self._result("succeeded", output, None, started, t0, attempt)
+                return self._result("succeeded", output, None, started, t0, attempt, usage)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 status, info = _classify(self.name, err, self.execution_timeout)
+                self.last_error = err
                 if info.retryable and attempt < max_attempts and policy is not None:
                     await asyncio.sleep(policy.delay(attempt))
                     continue
-                return self._result(status, {}, info, started, t0, attempt)
+                return self._result(status, {}, info, started, t0, attempt, usage)
 
     def _result(
-        self, status: str, output: dict[str, Any], error: ErrorInfo | None, started: Any, t0: float, attempts: int
+        self,
+        status: str,
+        output: dict[str, Any],
+        error: ErrorInfo | None,
+        started: Any,
+        t0: float,
+        attempts: int,
+        usage: dict[str, float],
     ) -> ExecutionResult:
         wall = time.perf_counter() - t0
         return build(
@@ -239,7 +278,7 @@ class Executor:
             finished_at=utcnow(),
             duration=wall,
             attempts=attempts,
-            usage=self.usage,
+            usage=usage,
         )
 
     def run(self) -> dict[str, Any]:
@@ -313,10 +352,19 @@ def _classify(name: str, err: Exception, timeout: float | None) -> tuple[str, Er
             kind="timeout", message=f"executor {name!r} timed out after {timeout}s", retryable=True
         )
     if isinstance(err, ExecutorError):
-        return "failed", ErrorInfo(kind=err.kind, message=str(err), retryable=err.retryable)
+        return "failed", ErrorInfo(kind=err.kind, message=str(err), retryable=err.retryable, details=err.details)
     retryable = bool(getattr(err, "retryable", True))
     return "failed", ErrorInfo(kind=type(err).__name__, message=str(err) or type(err).__name__, retryable=retryable)
 
 
 def _mentions(value: Any, field: str | None) -> bool:
     return field is not None and field in repr(value)
+
+
+# Names a parameter may not take: they would shadow what every executor has.
+_RESERVED = frozenset(n for n in dir(Executor) if not n.startswith("__")) | {
+    "retry_policy",
+    "execution_timeout",
+    "usage",
+    "last_error",
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,10 @@ def collect_params(cls: type) -> dict[str, ParamSpec]:
 def params_model(cls: type, params: dict[str, ParamSpec]) -> type[BaseModel]:
     fields: dict[str, Any] = {name: (spec.annotation, spec.field_info()) for name, spec in params.items()}
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=False)
-    model: type[BaseModel] = create_model(f"{cls.__name__}Params", __config__=config, **fields)
+    with warnings.catch_warnings():
+        # Parameters such as ``json`` shadow BaseModel attributes; harmless for a model used only to validate.
+        warnings.filterwarnings("ignore", message=".*shadows an attribute in parent.*")
+        model: type[BaseModel] = create_model(f"{cls.__name__}Params", __config__=config, **fields)
     return model
 
 
