@@ -26,7 +26,8 @@
     │   ├── UnknownExecutorError        no executor registered under that name
     │   └── TemplateError               a template names a field the token data does not have
     └── ExecutorError                   an execution failed (``kind``, ``retryable``)
-        └── ExecutorTimeoutError
+        ├── ExecutorTimeoutError
+        └── CircuitOpenError            (circuit_breaker.executors) a breaker refused the call
 """
 
 from __future__ import annotations

@@ -10,6 +10,14 @@ from typing import Any
 
 from ._action import ExecutorAction
 from ._base import Executor
+from ._breaker import (
+    BreakerRegistry,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpenError,
+    default_breakers,
+    set_default_breakers,
+)
 from ._params import ParamSpec, param
 from ._registry import BUILTINS, ENTRY_POINT_GROUP, ExecutorRegistry, default_registry
 from ._result import ExecutionResult
@@ -45,13 +53,19 @@ def __getattr__(attr: str) -> Any:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BreakerRegistry",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ExecutionResult",
     "Executor",
     "ExecutorAction",
     "ExecutorRegistry",
     "ParamSpec",
+    "default_breakers",
     "default_registry",
     "has_template",
     "param",
     "render",
+    "set_default_breakers",
 ]
