@@ -1,8 +1,12 @@
-"""Load the workflows a Python file defines, for the CLI.
+"""Load the workflows a file defines, for the CLI: a Python module, or a YAML/JSON workflow document.
 
-A workflow file is an ordinary module: it is imported by path under a unique module name (so two files named
-``order.py`` do not clash), with its own directory and the current directory on ``sys.path`` while it imports,
-so that ``from rules.shared import ...`` works when the command is run from the project root. Every
+A ``.yaml``, ``.yml`` or ``.json`` file is one declarative workflow (see ``circuit_breaker.dsl.load_workflow``);
+its executors are looked up in the default registry plus the ``executors/`` folder of the current directory
+(the project root), like the Python files' imports.
+
+A Python workflow file is an ordinary module: it is imported by path under a unique module name (so two files
+named ``order.py`` do not clash), with its own directory and the current directory on ``sys.path`` while it
+imports, so that ``from rules.shared import ...`` works when the command is run from the project root. Every
 module-level ``Workflow`` is collected, in definition order.
 """
 
@@ -19,11 +23,12 @@ from pathlib import Path
 from types import ModuleType
 
 from ..dsl import Workflow
-from ..errors import DefinitionError, RuleDefinitionError, WorkflowLoadError
+from ..errors import DefinitionError, ExecutorConfigError, RuleDefinitionError, WorkflowLoadError
 
 __all__ = ["WorkflowChoiceError", "load_workflows", "pick_workflow", "split_target"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+DOCUMENT_SUFFIXES = (".yaml", ".yml", ".json")
 _counter = itertools.count(1)
 
 
@@ -47,17 +52,20 @@ def split_target(target: str) -> tuple[str, str | None]:
 
 
 def load_workflows(path: str | Path) -> list[Workflow]:
-    """Import ``path`` and return its module-level workflows in definition order.
+    """Import ``path`` (or read it, for a YAML/JSON document) and return its workflows in definition order.
 
-    Raises WorkflowLoadError when the file is missing, is not Python, raises while importing or defines no
-    workflow. A DefinitionError or RuleDefinitionError raised while the file builds its workflows passes
-    through (with the file and line prepended), because it is a mistake in the definition, not in loading.
+    Raises WorkflowLoadError when the file is missing, is not Python (or YAML/JSON that parses), raises while
+    importing or defines no workflow. A DefinitionError or RuleDefinitionError raised while the file builds
+    its workflows passes through (with the file and line prepended), because it is a mistake in the
+    definition, not in loading.
     """
     file = Path(path)
     if not file.exists():
         raise WorkflowLoadError(f"workflow file {str(path)!r} does not exist", path=str(path))
     if not file.is_file():
         raise WorkflowLoadError(f"workflow file {str(path)!r} is not a file", path=str(path))
+    if file.suffix.lower() in DOCUMENT_SUFFIXES:
+        return [_load_document(file)]
     module = _import(file.resolve(), str(path))
     found: list[Workflow] = []
     for value in vars(module).values():
@@ -66,6 +74,23 @@ def load_workflows(path: str | Path) -> list[Workflow]:
     if not found:
         raise WorkflowLoadError(f"{path} defines no Workflow at module level", path=str(path))
     return found
+
+
+def _load_document(file: Path) -> Workflow:
+    """One workflow from a YAML/JSON document; its executors may come from the project's ``executors/``."""
+    from ..dsl._declarative import load_workflow
+
+    registry = None
+    project_executors = Path.cwd() / "executors"
+    if project_executors.is_dir():
+        from ..executors import default_registry
+
+        try:
+            registry = default_registry(Path.cwd())
+        except ExecutorConfigError as err:
+            raise WorkflowLoadError(f"cannot load {file}: {err}", path=str(file)) from err
+    # Errors already name the file (and the line) as given, so they pass through unchanged.
+    return load_workflow(file, registry=registry)
 
 
 def pick_workflow(workflows: list[Workflow], name: str | None, path: str) -> Workflow:
@@ -89,7 +114,7 @@ def _import(file: Path, shown: str) -> ModuleType:
     module_name = f"_circuit_breaker_workflow_{next(_counter)}_{stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     if spec is None or spec.loader is None:
-        raise WorkflowLoadError(f"{shown} is not a Python file (expected a .py file)", path=shown)
+        raise WorkflowLoadError(f"{shown} is not a Python file (expected a .py, .yaml, .yml or .json file)", path=shown)
     module = importlib.util.module_from_spec(spec)
     # Registered before executing, like a normal import: pydantic models and dataclasses look themselves up here.
     sys.modules[module_name] = module

@@ -3,13 +3,17 @@
 from typing import TYPE_CHECKING, Any
 
 from ._compiled import CompiledTransition, CompiledWorkflow
+from ._dag import Task, dag
 from ._place import Flow, Place, Weighted
 from ._problems import Problem
 from ._transition import Transition
 from ._workflow import Workflow
 
 if TYPE_CHECKING:
+    from ._declarative import WorkflowDocument, dump_workflow, load_workflow
     from ._spec import WorkflowSpec
+
+_DECLARATIVE = ("WorkflowDocument", "dump_workflow", "load_workflow")
 
 
 def __getattr__(name: str) -> Any:
@@ -18,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from ._spec import WorkflowSpec
 
         return WorkflowSpec
+    if name in _DECLARATIVE:  # so is YAML, and the document models
+        from . import _declarative
+
+        return getattr(_declarative, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -27,8 +35,13 @@ __all__ = [
     "Flow",
     "Place",
     "Problem",
+    "Task",
     "Transition",
     "Weighted",
     "Workflow",
+    "WorkflowDocument",
     "WorkflowSpec",
+    "dag",
+    "dump_workflow",
+    "load_workflow",
 ]
