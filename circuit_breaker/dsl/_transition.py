@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from ..errors import DefinitionError
 from ..retry import RetryPolicy
@@ -24,6 +24,16 @@ Collect = Callable[[Any, frozenset[Any], float], "dict[str, tuple[Token, ...]] |
 ActionResult = dict[str, Any] | None
 Action = Callable[["Token"], "ActionResult | Awaitable[ActionResult]"]
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@runtime_checkable
+class ActionProvider(Protocol):
+    """Anything that can serve as an action, such as an executor (``executor.as_action()``)."""
+
+    def as_action(self) -> Action: ...
+
+
+ActionLike = Action | ActionProvider
 
 TRIGGERS = ("auto", "manual")
 
@@ -67,7 +77,7 @@ class Transition:
         validations: PolicyValue | Policy = None,
         guards: PolicyValue | Policy = None,
         rules: PolicyValue | Policy = None,
-        action: Action | None = None,
+        action: ActionLike | None = None,
         trigger: Trigger = "auto",
         retry: RetryPolicy | int | None = None,
         timeout: float | None = None,
@@ -128,7 +138,7 @@ class Transition:
         self.workflow._changed()
         return self
 
-    def action(self, fn: Action) -> Transition:
+    def action(self, fn: ActionLike) -> Transition:
         """Set the action: a function ``(token) -> dict | None``, sync or async, or an executor."""
         if not callable(fn) and not hasattr(fn, "as_action"):
             raise DefinitionError(

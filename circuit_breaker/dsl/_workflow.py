@@ -19,7 +19,7 @@ from ..rules import Policy, RuleSet
 from ..rules._policy import PolicyValue
 from ._compiled import CompiledTransition, CompiledWorkflow, is_async_callable
 from ._place import Flow, Place
-from ._transition import Action, Transition, Trigger
+from ._transition import ActionLike, Transition, Trigger
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -112,7 +112,7 @@ class Workflow:
         validations: PolicyValue | Policy = None,
         rules: PolicyValue | Policy = None,
         guards: PolicyValue | Policy = None,
-        action: Action | None = None,
+        action: ActionLike | None = None,
         trigger: Trigger = "auto",
         retry: RetryPolicy | int | None = None,
         timeout: float | None = None,

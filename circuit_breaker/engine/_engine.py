@@ -731,7 +731,12 @@ class Engine:
                     failure = action_failure(cw, ct, err, attempt)
                 failure.instance_id = run.id
                 failure.attempts = attempt
-                info = ErrorInfo(kind=type(err).__name__, message=str(err) or str(failure), retryable=failure.retryable)
+                info = ErrorInfo(
+                    kind=getattr(err, "kind", None) or type(err).__name__,
+                    message=str(err) or str(failure),
+                    retryable=failure.retryable,
+                    details=dict(getattr(err, "details", None) or {}),
+                )
                 will_retry = failure.retryable and attempt < policy.max_attempts and run.status in (RUNNING, WAITING)
                 if will_retry:
                     await self._record_failure(run, ct, token_ids, attempt, info, actor, will_retry=True)

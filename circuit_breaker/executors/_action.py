@@ -27,9 +27,13 @@ class ExecutorAction:
         runnable = self.executor.render(token.data)
         result = await runnable.execute_detailed()
         if result.status != "succeeded":
+            if isinstance(runnable.last_error, ExecutorError):
+                raise runnable.last_error  # its own class, kind, retryable flag and details
             error = result.error
             assert error is not None
-            raise ExecutorError(error.message, executor=runnable.name, kind=error.kind, retryable=error.retryable)
+            raise ExecutorError(
+                error.message, executor=runnable.name, kind=error.kind, retryable=error.retryable, details=error.details
+            )
         return {self.into: result.output} if self.into else result.output
 
     def spec(self) -> dict[str, Any]:

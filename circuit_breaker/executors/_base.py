@@ -50,6 +50,14 @@ class Executor:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        clashes = sorted(k for k, v in vars(cls).items() if isinstance(v, ParamSpec) and k in _RESERVED)
+        if clashes:
+            raise ExecutorConfigError(
+                f"executor class {cls.__qualname__}: parameter(s) {clashes} would hide the executor's own "
+                "attributes; rename them",
+                executor=cls.__qualname__,
+                parameter=clashes[0],
+            )
         if "name" not in cls.__dict__ or not cls.name:
             cls.name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Executor")).lower() or "executor"
         if not _NAME.match(cls.name):
@@ -65,18 +73,14 @@ class Executor:
             doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
             cls.description = doc.split("\n\n")[0].replace("\n", " ")
         cls._params = collect_params(cls)
-        clashes = sorted(name for name in cls._params if name in _RESERVED)
-        if clashes:
-            raise ExecutorConfigError(
-                f"executor {cls.name!r}: parameter(s) {clashes} would hide the executor's own attributes; rename them",
-                executor=cls.name,
-                parameter=clashes[0],
-            )
         cls._model = params_model(cls, cls._params)
 
     def __init__(self, **params: Any) -> None:
+        self._setup(params, frozenset(k for k, v in params.items() if has_template(v)))
+
+    def _setup(self, params: dict[str, Any], templated: frozenset[str]) -> None:
         self._raw = params
-        self._templated = frozenset(k for k, v in params.items() if has_template(v))
+        self._templated = templated
         self.retry_policy: RetryPolicy | None = type(self).default_retry
         self.execution_timeout: float | None = type(self).default_timeout
         self.usage: dict[str, float] = {}
@@ -172,17 +176,23 @@ class Executor:
         """A copy with every template filled from ``data`` and validated; ``self`` when there is none."""
         if not self._templated:
             return self
-        try:
-            params = {k: (render(v, data) if k in self._templated else v) for k, v in self._raw.items()}
-        except TemplateError as err:
-            param_name = next((k for k in self._templated if _mentions(self._raw[k], err.field)), None)
-            raise TemplateError(
-                f"executor {self.name!r}, parameter {param_name!r}: {err}",
-                executor=self.name,
-                parameter=param_name,
-                field=err.field,
-            ) from None
-        clone = type(self)(**params)
+        params: dict[str, Any] = {}
+        for key, value in self._raw.items():
+            if key not in self._templated:
+                params[key] = value
+                continue
+            try:
+                params[key] = render(value, data)
+            except TemplateError as err:
+                raise TemplateError(
+                    f"executor {self.name!r}, parameter {key!r}: {err}",
+                    executor=self.name,
+                    parameter=key,
+                    field=err.field,
+                ) from None
+        # The clone is fully rendered even if token data itself contains "{{ ... }}": that is data, not a template.
+        clone = type(self).__new__(type(self))
+        clone._setup(params, frozenset())
         # Carry over configuration set after construction (retry, timeout, a subclass's own settings).
         for key, value in vars(self).items():
             if key not in self._params and key not in _PER_INSTANCE:
@@ -232,10 +242,12 @@ class Executor:
         attempt = 0
         while True:
             attempt += 1
+            deadline = None
             try:
                 await self.before_execute()
                 if self.execution_timeout is not None:
-                    output = await asyncio.wait_for(self.execute_internal(), self.execution_timeout)
+                    async with asyncio.timeout(self.execution_timeout) as deadline:
+                        output = await self.execute_internal()
                 else:
                     output = await self.execute_internal()
                 if not isinstance(output, dict):
@@ -250,7 +262,10 @@ class Executor:
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                status, info = _classify(self.name, err, self.execution_timeout)
+                expired = deadline is not None and deadline.expired()
+                status, info = _classify(self.name, err, self.execution_timeout if expired else None)
+                if isinstance(err, ExecutorError) and err.executor is None:
+                    err.executor = self.name
                 self.last_error = err
                 if info.retryable and attempt < max_attempts and policy is not None:
                     await asyncio.sleep(policy.delay(attempt))
@@ -347,7 +362,8 @@ def _partial_model(cls: type[Executor], leave_out: frozenset[str]) -> type[BaseM
 
 
 def _classify(name: str, err: Exception, timeout: float | None) -> tuple[str, ErrorInfo]:
-    if isinstance(err, TimeoutError):
+    """Status and error record; ``timeout`` is given only when the executor's own deadline expired."""
+    if timeout is not None:
         return "timed_out", ErrorInfo(
             kind="timeout", message=f"executor {name!r} timed out after {timeout}s", retryable=True
         )
@@ -355,10 +371,6 @@ def _classify(name: str, err: Exception, timeout: float | None) -> tuple[str, Er
         return "failed", ErrorInfo(kind=err.kind, message=str(err), retryable=err.retryable, details=err.details)
     retryable = bool(getattr(err, "retryable", True))
     return "failed", ErrorInfo(kind=type(err).__name__, message=str(err) or type(err).__name__, retryable=retryable)
-
-
-def _mentions(value: Any, field: str | None) -> bool:
-    return field is not None and field in repr(value)
 
 
 # Names a parameter may not take: they would shadow what every executor has.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import types
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -94,6 +96,20 @@ def params_model(cls: type, params: dict[str, ParamSpec]) -> type[BaseModel]:
 
 def type_name(annotation: Any) -> str:
     """A short, readable type name for listings: ``dict``, ``list[str]``, ``int | None``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "Literal[" + ", ".join(repr(a) for a in args) + "]"
+    if annotation is type(None):
+        return "None"
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or str(origin)
+        return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
     if isinstance(annotation, type):
         return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    # Anything else: drop module paths (circuit_breaker.executors._base.Executor -> Executor).
+    return re.sub(r"\b(?:[A-Za-z_][A-Za-z0-9_]*\.)+([A-Za-z_][A-Za-z0-9_]*)", r"\1", str(annotation))

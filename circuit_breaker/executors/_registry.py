@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..errors import ExecutorConfigError, UnknownExecutorError
 from ._base import Executor
 
 ENTRY_POINT_GROUP = "circuit_breaker.executors"
+log = logging.getLogger("circuit_breaker.executors")
 
 # Built-ins by import path, so listing names does not import what they need (httpx, ...).
 BUILTINS: dict[str, str] = {}
@@ -34,6 +36,11 @@ class ExecutorRegistry:
         if not (inspect.isclass(cls) and issubclass(cls, Executor)):
             raise ExecutorConfigError(f"{cls!r} is not an Executor subclass")
         key = name or cls.name
+        lazy = self._lazy.get(key)
+        if lazy is not None and lazy != f"{cls.__module__}:{cls.__qualname__}":
+            raise ExecutorConfigError(
+                f"executor name {key!r} is taken by {lazy} ({self._origin[key]}); pick another name", executor=key
+            )
         known = self._classes.get(key)
         if known is not None and known is not cls:
             raise ExecutorConfigError(
@@ -46,10 +53,18 @@ class ExecutorRegistry:
         return cls
 
     def register_lazy(self, name: str, target: str, *, origin: str = "builtin") -> None:
-        """Register ``module:Class`` to be imported on first use."""
-        if name not in self._classes:
-            self._lazy[name] = target
-            self._origin[name] = origin
+        """Register ``module:Class`` to be imported on first use; a name already taken is refused."""
+        taken = self._lazy.get(name) or (
+            f"{self._classes[name].__module__}:{self._classes[name].__qualname__}" if name in self._classes else None
+        )
+        if taken is not None:
+            if taken == target:
+                return
+            raise ExecutorConfigError(
+                f"executor name {name!r} ({origin}) is taken by {taken} ({self._origin[name]})", executor=name
+            )
+        self._lazy[name] = target
+        self._origin[name] = origin
 
     def get(self, name: str) -> type[Executor]:
         cls = self._classes.get(name)
@@ -107,6 +122,15 @@ class ExecutorRegistry:
 
         found = []
         for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in self:
+                # A plug-in must not silently replace what is there (a built-in, say): skip it, loudly.
+                log.warning(
+                    "executor entry point %s=%s ignored: the name is taken (%s)",
+                    ep.name,
+                    ep.value,
+                    self.origin(ep.name),
+                )
+                continue
             self.register_lazy(ep.name, ep.value, origin=f"entry point {ep.value}")
             found.append(ep.name)
         return found

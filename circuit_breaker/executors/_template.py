@@ -67,7 +67,7 @@ def render(value: Any, data: Mapping[str, Any]) -> Any:
         if "{{" not in value:
             return value
         whole = _TEMPLATE.fullmatch(value.strip())
-        if whole is not None:
+        if whole is not None and "{{" not in whole.group(1) and "}}" not in whole.group(1):
             return lookup(data, whole.group(1))
         return _TEMPLATE.sub(lambda m: _text(lookup(data, m.group(1))), value)
     if isinstance(value, Mapping):

@@ -178,7 +178,7 @@ def parse_duration(value: float | str) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        import isodate  # type: ignore[import-untyped]  # no stubs, no py.typed
+        import isodate  # no stubs, no py.typed
 
         text = value.strip()
         if not text.upper().lstrip("+-").startswith("P") or not any(ch.isdigit() for ch in text):
