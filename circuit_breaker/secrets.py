@@ -61,6 +61,11 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     "*APIKEY*",
     "*_PRIVATE_KEY",
     "*_CREDENTIALS",
+    "AUTHORIZATION",
+    "PROXY-AUTHORIZATION",
+    "*API-KEY*",
+    "COOKIE",
+    "SET-COOKIE",
 )
 
 _NAME_CACHE_LIMIT = 4096

@@ -59,6 +59,7 @@ from ..events import (
 )
 from ..net import is_enabled, missing_tokens, select
 from ..retry import NO_RETRY
+from ..secrets import default_masker
 from ..store import MemoryStore, Store
 from ..token import History, HistoryEntry, Token, new_id, utcnow
 from ._instance import Instance
@@ -449,7 +450,7 @@ class Engine:
                 actor,
                 transition=ct.name,
                 tokens=[t.id for ts in consumed.values() for t in ts],
-                errors=errors,
+                errors=[default_masker().mask_text(e) for e in errors],
                 stage=stage,
             )
             await self._append(run, event)
@@ -731,11 +732,12 @@ class Engine:
                     failure = action_failure(cw, ct, err, attempt)
                 failure.instance_id = run.id
                 failure.attempts = attempt
+                masker = default_masker()  # failures are stored in events and shown: no secrets in them
                 info = ErrorInfo(
                     kind=getattr(err, "kind", None) or type(err).__name__,
-                    message=str(err) or str(failure),
+                    message=masker.mask_text(str(err) or str(failure)),
                     retryable=failure.retryable,
-                    details=dict(getattr(err, "details", None) or {}),
+                    details=masker.mask(dict(getattr(err, "details", None) or {})),
                 )
                 will_retry = failure.retryable and attempt < policy.max_attempts and run.status in (RUNNING, WAITING)
                 if will_retry:

@@ -16,6 +16,7 @@ from .._construct import build
 from ..errors import ExecutorConfigError, ExecutorError, ExecutorTimeoutError, TemplateError
 from ..events import ErrorInfo
 from ..retry import RetryPolicy
+from ..secrets import default_masker
 from ..token import utcnow
 from ._params import ParamSpec, collect_params, params_model
 from ._result import ExecutionResult
@@ -46,6 +47,7 @@ class Executor:
     default_timeout: ClassVar[float | None] = None
 
     _params: ClassVar[dict[str, ParamSpec]] = {}
+    _secret_params: ClassVar[tuple[str, ...]] = ()
     _model: ClassVar[type[BaseModel] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -73,6 +75,7 @@ class Executor:
             doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
             cls.description = doc.split("\n\n")[0].replace("\n", " ")
         cls._params = collect_params(cls)
+        cls._secret_params = tuple(k for k, spec in cls._params.items() if spec.secret)
         cls._model = params_model(cls, cls._params)
 
     def __init__(self, **params: Any) -> None:
@@ -88,6 +91,9 @@ class Executor:
         values = self._validated(params)
         for key, value in values.items():
             setattr(self, key, value)
+        if self._secret_params and any(values.get(k) is not None for k in self._secret_params):
+            # Secret parameters are masked everywhere from now on: logs, events, results, CLI output.
+            default_masker().add_executor(self)
         if not self._templated:
             self._run_validate()
 
@@ -283,6 +289,15 @@ class Executor:
         usage: dict[str, float],
     ) -> ExecutionResult:
         wall = time.perf_counter() - t0
+        # Results are shown and stored: a secret the work echoed (a token in a response) must not be.
+        masker = default_masker()
+        if output:
+            output = masker.mask(output)
+        if error is not None:
+            message = masker.mask_text(error.message)
+            details = masker.mask(error.details) if error.details else error.details
+            if message is not error.message or details is not error.details:
+                error = error.model_copy(update={"message": message, "details": details})
         return build(
             ExecutionResult,
             executor=self.name,
