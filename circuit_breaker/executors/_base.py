@@ -170,7 +170,8 @@ class Executor:
         if usage is None:  # outside execute_detailed (a direct execute_internal call): keep it on the object
             usage = self.usage
         for key, amount in amounts.items():
-            usage[key] = usage.get(key, 0) + amount
+            # Peaks (peak_memory_kb...) keep the highest figure across attempts; everything else adds up.
+            usage[key] = max(usage.get(key, 0), amount) if key.startswith("peak_") else usage.get(key, 0) + amount
 
     # -- templates ---------------------------------------------------------------------------------------
     @property
@@ -383,7 +384,8 @@ def _classify(name: str, err: Exception, timeout: float | None) -> tuple[str, Er
             kind="timeout", message=f"executor {name!r} timed out after {timeout}s", retryable=True
         )
     if isinstance(err, ExecutorError):
-        return "failed", ErrorInfo(kind=err.kind, message=str(err), retryable=err.retryable, details=err.details)
+        status = "timed_out" if err.kind == "timeout" else "failed"
+        return status, ErrorInfo(kind=err.kind, message=str(err), retryable=err.retryable, details=err.details)
     retryable = bool(getattr(err, "retryable", True))
     return "failed", ErrorInfo(kind=type(err).__name__, message=str(err) or type(err).__name__, retryable=retryable)
 

@@ -308,7 +308,7 @@ async def test_expected_status_decides_what_succeeds(server: Server) -> None:
 async def test_slow_server_times_out_retryably(server: Server) -> None:
     started = time.perf_counter()
     result = await HttpExecutor(url=server.url("/slow"), params={"delay": 1}, timeout=0.1).execute_detailed()
-    assert result.status == "failed" and result.error is not None
+    assert result.status == "timed_out" and result.error is not None
     assert result.error.kind == "timeout" and result.error.retryable
     assert "took longer than 0.1s" in result.error.message
     assert time.perf_counter() - started < 0.8
