@@ -47,3 +47,16 @@ async def test_the_dsl_tour_works_as_written() -> None:
         inst = await engine.wait((await engine.start("data_pipeline", {"input_file": "x.csv"})).id, timeout=5)
     assert inst.status is InstanceStatus.COMPLETED
     assert inst.tokens[0].place == "done"
+
+
+def test_the_executor_tour_builds_actions_with_templates_and_masks_the_secret() -> None:
+    namespace: dict[str, object] = {}
+    python_blocks = blocks("python")
+    exec(compile(python_blocks[0], "README.md", "exec"), namespace)  # the workflow the tour extends
+    tour = next(b for b in python_blocks if "class Summarise(Executor)" in b)
+    exec(compile(tour, "README.md", "exec"), namespace)
+    wf = namespace["wf"]
+    assert isinstance(wf, Workflow)
+    specs = {t.name: t.executor for t in wf.spec().transitions if t.executor}
+    assert specs["count"] == {"executor": "shell", "params": {"argv": ["wc", "-l", "{{ input_file }}"]}}
+    assert specs["notify"]["params"]["auth"] == "***"
