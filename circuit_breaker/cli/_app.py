@@ -1,8 +1,8 @@
 """The typer application behind ``circuit-breaker``.
 
 Commands: ``run`` one instance of a workflow file, ``graph`` it as Mermaid or DOT, ``check`` its definition,
-``version``. A workflow file is a Python module defining ``Workflow`` objects; ``PATH:NAME`` or ``--workflow
-NAME`` picks one when it defines several.
+list the ``executors`` a project can use, ``version``. A workflow file is a Python module defining ``Workflow``
+objects; ``PATH:NAME`` or ``--workflow NAME`` picks one when it defines several.
 
 Exit codes: see ``circuit_breaker.cli`` (and ``ExitCode`` below); they are also shown in ``--help``.
 
@@ -368,6 +368,121 @@ def _check_reports(target: str, workflow: str | None) -> list[tuple[str, str, li
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+# -- executors -----------------------------------------------------------------------------------------------
+EXECUTORS_EPILOG = "\n".join(
+    [
+        "Exit codes:",
+        "  0  listed (executors that cannot be loaded are listed with the reason)",
+        "  2  usage error (--project is not a directory)",
+        "  5  a file of the project's executors/ folder cannot be imported, or two executors share a name",
+    ]
+)
+
+
+@app.command(epilog=EXECUTORS_EPILOG)
+def executors(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            "--project",
+            "-p",
+            metavar="DIR",
+            help="The project whose executors/ folder to include (default: the current directory).",
+        ),
+    ] = None,
+) -> None:
+    """List the executors workflows can use, with their parameters (name, type, required, default, description).
+
+    Built-ins, executors of installed packages (entry-point group circuit_breaker.executors) and the project's own.
+
+    The project's own executors are the classes that its executors/*.py files define.
+
+    An executor that cannot be loaded is listed with the reason.
+    """
+    if project is not None and not project.is_dir():
+        raise _die(ExitCode.USAGE, f"--project {str(project)!r} is not a directory")
+    folder = (Path.cwd() if project is None else project).resolve()
+    with _errors():
+        entries = _executor_entries(folder)
+    if as_json:
+        _print_json(entries)
+    else:
+        _show_executors(entries, folder)
+
+
+def _executor_entries(folder: Path) -> list[dict[str, Any]]:
+    """One entry per registered name; lazily registered executors are imported here, each on its own."""
+    from ..errors import ExecutorConfigError
+    from ..executors import default_registry
+
+    try:
+        registry = default_registry(folder)
+    except ExecutorConfigError as err:  # a file of the project's executors/ folder fails to import, or a clash
+        raise _Fail(ExitCode.LOAD, str(err)) from None
+    entries: list[dict[str, Any]] = []
+    for name in registry.names():
+        entry: dict[str, Any] = {"name": name, "origin": registry.origin(name)}
+        try:
+            described = registry.get(name).describe()
+        except Exception as err:  # a built-in or plugin that cannot be imported must not hide the others
+            message = str(err) if isinstance(err, CircuitBreakerError) else f"{type(err).__name__}: {err}"
+            entry.update({"class": None, "description": "", "params": [], "error": message})
+        else:
+            entry.update(
+                {
+                    "class": described["class"],
+                    "description": described["description"],
+                    "params": described["params"],
+                    "error": None,
+                }
+            )
+        entries.append(entry)
+    return entries
+
+
+def _short_origin(origin: str, folder: Path) -> str:
+    """A project file relative to the project folder (``executors/greeting.py``); other origins as they are."""
+    try:
+        return str(Path(origin).relative_to(folder.resolve()))
+    except ValueError:
+        return origin
+
+
+def _show_executors(entries: list[dict[str, Any]], folder: Path) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="Executors", title_justify="left")
+    for column in ("executor", "origin", "parameter", "type", "required", "default", "description"):
+        table.add_column(column, no_wrap=column in ("executor", "parameter", "required"))
+    for i, entry in enumerate(entries):
+        if i:
+            table.add_section()
+        head = [Text(entry["name"], style="bold cyan"), Text(_short_origin(entry["origin"], folder), style="dim")]
+        if entry["error"] is not None:
+            table.add_row(*head, "", "", "", "", Text(f"cannot be loaded: {entry['error']}", style="red"))
+            continue
+        note = entry["description"] or ("(no parameters)" if not entry["params"] else "")
+        table.add_row(*head, "", "", "", "", Text(note, style="italic"))
+        for p in entry["params"]:
+            default = "" if p["required"] else json.dumps(p["default"], ensure_ascii=False, default=str)
+            table.add_row(
+                "",
+                "",
+                Text(p["name"] + (" (secret)" if p["secret"] else "")),
+                Text(p["type"]),
+                "yes" if p["required"] else "no",
+                Text(default),
+                Text(p["description"]),
+            )
+    console = _console()
+    console.print(table)
+    broken = sum(1 for e in entries if e["error"] is not None)
+    summary = _count(len(entries), "executor") + (f", {broken} cannot be loaded" if broken else "")
+    console.print(Text(summary, style="yellow" if broken else ""))
 
 
 # -- version -------------------------------------------------------------------------------------------------

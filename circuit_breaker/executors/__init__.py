@@ -52,6 +52,7 @@ def __getattr__(attr: str) -> Any:
 
 
 __all__ = [
+    "BUILTINS",
     "ENTRY_POINT_GROUP",
     "BreakerRegistry",
     "BreakerState",

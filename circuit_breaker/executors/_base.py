@@ -25,7 +25,7 @@ from ._template import has_template, render
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _USAGE: ContextVar[dict[str, float] | None] = ContextVar("circuit_breaker_executor_usage", default=None)
 # Attributes each executor object has of its own; render() does not copy them to the clone.
-_PER_INSTANCE = frozenset({"_raw", "_templated", "usage", "last_error"})
+_PER_INSTANCE = frozenset({"_raw", "_templated", "_own_secrets", "usage", "last_error"})
 
 
 class Executor:
@@ -81,9 +81,12 @@ class Executor:
     def __init__(self, **params: Any) -> None:
         self._setup(params, frozenset(k for k, v in params.items() if has_template(v)))
 
-    def _setup(self, params: dict[str, Any], templated: frozenset[str]) -> None:
+    def _setup(
+        self, params: dict[str, Any], templated: frozenset[str], *, from_token: frozenset[str] = frozenset()
+    ) -> None:
         self._raw = params
         self._templated = templated
+        self._own_secrets: tuple[str, ...] = ()
         self.retry_policy: RetryPolicy | None = type(self).default_retry
         self.execution_timeout: float | None = type(self).default_timeout
         self.usage: dict[str, float] = {}
@@ -91,11 +94,25 @@ class Executor:
         values = self._validated(params)
         for key, value in values.items():
             setattr(self, key, value)
-        if self._secret_params and any(values.get(k) is not None for k in self._secret_params):
-            # Secret parameters are masked everywhere from now on: logs, events, results, CLI output.
-            default_masker().add_executor(self)
+        if self._secret_params:
+            self._register_secrets(values, from_token)
         if not self._templated:
             self._run_validate()
+
+    def _register_secrets(self, values: dict[str, Any], from_token: frozenset[str]) -> None:
+        """Secret values from configuration are masked everywhere from now on (logs, events, results, CLI
+        output). Values filled from token data differ per token: they are masked in this executor's own results
+        only, so they do not pile up in the process-wide masker."""
+        if from_token:  # a clone made by render(): its static secrets were registered by the original
+            self._own_secrets = tuple(
+                text for k in self._secret_params if k in from_token for text in _secret_texts(values.get(k))
+            )
+            return
+        static = [
+            text for k in self._secret_params if k not in self._templated for text in _secret_texts(values.get(k))
+        ]
+        if static:
+            default_masker().add(*static)
 
     # -- construction ----------------------------------------------------------------------------------
     def _validated(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,7 +216,7 @@ class Executor:
                 ) from None
         # The clone is fully rendered even if token data itself contains "{{ ... }}": that is data, not a template.
         clone = type(self).__new__(type(self))
-        clone._setup(params, frozenset())
+        clone._setup(params, frozenset(), from_token=self._templated)
         # Carry over configuration set after construction (retry, timeout, a subclass's own settings).
         for key, value in vars(self).items():
             if key not in self._params and key not in _PER_INSTANCE:
@@ -291,14 +308,19 @@ class Executor:
     ) -> ExecutionResult:
         wall = time.perf_counter() - t0
         # Results are shown and stored: a secret the work echoed (a token in a response) must not be.
-        masker = default_masker()
-        if output:
-            output = masker.mask(output)
-        if error is not None:
-            message = masker.mask_text(error.message)
-            details = masker.mask(error.details) if error.details else error.details
-            if message is not error.message or details is not error.details:
-                error = error.model_copy(update={"message": message, "details": details})
+        maskers = [default_masker()]
+        if self._own_secrets:  # secrets filled from this token: masked here, not registered process-wide
+            from ..secrets import SecretMasker
+
+            maskers.append(SecretMasker(self._own_secrets, patterns=()))
+        for masker in maskers:
+            if output:
+                output = masker.mask(output)
+            if error is not None:
+                message = masker.mask_text(error.message)
+                details = masker.mask(error.details) if error.details else error.details
+                if message is not error.message or details is not error.details:
+                    error = error.model_copy(update={"message": message, "details": details})
         return build(
             ExecutionResult,
             executor=self.name,
@@ -397,3 +419,16 @@ _RESERVED = frozenset(n for n in dir(Executor) if not n.startswith("__")) | {
     "usage",
     "last_error",
 }
+
+
+def _secret_texts(value: Any) -> list[str]:
+    """The strings a secret parameter holds (all of them, for a dict or list of credentials)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _secret_texts(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _secret_texts(v)]
+    return [str(value)]

@@ -141,10 +141,18 @@ class ExecutorRegistry:
         found: list[str] = []
         if not path.is_dir():
             return found
-        for file in sorted(path.glob("*.py")):
-            if file.name.startswith("_"):
-                continue
-            module = _load_file(file)
+        # Executor files import the project's own modules (``from lib import x``), as workflow files do.
+        roots = [str(path.resolve().parent), str(path.resolve())]
+        added = [r for r in roots if r not in sys.path]
+        sys.path[:0] = added
+        try:
+            modules = [_load_file(f) for f in sorted(path.glob("*.py")) if not f.name.startswith("_")]
+        finally:
+            for root in added:
+                if root in sys.path:
+                    sys.path.remove(root)
+        for module in modules:
+            file = Path(module.__file__ or "")
             for value in vars(module).values():
                 if inspect.isclass(value) and issubclass(value, Executor) and value.__module__ == module.__name__:
                     self.register(value, origin=str(file))
