@@ -10,7 +10,8 @@ Exit codes, so that scripts and CI can tell outcomes apart:
     2  usage error: a bad option or argument, or --workflow is missing or names no workflow of the file
     3  the workflow is defined wrongly (``check`` reports such problems instead, with exit code 1)
     4  bad input data: --data is not a JSON object, or the workflow's token model rejects it
-    5  the workflow file cannot be loaded: missing, raises on import, or defines no Workflow
+    5  the workflow file cannot be loaded: missing, raises on import (.py), is not a valid document
+       (.yaml/.yml/.json), or defines no Workflow
     6  timed out waiting for the instance (--timeout)
 
 Errors are one line on stderr starting with ``error:``, never a traceback; results go to stdout.
@@ -19,6 +20,13 @@ Errors are one line on stderr starting with ``error:``, never a traceback; resul
 
 def main() -> None:
     """Console-script entry point (``circuit-breaker``)."""
+    import logging
+
+    from ..secrets import default_masker
     from ._app import app
 
+    # The library only logs; the command decides where logs go, and masks secrets on the way out.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(default_masker().log_filter())
     app()

@@ -30,6 +30,7 @@ from ..errors import (
     WaitTimeoutError,
     WorkflowLoadError,
 )
+from ..secrets import default_masker
 from ._loader import WorkflowChoiceError, load_workflows, pick_workflow, split_target
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class _Fail(Exception):
 
 
 def _die(code: ExitCode, message: str) -> typer.Exit:
-    typer.echo("error: " + " ".join(message.split()), err=True)
+    typer.echo("error: " + " ".join(default_masker().mask_text(message).split()), err=True)
     return typer.Exit(int(code))
 
 
@@ -115,7 +116,10 @@ def _errors() -> Iterator[None]:
 # -- shared options ------------------------------------------------------------------------------------------
 PathArg = Annotated[
     str,
-    typer.Argument(metavar="PATH", help="A Python file defining workflows; PATH:NAME picks one by name."),
+    typer.Argument(
+        metavar="PATH",
+        help="A workflow file (.py, or a .yaml/.yml/.json document); PATH:NAME picks one by name.",
+    ),
 ]
 WorkflowOpt = Annotated[
     str | None,
@@ -172,6 +176,7 @@ def _parse_data(raw: str | None) -> dict[str, Any]:
 
 
 def _print_json(value: Any) -> None:
+    value = default_masker().mask(value)  # secrets never reach the terminal or a script's pipe
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
@@ -266,8 +271,9 @@ def _show_instance(inst: Instance) -> None:
     tokens = Table(title="Tokens", title_justify="left")
     tokens.add_column("place", style="cyan", no_wrap=True)
     tokens.add_column("data")
+    masker = default_masker()
     for t in inst.tokens:
-        tokens.add_row(Text(t.place or ""), Text(json.dumps(t.data, ensure_ascii=False, default=str)))
+        tokens.add_row(Text(t.place or ""), Text(json.dumps(masker.mask(t.data), ensure_ascii=False, default=str)))
     console.print(tokens)
 
     history = Table(title="History", title_justify="left")
@@ -275,7 +281,7 @@ def _show_instance(inst: Instance) -> None:
         history.add_column(column)
     for e in inst.history:
         moved = f"{', '.join(e.from_places)} → {', '.join(e.to_places)}" if e.from_places or e.to_places else ""
-        details = json.dumps(e.details, ensure_ascii=False, default=str) if e.details else ""
+        details = json.dumps(masker.mask(e.details), ensure_ascii=False, default=str) if e.details else ""
         history.add_row(
             e.time.strftime("%H:%M:%S.%f")[:-3], e.kind, Text(e.transition or ""), Text(moved), Text(details)
         )
