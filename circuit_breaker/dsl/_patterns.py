@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DefinitionError, TemplateError
@@ -127,11 +128,13 @@ def gather(
     if min_results is not None and min_results < 1:
         raise DefinitionError(f"gather {tname!r}: min_results must be at least 1")
     barrier = _Barrier(scatter_t.name, wf.place(f"{scatter_t.name}_parent").name, source.name, timeout, min_results)
-    late = wf.state(f"{tname}_late", desc=f"items that reached {tname} after it had gathered their group")
     transition = wf.flow((wf.place(barrier.parent), source) >> target, tname, **flow_options)
     transition.variable_inputs = frozenset({source.name})
     transition.collect = barrier.collect
     transition.expand = lambda view, consumed: {target.name: [barrier.merge(consumed, results_key, group_by)]}
+    if timeout is None:
+        return transition  # without a timeout every item is gathered: none can arrive late
+    late = wf.state(f"{tname}_late", desc=f"items that reached {tname} after it had gathered their group")
     # Items of a group already gathered (after a timeout) have no parent any more: move them aside.
     drop = wf.flow(source >> late, f"{tname}_drop_late")
     drop.variable_inputs = frozenset({source.name})
@@ -154,7 +157,7 @@ class _Barrier:
             return frames[0]
         return None
 
-    def collect(self, marking: Any, reserved: frozenset[Any], now: float) -> dict[str, tuple[Token, ...]] | None:
+    def collect(self, marking: Any, reserved: AbstractSet[Any], now: float) -> dict[str, tuple[Token, ...]] | None:
         arrived = marking.get_tokens(self.source)
         for parent_tok in marking.get_tokens(self.parent):
             head = self.frame(parent_tok)
@@ -179,7 +182,7 @@ class _Barrier:
         return max(0.0, min(started) + self.timeout - time.time()) if started else None
 
     def collect_orphans(
-        self, marking: Any, reserved: frozenset[Any], now: float
+        self, marking: Any, reserved: AbstractSet[Any], now: float
     ) -> dict[str, tuple[Token, ...]] | None:
         open_groups = {h["group"] for t in marking.get_tokens(self.parent) if (h := self.frame(t)) is not None}
         orphans = tuple(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from ..errors import DefinitionError
@@ -20,7 +21,7 @@ Trigger = Literal["auto", "manual"]
 # expand(view, consumed) -> data of the tokens to produce, per output place (stage patterns).
 Expand = Callable[["Token", dict[str, tuple["Token", ...]]], dict[str, list[dict[str, Any]]]]
 # collect(marking, reserved, now) -> the tokens a variable-input firing consumes, or None when not ready.
-Collect = Callable[[Any, frozenset[Any], float], "dict[str, tuple[Token, ...]] | None"]
+Collect = Callable[[Any, AbstractSet[Any], float], "dict[str, tuple[Token, ...]] | None"]
 ActionResult = dict[str, Any] | None
 Action = Callable[["Token"], "ActionResult | Awaitable[ActionResult]"]
 F = TypeVar("F", bound=Callable[..., Any])

@@ -575,7 +575,7 @@ class Engine:
         for ct in candidates:
             if run.status is not RUNNING:
                 return False
-            if not is_enabled(ct.net, run.marking, run.reserved):
+            if not all(run.free(arc.place) >= arc.weight for arc in ct.net.inputs):
                 continue
             for consumed in self._selections(run, ct):
                 if ct.handler is not None and not self._may_start(run, ct):
@@ -625,10 +625,17 @@ class Engine:
             return
         if ct.single_input:
             place = ct.input_places[0]
+            free = run.free(place)
             for tok in run.marking.get_tokens(place):
-                if tok in run.reserved or (run.rejected and (ct.name, (tok.id,)) in run.rejected):
+                if free <= 0:
+                    return  # every other token is reserved: no need to walk them
+                if tok in run.reserved:
+                    continue
+                free -= 1
+                if run.rejected and (ct.name, (tok.id,)) in run.rejected:
                     continue
                 yield {place: (tok,)}
+                free = run.free(place)  # the consumer may have reserved or fired meanwhile
             return
         if is_enabled(ct.net, run.marking, run.reserved):
             consumed = select(ct.net, run.marking, run.reserved)

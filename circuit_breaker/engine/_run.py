@@ -26,8 +26,6 @@ from ..token import History, HistoryEntry, Token
 from ._instance import Incident, Instance
 from ._lifecycle import SETTLED, InstanceStatus
 
-_EMPTY: frozenset[Token] = frozenset()
-
 
 class _NoLock:
     """Stands in for asyncio.Lock where commits cannot interleave."""
@@ -58,6 +56,7 @@ class Run:
         "marking",
         "rejected",
         "reserved",
+        "reserved_in",
         "running",
         "seq",
         "settled",
@@ -73,7 +72,8 @@ class Run:
         self.marking: Marking[Token] = Marking()
         self.status = InstanceStatus.RUNNING
         self.seq = 0
-        self.reserved: frozenset[Token] = _EMPTY  # tokens an action in flight will consume
+        self.reserved: set[Token] = set()  # tokens an action in flight will consume
+        self.reserved_in: dict[str, int] = {}  # how many of them per place (cheap enabling checks)
         self.rejected: set[tuple[str, tuple[str, ...]]] = set()  # (transition, token ids) a policy refused
         self.incidents: list[Incident] = []
         self.history = History()
@@ -91,11 +91,24 @@ class Run:
 
     # -- reservations ------------------------------------------------------------------------------------
     def reserve(self, consumed: Mapping[str, tuple[Token, ...]]) -> None:
-        self.reserved = self.reserved.union(t for ts in consumed.values() for t in ts)
+        counts = self.reserved_in
+        for place, tokens in consumed.items():
+            self.reserved.update(tokens)
+            counts[place] = counts.get(place, 0) + len(tokens)
 
     def release(self, consumed: Mapping[str, tuple[Token, ...]]) -> None:
-        if self.reserved:
-            self.reserved = self.reserved.difference(t for ts in consumed.values() for t in ts)
+        counts = self.reserved_in
+        for place, tokens in consumed.items():
+            self.reserved.difference_update(tokens)
+            left = counts.get(place, 0) - len(tokens)
+            if left > 0:
+                counts[place] = left
+            else:
+                counts.pop(place, None)
+
+    def free(self, place: str) -> int:
+        """Tokens in ``place`` that no running action has reserved."""
+        return len(self.marking.get_tokens(place)) - self.reserved_in.get(place, 0)
 
     # -- the fold ----------------------------------------------------------------------------------------
     def apply(

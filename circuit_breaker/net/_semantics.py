@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TypeVar
 
 from ._marking import Marking
@@ -11,7 +12,7 @@ from ._net import Net, NetTransition
 T = TypeVar("T")
 
 
-def missing_tokens(transition: NetTransition, marking: Marking[T], excluded: frozenset[T] = frozenset()) -> list[str]:
+def missing_tokens(transition: NetTransition, marking: Marking[T], excluded: AbstractSet[T] = frozenset()) -> list[str]:
     """Why ``transition`` is not enabled: one message per input place short of tokens; empty when enabled."""
     problems = []
     for arc in transition.inputs:
@@ -22,7 +23,7 @@ def missing_tokens(transition: NetTransition, marking: Marking[T], excluded: fro
     return problems
 
 
-def is_enabled(transition: NetTransition, marking: Marking[T], excluded: frozenset[T] = frozenset()) -> bool:
+def is_enabled(transition: NetTransition, marking: Marking[T], excluded: AbstractSet[T] = frozenset()) -> bool:
     """True when every input place holds at least its arc's weight of tokens (not counting ``excluded``)."""
     get = marking.get_tokens
     if not excluded:
@@ -57,7 +58,7 @@ def enabled_transitions(net: Net, marking: Marking[T]) -> list[NetTransition]:
 
 
 def select(
-    transition: NetTransition, marking: Marking[T], excluded: frozenset[T] = frozenset()
+    transition: NetTransition, marking: Marking[T], excluded: AbstractSet[T] = frozenset()
 ) -> dict[str, tuple[T, ...]]:
     """The tokens a firing would consume: the oldest ``weight`` tokens of each input place (FIFO)."""
     chosen: dict[str, tuple[T, ...]] = {}
