@@ -25,7 +25,13 @@ class ExecutorAction:
 
     async def __call__(self, token: Token) -> dict[str, Any]:
         runnable = self.executor.render(token.data)
-        result = await runnable.execute_detailed()
+        from ._base import _DATA
+
+        reset = _DATA.set(token.data)
+        try:
+            result = await runnable.execute_detailed()
+        finally:
+            _DATA.reset(reset)
         if result.status != "succeeded":
             if isinstance(runnable.last_error, ExecutorError):
                 raise runnable.last_error  # its own class, kind, retryable flag and details

@@ -24,6 +24,13 @@ from ._template import has_template, render
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _USAGE: ContextVar[dict[str, float] | None] = ContextVar("circuit_breaker_executor_usage", default=None)
+_DATA: ContextVar[Mapping[str, Any] | None] = ContextVar("circuit_breaker_executor_data", default=None)
+
+
+def token_data() -> Mapping[str, Any]:
+    """The data of the token whose action is running (empty outside an action): what ``${VAR}`` in an
+    executor's environment is filled from, besides the environment itself."""
+    return _DATA.get() or {}
 # Attributes each executor object has of its own; render() does not copy them to the clone.
 _PER_INSTANCE = frozenset({"_raw", "_templated", "_own_secrets", "usage", "last_error"})
 

@@ -148,6 +148,7 @@ class PythonExecutor(Executor):
         default=None, description="subprocess: environment variables to add or override"
     )
     inherit_env: bool = param(default=True, description="subprocess: start from the engine's environment")
+    env_exclude: list[str] = param(default=[], description="subprocess: inherited variables to drop (AWS_*)")
     stdin: str | None = param(default=None, description="script only: text fed to stdin")
     check: bool = param(default=True, description="script only: fail on a non-zero exit code")
     retry_exit_codes: list[int] = param(
@@ -197,7 +198,7 @@ class PythonExecutor(Executor):
         outcome = await run_process(
             self,
             [sys.executable, self.script, *(scalar_text(a) for a in self.args)],
-            env=child_env(self.env, self.inherit_env),
+            env=child_env(self.env, self.inherit_env, self.env_exclude),
             cwd=self.cwd,
             stdin=self.stdin.encode() if self.stdin is not None else None,
             timeout=self.timeout,
@@ -231,7 +232,7 @@ class PythonExecutor(Executor):
         outcome = await run_process(
             self,
             [sys.executable, "-c", _RUNNER],
-            env=child_env(self.env, self.inherit_env),
+            env=child_env(self.env, self.inherit_env, self.env_exclude),
             cwd=self.cwd,
             stdin=json.dumps(payload).encode(),
             timeout=self.timeout,

@@ -146,11 +146,13 @@ class _Capture:
                 self.dropped += len(chunk) - room
 
 
-def child_env(env: Mapping[str, str] | None, inherit: bool) -> dict[str, str]:
-    """The child's environment: the parent's (unless ``inherit`` is off) with ``env`` on top."""
-    base = dict(os.environ) if inherit else {}
-    base.update(env or {})
-    return base
+def child_env(env: Mapping[str, str] | None, inherit: bool, exclude: Sequence[str] = ()) -> dict[str, str]:
+    """The child's environment: the parent's (unless ``inherit`` is off) minus ``exclude`` patterns, with
+    ``env`` on top; ``${VAR}`` in ``env`` values is filled from the running token's data or the environment."""
+    from ..environment import build_environment
+    from ._base import token_data
+
+    return build_environment(inherit=inherit, exclude=exclude, set=env or {}, context=token_data())
 
 
 def check_env(env: Mapping[str, str] | None) -> None:
@@ -382,6 +384,7 @@ class ShellExecutor(Executor):
     argv: list[Text] = param(required=True, min_length=1, description="program and arguments; no shell involved")
     env: dict[str, Text] | None = param(default=None, description="environment variables to add or override")
     inherit_env: bool = param(default=True, description="start from the engine's environment (else only env)")
+    env_exclude: list[str] = param(default=[], description="patterns of inherited variables to drop (AWS_*)")
     cwd: str | None = param(default=None, description="working directory (default: the engine's)")
     timeout: float | None = param(default=None, gt=0, description="seconds before the process group is killed")
     stdin: str | None = param(default=None, description="text fed to the program's stdin (default: empty)")
@@ -402,7 +405,7 @@ class ShellExecutor(Executor):
         outcome = await run_process(
             self,
             self.argv,
-            env=child_env(self.env, self.inherit_env),
+            env=child_env(self.env, self.inherit_env, self.env_exclude),
             cwd=self.cwd,
             stdin=self.stdin.encode() if self.stdin is not None else None,
             timeout=self.timeout,

@@ -368,3 +368,25 @@ async def test_a_failing_program_in_a_workflow_becomes_an_incident_naming_the_ex
     message = done.open_incidents[0].error.message
     assert "exited with code 2" in message
     assert "bad input" in message
+
+
+async def test_environment_excludes_inherited_names_and_fills_dollar_vars_from_token_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from circuit_breaker import Engine, Workflow
+
+    monkeypatch.setenv("CB_TEST_CLOUD_KEY", "do-not-leak")
+    monkeypatch.setenv("CB_TEST_KEEP", "kept")
+    script = "import os; print(os.environ.get('CB_TEST_CLOUD_KEY'), os.environ['CB_TEST_KEEP'], os.environ['TARGET'])"
+    wf = Workflow("env_builder")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "run").action(
+        ShellExecutor(
+            argv=[sys.executable, "-c", script],
+            env={"TARGET": "${customer.region}-${CB_TEST_KEEP}"},
+            env_exclude=["cb_test_cloud_*"],
+        )
+    )
+    async with Engine() as engine:
+        inst = await engine.wait((await engine.start(wf, {"customer": {"region": "eu"}})).id, timeout=10)
+    assert inst.tokens[0].data["stdout"].split() == ["None", "kept", "eu-kept"]
