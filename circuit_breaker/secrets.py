@@ -221,7 +221,8 @@ class SecretMasker:
             return {
                 key: (
                     self.placeholder
-                    if value is not None and type(key) is str and self.is_secret_name(key)
+                    # None and booleans carry no secret ({"secret": false} is a flag, not a credential).
+                    if value is not None and type(value) is not bool and type(key) is str and self.is_secret_name(key)
                     else self._copy(value, state)
                 )
                 for key, value in node.items()
@@ -306,7 +307,7 @@ def _checker(  # noqa: C901 - one walk of closures is the hot path; splitting it
     def mapping(node: Mapping[Any, Any]) -> bool:
         if names is not None:
             for key, value in node.items():
-                if value is not None:
+                if value is not None and type(value) is not bool:
                     secret = names.get(key)
                     if secret is None:
                         secret = type(key) is str and is_secret_name(key)
