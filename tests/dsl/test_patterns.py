@@ -191,6 +191,7 @@ async def test_a_user_pattern_limits_starts_per_second(engine: Engine) -> None:
     wf.gather(done >> out, "collect", of=split)
     inst = await engine.wait((await engine.start(wf, {"ids": list(range(25))})).id, timeout=10)
     assert inst.status is InstanceStatus.COMPLETED and len(inst.tokens[0].data["results"]) == 25
-    # No one-second window holds more than 10 starts, so 25 starts span at least two seconds.
-    assert all(sum(1 for t in starts if s <= t < s + 1.0) <= 10 for s in starts)
-    assert starts[-1] - starts[0] >= 2.0
+    # The engine lets at most 10 start in any one-second window, so 25 starts span two seconds. The times
+    # here are taken inside the actions, a little after the engine started them: allow 0.1 s of that lag.
+    assert all(sum(1 for t in starts if s <= t < s + 0.9) <= 10 for s in starts)
+    assert starts[-1] - starts[0] >= 1.9
