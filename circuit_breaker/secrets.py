@@ -39,6 +39,7 @@ __all__ = [
     "SecretFilter",
     "SecretMasker",
     "default_masker",
+    "mask_logs",
     "set_default_masker",
 ]
 
@@ -386,6 +387,15 @@ def default_masker() -> SecretMasker:
                 _default = fresh
             masker = _default
     return masker
+
+
+def mask_logs(handlers: Iterable[logging.Handler] | None = None) -> None:
+    """Mask secrets in what ``handlers`` (default: the root logger's) write. The library never configures
+    logging itself; call this after your own logging set-up (the CLI does it for you)."""
+    masker = default_masker()
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
+        if not any(isinstance(f, SecretFilter) for f in handler.filters):
+            handler.addFilter(masker.log_filter())
 
 
 def set_default_masker(masker: SecretMasker | None) -> SecretMasker | None:

@@ -70,3 +70,31 @@ def test_the_command_line_never_prints_the_secret(workflow_file: Path) -> None:
         assert done.returncode == 1  # the second call fails: an incident
         assert "***" in done.stdout
         assert SECRET not in done.stdout and SECRET not in done.stderr
+
+
+def test_credential_descriptions_are_not_secrets_but_their_values_are() -> None:
+    from circuit_breaker.executors.http import HttpExecutor
+    from circuit_breaker.secrets import default_masker
+
+    HttpExecutor(
+        url="http://127.0.0.1:9/x", auth={"type": "api_key", "name": "X-Key", "value": "k-9e8d7c6b", "in": "query"}
+    )
+    HttpExecutor(url="http://127.0.0.1:9/x", auth={"type": "basic", "username": "admin", "password": "pa55-w0rd-x"})
+    text = "use a bearer header or query string with basic auth as admin via X-Key: k-9e8d7c6b / pa55-w0rd-x"
+    assert (
+        default_masker().mask_text(text)
+        == "use a bearer header or query string with basic auth as admin via X-Key: *** / ***"
+    )
+
+
+async def test_secret_named_token_fields_are_masked_wherever_their_values_show_up(tmp_path: Path) -> None:
+    from circuit_breaker import Workflow
+    from circuit_breaker.secrets import default_masker
+
+    wf = Workflow("data_secret")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "note", action=lambda token: {"note": f"connect with {token.data['db_password']}"})
+    async with Engine() as engine:
+        inst = await engine.wait((await engine.start(wf, {"db_password": "hunter22-pw-x"})).id, timeout=5)
+    shown = default_masker().mask(inst.tokens[0].data)
+    assert shown == {"db_password": "***", "note": "connect with ***"}

@@ -22,11 +22,10 @@ def main() -> None:
     """Console-script entry point (``circuit-breaker``)."""
     import logging
 
-    from ..secrets import default_masker
+    from ..secrets import mask_logs
     from ._app import app
 
     # The library only logs; the command decides where logs go, and masks secrets on the way out.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(default_masker().log_filter())
+    mask_logs()
     app()

@@ -7,7 +7,8 @@
   with the parent's data and ``results`` (optionally grouped by a JSONPath: ``[{key, items}]``). Items that
   arrive after a partial gather are moved to a hidden ``<gather>_late`` place, so the instance can finish.
 - ``broadcast(a >> b, executors=[...])``: the same input to several executors in parallel branches; with
-  ``wait_for_all`` their outputs are joined (under ``results``), otherwise the first to finish goes on.
+  ``wait_for_all`` their outputs are joined under their branch names (b0, b1... for a list), otherwise the
+  first to finish goes on.
 - ``fork_join(a >> b, branches={"geo": ex1, "credit": ex2})``: named parallel branches whose outputs merge
   under their branch names.
 

@@ -141,6 +141,11 @@ class Transition:
 
     def action(self, fn: ActionLike) -> Transition:
         """Set the action: a function ``(token) -> dict | None``, sync or async, or an executor."""
+        if inspect.isclass(fn):
+            raise DefinitionError(
+                f"transition {self.name!r}: action {fn.__name__} is a class; pass an instance, e.g. {fn.__name__}(...)",
+                workflow=self.workflow.name,
+            )
         if not callable(fn) and not hasattr(fn, "as_action"):
             raise DefinitionError(
                 f"transition {self.name!r}: action must be callable or an executor, got {fn!r}",

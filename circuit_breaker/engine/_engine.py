@@ -166,6 +166,8 @@ class Engine:
         """Start an instance with ``data`` in the initial place; returns once the instance exists."""
         cw = self._workflow(workflow)
         clean = cw.validate_data(data)
+        # Values under secret-named keys (db_password, api_key...) are masked wherever else they show up.
+        default_masker().add_mapping(clean)
         iid = check_name("instance", instance_id, cw.name) if instance_id is not None else new_id()
         if iid in self._runs:
             raise InstanceExistsError(iid)
@@ -256,6 +258,7 @@ class Engine:
         view = input_token(ct, consumed)
         if data is not None:
             extra = ensure_json_object(data, workflow=run.cw.name, what=f"data for transition {transition!r}")
+            default_masker().add_mapping(extra)
             merged = {**view.data, **extra}
             if run.cw.token_model is not None:
                 merged = run.cw.validate_data(merged)

@@ -42,8 +42,9 @@ class ExecutorAction:
             )
         return {self.into: result.output} if self.into else result.output
 
-    def spec(self) -> dict[str, Any]:
-        out = self.executor.spec()
+    def spec(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
+        """The executor's spec plus ``into``; ``reveal_secrets`` for handing it to a trusted worker."""
+        out = self.executor.spec(reveal_secrets=reveal_secrets)
         if self.into:
             out["into"] = self.into
         return out

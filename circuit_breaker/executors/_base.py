@@ -20,7 +20,7 @@ from ..secrets import default_masker
 from ..token import utcnow
 from ._params import ParamSpec, collect_params, params_model
 from ._result import ExecutionResult
-from ._template import has_template, render
+from ._template import check_templates, has_template, render
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _USAGE: ContextVar[dict[str, float] | None] = ContextVar("circuit_breaker_executor_usage", default=None)
@@ -31,7 +31,10 @@ def token_data() -> Mapping[str, Any]:
     """The data of the token whose action is running (empty outside an action): what ``${VAR}`` in an
     executor's environment is filled from, besides the environment itself."""
     return _DATA.get() or {}
+
+
 # Attributes each executor object has of its own; render() does not copy them to the clone.
+_DESCRIPTIVE_KEYS = frozenset({"type", "in", "name", "username", "user", "scheme", "header", "location"})
 _PER_INSTANCE = frozenset({"_raw", "_templated", "_own_secrets", "usage", "last_error"})
 
 
@@ -91,6 +94,13 @@ class Executor:
     def _setup(
         self, params: dict[str, Any], templated: frozenset[str], *, from_token: frozenset[str] = frozenset()
     ) -> None:
+        for key in templated:
+            try:
+                check_templates(params[key])
+            except TemplateError as err:
+                raise TemplateError(
+                    f"executor {self.name!r}, parameter {key!r}: {err}", executor=self.name, parameter=key
+                ) from None
         self._raw = params
         self._templated = templated
         self._own_secrets: tuple[str, ...] = ()
@@ -435,7 +445,9 @@ def _secret_texts(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value] if value else []
     if isinstance(value, Mapping):
-        return [t for v in value.values() for t in _secret_texts(v)]
+        # A credential dict names its kind and where it goes ({"type": "bearer", "in": "query", "name":
+        # "X-Key"}); only the rest is secret, or every later "bearer" or "query" would turn into ***.
+        return [t for k, v in value.items() if k not in _DESCRIPTIVE_KEYS for t in _secret_texts(v)]
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _secret_texts(v)]
     return [str(value)]

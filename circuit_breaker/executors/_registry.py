@@ -95,6 +95,14 @@ class ExecutorRegistry:
         """Rebuild an executor from ``Executor.spec()`` (nested executors too)."""
         if "executor" not in spec:
             raise ExecutorConfigError(f"an executor spec needs an 'executor' name, got keys {sorted(spec)}")
+        masked = sorted(k for k, v in dict(spec.get("params") or {}).items() if v == "***")
+        if masked:
+            raise ExecutorConfigError(
+                f"executor {spec['executor']!r}: parameter(s) {masked} were masked in this spec; build it with "
+                "spec(reveal_secrets=True) to hand it to a trusted worker",
+                executor=str(spec["executor"]),
+                parameter=masked[0],
+            )
         params = {k: self._param_from_spec(v) for k, v in dict(spec.get("params") or {}).items()}
         executor = self.create(str(spec["executor"]), **params)
         if spec.get("retry") is not None:
@@ -104,6 +112,11 @@ class ExecutorRegistry:
         if spec.get("timeout") is not None:
             executor.with_timeout(float(spec["timeout"]))
         return executor
+
+    def action_from_spec(self, spec: Mapping[str, Any]) -> Any:
+        """Rebuild a transition action from ``ExecutorAction.spec()`` (the executor and its ``into``)."""
+        into = spec.get("into")
+        return self.from_spec(spec).as_action(into=str(into) if into else None)
 
     def _param_from_spec(self, value: Any) -> Any:
         if isinstance(value, Mapping) and "executor" in value and "params" in value:

@@ -30,6 +30,30 @@ def has_template(value: Any) -> bool:
     return False
 
 
+def check_templates(value: Any) -> None:
+    """Raise TemplateError for a template that could never be filled (``{{ a + b }}``, a broken JSONPath),
+    so the mistake shows when the executor is built, not when the first token arrives."""
+    if isinstance(value, str):
+        for expression in _TEMPLATE.findall(value):
+            if expression.startswith("$"):
+                import jsonpath
+
+                try:
+                    jsonpath.compile(expression)
+                except jsonpath.JSONPathError as err:
+                    raise TemplateError(f"invalid JSONPath {expression!r}: {err}", field=expression) from err
+            elif not _PATH.match(expression):
+                raise TemplateError(
+                    f"template {{{{ {expression} }}}} is not a field name, dotted path or JSONPath", field=expression
+                )
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            check_templates(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_templates(item)
+
+
 def lookup(data: Mapping[str, Any], expression: str) -> Any:
     """The value at ``expression``: a dotted path (``a.b.0``) or a JSONPath (``$.items[*].id``)."""
     if expression.startswith("$"):

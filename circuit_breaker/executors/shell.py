@@ -152,7 +152,11 @@ def child_env(env: Mapping[str, str] | None, inherit: bool, exclude: Sequence[st
     from ..environment import build_environment
     from ._base import token_data
 
-    return build_environment(inherit=inherit, exclude=exclude, set=env or {}, context=token_data())
+    built = build_environment(inherit=inherit, exclude=exclude, set=env or {}, context=token_data())
+    if env and any("${" in v for v in env.values() if isinstance(v, str)):
+        # ${VAR} filled a secret-named variable (DB_PASSWORD=${db_password}): mask the value it got.
+        default_masker().add_environment({k: built[k] for k in env if k in built})
+    return built
 
 
 def check_env(env: Mapping[str, str] | None) -> None:

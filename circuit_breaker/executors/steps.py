@@ -5,7 +5,7 @@
     StepExecutor(steps=[
         HttpExecutor(url="{{ api }}/orders/{{ order_id }}"),
         SetExecutor(paths={"total": "$.previous.body.total"}),
-        ShellExecutor(command="notify {{ steps.0.body.customer }}"),
+        ShellExecutor(argv=["notify", "{{ steps.0.body.customer }}"]),
     ])
 
 Before step ``i`` runs, its templates are filled from ``{**data, "steps": [output_0, ...], "previous":

@@ -1155,3 +1155,35 @@ async def test_a_worker_in_another_process_rebuilds_a_project_executor_from_the_
     # The same executor run as the action in this process gives the same output.
     inst = await engine.wait((await engine.start(wf, data)).id, timeout=5)
     assert inst.data == {**data, **remote["result"]["output"]}
+
+
+def test_malformed_templates_are_refused_when_the_executor_is_built() -> None:
+    from circuit_breaker.errors import TemplateError
+    from circuit_breaker.executors.shell import ShellExecutor
+
+    with pytest.raises(TemplateError, match=r"parameter 'argv'.*a \+ b"):
+        ShellExecutor(argv=["echo", "{{ a + b }}"])
+    with pytest.raises(TemplateError, match="JSONPath"):
+        ShellExecutor(argv=["echo", "{{ $.items[?? }}"])
+
+
+def test_an_executor_class_given_as_an_action_gets_a_clear_error() -> None:
+    from circuit_breaker.errors import DefinitionError
+    from circuit_breaker.executors.data import InjectExecutor
+
+    wf = Workflow("class_action")
+    a, b = wf.states("a", "b")
+    with pytest.raises(DefinitionError, match=r"InjectExecutor is a class; pass an instance"):
+        wf.flow(a >> b, "go").action(InjectExecutor)  # type: ignore[arg-type]
+
+
+def test_an_action_spec_with_revealed_secrets_rebuilds_the_action_elsewhere() -> None:
+    from circuit_breaker.errors import ExecutorConfigError
+
+    action = Secretive(user="ada", password="pw-spec-test-1").as_action(into="out")
+    registry = default_registry()
+    registry.register(Secretive)
+    with pytest.raises(ExecutorConfigError, match="reveal_secrets"):
+        registry.action_from_spec(action.spec())
+    rebuilt = registry.action_from_spec(action.spec(reveal_secrets=True))
+    assert rebuilt.into == "out" and rebuilt.executor.password == "pw-spec-test-1"
