@@ -40,6 +40,8 @@ _builtin("step", "circuit_breaker.executors.steps", "StepExecutor")
 _builtin("set", "circuit_breaker.executors.data", "SetExecutor")
 _builtin("wait", "circuit_breaker.executors.data", "WaitExecutor")
 _builtin("inject", "circuit_breaker.executors.data", "InjectExecutor")
+_builtin("docker", "circuit_breaker.executors.docker", "DockerExecutor")
+_builtin("serverless", "circuit_breaker.executors.serverless", "ServerlessExecutor")
 
 
 def __getattr__(attr: str) -> Any:
