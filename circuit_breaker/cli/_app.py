@@ -486,8 +486,10 @@ def _show_executors(entries: list[dict[str, Any]], folder: Path) -> None:
             )
     console = _console()
     console.print(table)
-    broken = sum(1 for e in entries if e["error"] is not None)
-    summary = _count(len(entries), "executor") + (f", {broken} cannot be loaded" if broken else "")
+    broken = [e for e in entries if e["error"] is not None]
+    for entry in broken:  # in full below the table: a narrow terminal would cut the reason short in a cell
+        console.print(Text(f"{entry['name']} cannot be loaded: {entry['error']}", style="red"), soft_wrap=True)
+    summary = _count(len(entries), "executor") + (f", {len(broken)} cannot be loaded" if broken else "")
     console.print(Text(summary, style="yellow" if broken else ""))
 
 

@@ -41,6 +41,8 @@ _builtin("set", "circuit_breaker.executors.data", "SetExecutor")
 _builtin("wait", "circuit_breaker.executors.data", "WaitExecutor")
 _builtin("inject", "circuit_breaker.executors.data", "InjectExecutor")
 _builtin("docker", "circuit_breaker.executors.docker", "DockerExecutor")
+_builtin("assistant", "circuit_breaker.executors.assistant", "AssistantExecutor")
+_builtin("agent", "circuit_breaker.executors.agent", "AgentExecutor")
 _builtin("serverless", "circuit_breaker.executors.serverless", "ServerlessExecutor")
 
 

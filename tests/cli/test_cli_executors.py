@@ -21,7 +21,7 @@ import pytest
 EXECUTOR_FIXTURES = Path(__file__).parent.parent / "executors" / "fixtures"
 PROJECT = EXECUTOR_FIXTURES / "project"
 PLUGIN = EXECUTOR_FIXTURES / "plugin"
-BUILTIN_NAMES = ["docker", "file", "http", "inject", "python", "serverless", "set", "shell", "step", "wait"]
+BUILTIN_NAMES = ["agent", "assistant", "docker", "file", "http", "inject", "python", "serverless", "set", "shell", "step", "wait"]
 PROJECT_NAMES = ["fixture_count", "fixture_greeting", "fixture_shout"]
 
 

@@ -15,8 +15,9 @@ from circuit_breaker.testing.podman import IMAGE, PodmanEngine
 
 
 @pytest.fixture(scope="module")
-def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with PodmanEngine(tmp_path_factory.mktemp("podman")) as engine:
+def docker_host() -> Iterator[str]:
+    # Its own temp dir, not pytest's: podman's overlay mounts outlive the test and would trip pytest's cleanup.
+    with PodmanEngine() as engine:
         yield engine.docker_host
 
 
