@@ -125,3 +125,24 @@ async def test_a_failing_container_leaves_the_token_where_it_was(docker_host: st
     assert inst.tokens[0].place == "raw" and inst.open_incidents[0].error.kind == "exit_code"
     with pytest.raises(ExecutorError):
         await DockerExecutor(image=IMAGE, command="exit 7", docker_host=docker_host).execute()
+
+
+async def test_a_cancelled_run_still_removes_its_container(docker_host: str) -> None:
+    import asyncio
+
+    ex = DockerExecutor(image=IMAGE, command=["sleep", "60"], timeout=120, stop_grace=1, docker_host=docker_host)
+    task = asyncio.create_task(ex.execute())
+    for _ in range(100):  # until the container exists
+        if leftover_containers(docker_host):
+            break
+        await asyncio.sleep(0.1)
+    assert leftover_containers(docker_host)
+    await asyncio.sleep(0.5)  # let it start
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if not leftover_containers(docker_host):
+            break
+        await asyncio.sleep(0.1)
+    assert leftover_containers(docker_host) == []
