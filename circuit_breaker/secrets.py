@@ -132,6 +132,8 @@ class SecretMasker:
         """Register the values under secret-named keys of ``data`` (nested too); returns those keys' names."""
         found: list[str] = []
         values: list[str] = []
+        if self.patterns and not self._state.dirty(data):
+            return found  # the fast walk found no secret-named key (and nothing already known): done
         self._collect(data, found, values)
         self.add(*values)
         return found

@@ -19,7 +19,7 @@ workflow first and builds places and flows with the public DSL (see ``executors/
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
@@ -310,6 +310,3 @@ def _nested(action: Any, key: str) -> Action:
         return {key: action(token)}
 
     return run
-
-
-Pattern = Callable[..., Any]

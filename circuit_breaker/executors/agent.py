@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ._base import Executor
 from ._params import param
-from ._tools import as_tools, tool_reference
-from .assistant import ChatSession
+from ._tools import as_tools
+from .assistant import ChatSession, ModelExecutor
 
 __all__ = ["AgentExecutor"]
 
@@ -23,7 +22,7 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-class AgentExecutor(Executor):
+class AgentExecutor(ModelExecutor):
     """Let a model pursue ``task`` with ``tools`` (functions or executors) over several iterations.
 
     Output: ``status`` ("completed" or "max_iterations_reached"), ``iterations``, ``final_output`` (the model's
@@ -37,26 +36,6 @@ class AgentExecutor(Executor):
     tools: list[Any] = param(default=[], description="functions or executor instances the agent may call")
     system_prompt: str = param(default=DEFAULT_SYSTEM_PROMPT, description="the system message")
     max_iterations: int = param(default=10, ge=1, description="model requests before stopping")
-    model: str = param(required=True, description="the model name, as the server knows it")
-    temperature: float | None = param(ge=0, le=2, description="sampling temperature (server default if unset)")
-    max_tokens: int | None = param(gt=0, description="cap on each answer's tokens")
-    base_url: str | None = param(description="the server's base URL; default CB_LLM_BASE_URL or OPENAI_BASE_URL")
-    api_key: str | None = param(secret=True, description="default CB_LLM_API_KEY or OPENAI_API_KEY")
-    timeout: float = param(default=60.0, gt=0, description="seconds one request may take")
-
-    def spec(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
-        """Functions among the tools become ``"module:function"`` references, so the spec is plain JSON."""
-        out = super().spec(reveal_secrets=reveal_secrets)
-        tools = out["params"].get("tools")
-        if isinstance(tools, list):
-            out["params"]["tools"] = [t if isinstance(t, dict) else tool_reference(t) for t in tools]
-        return out
-
-    def validate(self) -> None:
-        try:  # a bad tool is a configuration error, found before any request is sent
-            as_tools(self.tools)
-        except TypeError as err:
-            raise ValueError(str(err)) from None
 
     async def execute_internal(self) -> dict[str, Any]:
         options: dict[str, Any] = {}

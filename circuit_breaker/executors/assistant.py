@@ -240,27 +240,15 @@ class ChatSession:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-class AssistantExecutor(Executor):
-    """Ask a language model, letting it call tools, and return its answer (text or schema-checked JSON).
+class ModelExecutor(Executor):
+    """What the assistant and the agent share: the model server, the model, its tools and their spec form."""
 
-    ``input`` is usually templated from token data (``"Analyse: {{ processed_output }}"``). ``tools`` are plain
-    functions (schema from signature and docstring) or executor instances. With a JSON schema as
-    ``response_format`` the answer is parsed, validated and returned as a dict in ``content``.
-    """
-
-    name: ClassVar[str] = "assistant"
+    name: ClassVar[str] = "model"
 
     model: str = param(required=True, description="the model name, as the server knows it")
-    input: str = param(required=True, description="the user message; templates are filled from token data")
-    system_prompt: str | None = param(description="the system message")
     tools: list[Any] = param(default=[], description="functions or executor instances the model may call")
-    response_format: str | dict[str, Any] = param(
-        default="text", description='"text", "json" (any JSON object) or a JSON schema the answer must match'
-    )
     temperature: float | None = param(ge=0, le=2, description="sampling temperature (server default if unset)")
-    max_tokens: int | None = param(gt=0, description="cap on the answer's tokens")
-    max_tool_rounds: int = param(default=5, ge=0, description="rounds of tool calls before giving up")
-    stream: bool = param(default=False, description="receive the answer as server-sent events")
+    max_tokens: int | None = param(gt=0, description="cap on each answer's tokens")
     base_url: str | None = param(description="the server's base URL; default CB_LLM_BASE_URL or OPENAI_BASE_URL")
     api_key: str | None = param(secret=True, description="default CB_LLM_API_KEY or OPENAI_API_KEY")
     timeout: float = param(default=60.0, gt=0, description="seconds one request may take")
@@ -278,6 +266,28 @@ class AssistantExecutor(Executor):
             as_tools(self.tools)
         except TypeError as err:
             raise ValueError(str(err)) from None
+
+
+class AssistantExecutor(ModelExecutor):
+    """Ask a language model, letting it call tools, and return its answer (text or schema-checked JSON).
+
+    ``input`` is usually templated from token data (``"Analyse: {{ processed_output }}"``). ``tools`` are plain
+    functions (schema from signature and docstring) or executor instances. With a JSON schema as
+    ``response_format`` the answer is parsed, validated and returned as a dict in ``content``.
+    """
+
+    name: ClassVar[str] = "assistant"
+
+    input: str = param(required=True, description="the user message; templates are filled from token data")
+    system_prompt: str | None = param(description="the system message")
+    response_format: str | dict[str, Any] = param(
+        default="text", description='"text", "json" (any JSON object) or a JSON schema the answer must match'
+    )
+    max_tool_rounds: int = param(default=5, ge=0, description="rounds of tool calls before giving up")
+    stream: bool = param(default=False, description="receive the answer as server-sent events")
+
+    def validate(self) -> None:
+        super().validate()
         if isinstance(self.response_format, str):
             if self.response_format not in ("text", "json"):
                 raise ValueError(

@@ -6,55 +6,22 @@ Fixture workflows live in ``fixtures/``, laid out like a project root (``workflo
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import circuit_breaker
 
+from ._support import Result, run_cli
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _script() -> str:
-    # Prefer the script of the interpreter running the tests (the venv under test), then PATH.
-    beside = Path(sys.executable).parent / "circuit-breaker"
-    found = str(beside) if beside.exists() else shutil.which("circuit-breaker")
-    if found is None:
-        pytest.fail("the circuit-breaker console script is not installed (pip install -e . in this venv)")
-    return found
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)  # fails unless stdout is exactly one JSON document
-
-    def error_line(self) -> str:
-        """The error report, checked to be one ``error:`` line and not a traceback."""
-        assert "Traceback" not in self.err, self.err
-        lines = self.err.splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("error: "), self.err
-        return lines[0]
-
-
 def cli(*args: str, cwd: Path = FIXTURES) -> Result:
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-    env.update(NO_COLOR="1", COLUMNS="200")  # no colour codes or wrapped table cells in what we assert on
-    proc = subprocess.run([_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli(*args, cwd=cwd)
 
 
 # -- run -----------------------------------------------------------------------------------------------------

@@ -7,60 +7,35 @@ packages are simulated with a throwaway distribution (module + ``*.dist-info/ent
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from ._support import Result, run_cli
 
 EXECUTOR_FIXTURES = Path(__file__).parent.parent / "executors" / "fixtures"
 PROJECT = EXECUTOR_FIXTURES / "project"
 PLUGIN = EXECUTOR_FIXTURES / "plugin"
-BUILTIN_NAMES = ["agent", "assistant", "docker", "file", "http", "inject", "python", "serverless", "set", "shell", "step", "wait"]
+BUILTIN_NAMES = [
+    "agent",
+    "assistant",
+    "docker",
+    "file",
+    "http",
+    "inject",
+    "python",
+    "serverless",
+    "set",
+    "shell",
+    "step",
+    "wait",
+]
 PROJECT_NAMES = ["fixture_count", "fixture_greeting", "fixture_shout"]
 
 
-def _script() -> str:
-    beside = Path(sys.executable).parent / "circuit-breaker"
-    found = str(beside) if beside.exists() else shutil.which("circuit-breaker")
-    if found is None:
-        pytest.fail("the circuit-breaker console script is not installed (pip install -e . in this venv)")
-    return found
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)  # fails unless stdout is exactly one JSON document
-
-    def error_line(self) -> str:
-        assert "Traceback" not in self.err, self.err
-        lines = self.err.splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("error: "), self.err
-        return lines[0]
-
-    def by_name(self) -> dict[str, dict[str, Any]]:
-        return {entry["name"]: entry for entry in self.json()}
-
-
 def cli(*args: str, cwd: Path = PROJECT, pythonpath: Path | None = None) -> Result:
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-    env.update(NO_COLOR="1", COLUMNS="250")  # no colour codes in what we assert on, few wrapped cells
-    env.pop("PYTHONPATH", None)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    proc = subprocess.run([_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli(*args, cwd=cwd, columns=250, pythonpath=pythonpath)
 
 
 def _site(root: Path, extra_entries: dict[str, str] | None = None, modules: dict[str, str] | None = None) -> Path:

@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pytest
+from ._support import Result, run_cli
 
 ROOT = Path(__file__).parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLE = "workflows/invoice_approval.yaml"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def error_line(self) -> str:
-        assert "Traceback" not in self.err, self.err
-        (line,) = self.err.splitlines()
-        assert line.startswith("error: "), self.err
-        return line
-
-
 def cli(*args: str, cwd: Path = ROOT) -> Result:
-    script = Path(sys.executable).parent / "circuit-breaker"
-    if not script.exists():
-        pytest.fail("the circuit-breaker console script is not installed (pip install -e . in this venv)")
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-    env.update(NO_COLOR="1", COLUMNS="200")
-    proc = subprocess.run([str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli(*args, cwd=cwd)
 
 
 def test_run_the_example_approves_a_small_invoice_at_once() -> None:
