@@ -797,7 +797,13 @@ class Engine:
         attempt: int,
         info: ErrorInfo,
     ) -> None:
-        """Retries ran out: record an incident (moving the tokens to the error place, if there is one) and fail."""
+        """Retries ran out: move the tokens to the error place, if there is one, and record an incident.
+
+        An error place with transitions out of it is the author's way of handling the failure (a review, a
+        repair step): the instance goes on from there. Without one, or when it is a dead end, the instance
+        fails until someone retries it.
+        """
+        handled = ct.error_place is not None and ct.error_place not in run.cw.final_places
         async with run.lock:
             now = utcnow()
             produced: list[Token] = []
@@ -824,12 +830,12 @@ class Engine:
                 attempt=attempt,
                 error=info,
                 will_retry=False,
-                incident=new_id(),
+                incident=None if handled else new_id(),
                 consumed=token_ids if produced else [],
                 produced=produced,
             )
             await self._append(run, event)
-        if run.status in (RUNNING, WAITING):
+        if not handled and run.status in (RUNNING, WAITING):
             await self._set_status(run, "fail", None, reason=f"{ct.name}: {info.message}")
 
 

@@ -186,7 +186,7 @@ class Run:
 
     def _apply_failed(self, event: TransitionFailed) -> None:
         details: dict[str, Any] = {"attempt": event.attempt, "error": event.error.model_dump()}
-        if event.incident is None:
+        if event.incident is None and not event.consumed:
             details["will_retry"] = event.will_retry
             self._record(event, "failed", event.transition, (), (), details)
             return
@@ -208,6 +208,9 @@ class Run:
             moved = _by_place(tokens)
             self.marking = self._move(event.consumed, moved)
             to_places = tuple(moved)
+        if event.incident is None:  # routed to an error place the workflow goes on from: handled, no incident
+            self._record(event, "failed", event.transition, (), to_places, details)
+            return
         self.incidents.append(
             Incident(
                 id=event.incident,

@@ -83,7 +83,7 @@ async def test_an_action_that_runs_too_long_times_out(engine: Engine) -> None:
     assert inst.tokens[0].place == "a"
 
 
-async def test_failed_tokens_go_to_the_error_place_when_there_is_one(engine: Engine) -> None:
+async def test_an_error_place_with_a_way_out_handles_the_failure_and_the_instance_goes_on(engine: Engine) -> None:
     wf = Workflow("with_error_place", error_place="broken")
     a, b, broken = wf.states("a", "b", "broken")
 
@@ -93,10 +93,28 @@ async def test_failed_tokens_go_to_the_error_place_when_there_is_one(engine: Eng
 
     wf.flow(broken >> a, "repair", trigger="manual")
     inst = await engine.wait((await engine.start(wf, {"row": 7})).id, timeout=5)
-    assert inst.status is InstanceStatus.FAILED
+    assert inst.status is InstanceStatus.WAITING, "the workflow itself says what happens next"
+    assert inst.open_incidents == []
+    assert inst.enabled_manual == ["repair"]
     assert [t.place for t in inst.tokens] == ["broken"]
     assert inst.tokens[0].data["row"] == 7
     assert inst.tokens[0].data["_error"]["message"] == "bad row 7"
+    failed = [e for e in inst.tokens[0].history if e.kind == "failed"]
+    assert failed[-1].to_places == ("broken",)
+    assert failed[-1].details["error"]["message"] == "bad row 7"
+
+
+async def test_a_dead_end_error_place_keeps_the_token_there_and_fails_the_instance(engine: Engine) -> None:
+    wf = Workflow("dead_end_error_place", error_place="broken")
+    a, b, broken = wf.states("a", "b", "broken")
+
+    @wf.flow(a >> b, "explode")
+    def explode(token):
+        raise ValueError("bad row 7")
+
+    inst = await engine.wait((await engine.start(wf, {"row": 7})).id, timeout=5)
+    assert inst.status is InstanceStatus.FAILED, "resting in an error place is not a completion"
+    assert [t.place for t in inst.tokens] == ["broken"]
     assert inst.open_incidents[0].error_place == "broken"
 
 
