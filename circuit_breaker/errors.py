@@ -25,9 +25,17 @@
     ├── ExecutorConfigError             an executor's parameters are missing or of the wrong type
     │   ├── UnknownExecutorError        no executor registered under that name
     │   └── TemplateError               a template names a field the token data does not have
-    └── ExecutorError                   an execution failed (``kind``, ``retryable``)
-        ├── ExecutorTimeoutError
-        └── CircuitOpenError            (circuit_breaker.executors) a breaker refused the call
+    ├── ExecutorError                   an execution failed (``kind``, ``retryable``)
+    │   ├── ExecutorTimeoutError
+    │   └── CircuitOpenError            (circuit_breaker.executors) a breaker refused the call
+    ├── ConfigError                     settings (env CB_*, circuit_breaker.toml, flags) are invalid
+    ├── NatsServerError                 the embedded nats-server is missing, or cannot start (quotes its log)
+    ├── NatsUnavailableError            NATS cannot be reached at start-up (names the URLs, never credentials)
+    ├── StoreError                      the store cannot do what was asked (no acknowledgement after retries)
+    │   └── StreamConfigError           a stream exists with settings that would lose events; nothing changed
+    ├── InjectError                     an injection over NATS was refused or not delivered (``code``, ``field``)
+    ├── ControlError                    a serving engine refused a fire/retry/cancel request (``code``)
+    └── SubscriptionError               an event subscription cannot be made (a durable name taken with other filters)
 """
 
 from __future__ import annotations
@@ -267,3 +275,84 @@ class ExecutorTimeoutError(ExecutorError):
     def __init__(self, executor: str, timeout: float) -> None:
         super().__init__(f"executor {executor!r} timed out after {timeout:g}s", executor=executor, kind="timeout")
         self.timeout = timeout
+
+
+class ConfigError(CircuitBreakerError):
+    """Settings are invalid; the message names the setting (``nats_url``, ``stream.replicas``), never a secret value."""
+
+    def __init__(self, message: str, *, setting: str | None = None, source: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.source = source
+
+
+class NatsServerError(CircuitBreakerError):
+    """The nats-server binary is missing, or exited or stayed unhealthy while starting; ``log_tail`` quotes its log."""
+
+    def __init__(
+        self, message: str, *, log_file: str | None = None, log_tail: str = "", returncode: int | None = None
+    ) -> None:
+        super().__init__(f"{message}\n{log_tail}" if log_tail else message)
+        self.log_file = log_file
+        self.log_tail = log_tail
+        self.returncode = returncode
+
+
+class NatsUnavailableError(CircuitBreakerError):
+    """No NATS server answered at start-up after every attempt; ``servers`` are the URLs without credentials."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, servers: Sequence[str] = (), attempts: int = 0) -> None:
+        super().__init__(message)
+        self.servers = list(servers)
+        self.attempts = attempts
+
+
+class StoreError(CircuitBreakerError):
+    """The store could not do what was asked (NATS unreachable after retries, a stream it cannot use)."""
+
+    retryable = True
+
+
+class StreamConfigError(StoreError):
+    """A stream or bucket exists with settings circuit_breaker cannot work with; nothing was changed."""
+
+    retryable = False
+
+    def __init__(self, stream: str, problems: Sequence[str]) -> None:
+        super().__init__(f"stream {stream!r} exists with incompatible settings: {'; '.join(problems)}")
+        self.stream = stream
+        self.problems = list(problems)
+
+
+class InjectError(CircuitBreakerError):
+    """An injection was refused or could not be delivered; ``code`` is the protocol's error code
+    (``invalid_data``, ``unknown_workflow``, ``no_responders``...; see docs/nats-protocol.md), ``field`` the
+    offending field when there is one."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None, retryable: bool = False) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retryable = retryable
+
+
+class SubscriptionError(CircuitBreakerError):
+    """An event subscription cannot be made as asked (a durable name taken with other filters, a bad filter)."""
+
+    def __init__(self, message: str, *, durable: str | None = None) -> None:
+        super().__init__(message)
+        self.durable = durable
+
+
+class ControlError(CircuitBreakerError):
+    """A serving engine refused a control request (fire, retry, cancel...); ``code`` is the protocol's code
+    (``not_enabled``, ``rejected``, ``unknown_instance``, ``no_responders``...; see docs/nats-protocol.md)."""
+
+    def __init__(self, code: str, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}

@@ -1,7 +1,8 @@
 """Typed events: every state change of an instance is one event; the instance is the fold of its events.
 
 The JSON form (``event.model_dump(mode="json")``) is what the NATS store persists and what services in any
-language read; ``type`` tells the kinds apart.
+language read; ``type`` tells the kinds apart. Every event has ``workflow``, ``instance_id``, ``seq``, ``time``,
+``actor`` and ``transition`` (null when the event is not about one transition).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class TokenInjected(_EventBase):
 
     type: Literal[EventType.TOKEN_INJECTED] = EventType.TOKEN_INJECTED
     token: Token
+    transition: None = Field(None, description="always null: this event is not about one transition")
 
 
 class TransitionFired(_EventBase):
@@ -100,6 +102,7 @@ class InstanceCompleted(_EventBase):
 
     type: Literal[EventType.INSTANCE_COMPLETED] = EventType.INSTANCE_COMPLETED
     final_places: list[str] = Field(default_factory=list)
+    transition: None = Field(None, description="always null: this event is not about one transition")
 
 
 class InstanceStatusChanged(_EventBase):
@@ -108,6 +111,7 @@ class InstanceStatusChanged(_EventBase):
     previous: str
     reason: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+    transition: None = Field(None, description="always null: this event is not about one transition")
 
 
 Event = Annotated[

@@ -59,6 +59,14 @@ ERROR_TREE = {
     "TemplateError": "ExecutorConfigError",
     "ExecutorError": "CircuitBreakerError",
     "ExecutorTimeoutError": "ExecutorError",
+    "ConfigError": "CircuitBreakerError",
+    "NatsServerError": "CircuitBreakerError",
+    "NatsUnavailableError": "CircuitBreakerError",
+    "StoreError": "CircuitBreakerError",
+    "StreamConfigError": "StoreError",
+    "InjectError": "CircuitBreakerError",
+    "ControlError": "CircuitBreakerError",
+    "SubscriptionError": "CircuitBreakerError",
 }
 
 
@@ -120,8 +128,10 @@ def test_the_error_tree_docstring_names_every_error() -> None:
         assert name in doc, name
 
 
-def test_only_concurrency_errors_are_retryable_by_default() -> None:
+def test_transient_errors_are_retryable_and_mistakes_are_not() -> None:
     assert errors.CircuitBreakerError.retryable is False
     assert errors.ConcurrencyError.retryable is True
     assert errors.ConcurrencyError("i", 1).retryable is True
     assert errors.DefinitionError("x").retryable is False
+    assert errors.StoreError("no ack").retryable is True  # NATS may come back
+    assert errors.StreamConfigError("S", ["max_age"]).retryable is False  # needs an operator

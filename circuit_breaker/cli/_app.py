@@ -25,13 +25,16 @@ import typer
 from ..errors import (
     CircuitBreakerError,
     DefinitionError,
+    InjectError,
     RuleDefinitionError,
     TokenDataError,
     WaitTimeoutError,
     WorkflowLoadError,
 )
 from ..secrets import default_masker
+from ._durable import events, fire, history, inject, instances, schema, serve, status
 from ._loader import WorkflowChoiceError, load_workflows, pick_workflow, split_target
+from ._nats_cmd import NATS_EPILOG, nats
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -107,6 +110,9 @@ def _errors() -> Iterator[None]:
         raise _die(ExitCode.DEFINITION, str(err)) from None
     except TokenDataError as err:
         raise _die(ExitCode.BAD_DATA, str(err)) from None
+    except InjectError as err:
+        bad_data = err.code in ("invalid_data", "not_an_object", "malformed_json", "payload_too_large")
+        raise _die(ExitCode.BAD_DATA if bad_data else ExitCode.FAILED, str(err)) from None
     except WaitTimeoutError as err:
         raise _die(ExitCode.TIMEOUT, f"{err}; raise --timeout to wait longer") from None
     except CircuitBreakerError as err:
@@ -202,10 +208,18 @@ def run(
         float | None,
         typer.Option(metavar="SECONDS", help="Give up (exit 6) if the instance has not settled by then."),
     ] = None,
+    durable: Annotated[
+        bool,
+        typer.Option(
+            "--durable",
+            help="Keep the instance in NATS JetStream (CB_NATS_URL, or the embedded server) instead of memory.",
+        ),
+    ] = False,
 ) -> None:
-    """Run one instance of a workflow in memory until it completes, fails or waits on a manual transition.
+    """Run one instance of a workflow until it completes, fails or waits on a manual transition.
 
-    Prints the final tokens, status and history.
+    In memory by default; with --durable its events are stored in JetStream, so `status`, `history` and
+    `fire` can pick it up afterwards. Prints the final tokens, status and history.
     """
     if timeout is not None and timeout <= 0:
         raise typer.BadParameter("must be a positive number of seconds", param_hint="--timeout")
@@ -213,7 +227,7 @@ def run(
         wf = _load_one(target, workflow)
         wf.compile()
         token_data = _parse_data(data)
-        inst = asyncio.run(_run_instance(wf, token_data, timeout, progress=not as_json))
+        inst = asyncio.run(_run_instance(wf, token_data, timeout, progress=not as_json, durable=durable))
     if as_json:
         _print_json(inst.summary())
     else:
@@ -223,10 +237,24 @@ def run(
         raise _die(ExitCode.FAILED, problem)
 
 
-async def _run_instance(wf: Workflow, data: dict[str, Any], timeout: float | None, *, progress: bool) -> Instance:
+async def _run_instance(
+    wf: Workflow, data: dict[str, Any], timeout: float | None, *, progress: bool, durable: bool = False
+) -> Instance:
+    if not durable:
+        return await _run_on(None, wf, data, timeout, progress=progress)
+    from ..config import load_settings
+    from ..nats import JetStreamStore
+    from ._durable import nats_session
+
+    settings = load_settings()
+    async with nats_session(settings) as nc:
+        return await _run_on(JetStreamStore(connection=nc, settings=settings), wf, data, timeout, progress=progress)
+
+
+async def _run_on(store: Any, wf: Workflow, data: dict[str, Any], timeout: float | None, *, progress: bool) -> Instance:
     from ..engine import Engine
 
-    async with Engine() as engine:
+    async with Engine(store=store) as engine:
         inst = await engine.start(wf, data, actor="cli")
         if not progress:
             return await engine.wait(inst.id, timeout=timeout)
@@ -491,6 +519,13 @@ def _show_executors(entries: list[dict[str, Any]], folder: Path) -> None:
         console.print(Text(f"{entry['name']} cannot be loaded: {entry['error']}", style="red"), soft_wrap=True)
     summary = _count(len(entries), "executor") + (f", {len(broken)} cannot be loaded" if broken else "")
     console.print(Text(summary, style="yellow" if broken else ""))
+
+
+# -- nats ----------------------------------------------------------------------------------------------------
+app.command(epilog=NATS_EPILOG)(nats)
+for _command in (serve, inject, events, instances, status, fire, history):
+    app.command(epilog=EPILOG)(_command)
+app.command()(schema)
 
 
 # -- version -------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from ..errors import (
     ActionError,
     ActionTimeoutError,
     CircuitBreakerError,
+    ConcurrencyError,
     DuplicateNameError,
     InstanceExistsError,
     InstanceStateError,
@@ -60,8 +61,10 @@ from ..events import (
 from ..net import is_enabled, missing_tokens, select
 from ..retry import NO_RETRY
 from ..secrets import default_masker
-from ..store import MemoryStore, Store
+from ..store import MemoryStore, SharedStore, Store
 from ..token import History, HistoryEntry, Token, new_id, utcnow
+from ._context import Firing
+from ._context import _current as _current_firing
 from ._instance import Instance
 from ._lifecycle import InstanceStatus, next_status
 from ._run import NO_LOCK, Run
@@ -72,6 +75,7 @@ RUNNING = InstanceStatus.RUNNING
 WAITING = InstanceStatus.WAITING
 FAILED = InstanceStatus.FAILED
 YIELD_EVERY = 64  # automatic firings in a row before the scheduler lets the event loop run others
+CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 
 
 class Engine:
@@ -81,14 +85,24 @@ class Engine:
     cleanly on exit.
     """
 
-    def __init__(self, store: Store | None = None, *, workflows: Iterable[Workflow] = ()) -> None:
+    def __init__(self, store: Store | None = None, *, workflows: Iterable[Workflow] = (), drive: bool = True) -> None:
         self.store: Store = store if store is not None else MemoryStore()
+        # drive=False: an observer (a CLI query, a dashboard) that folds stored instances but never resumes
+        # them; its own calls (start, fire) still run as usual.
+        self.drive = drive
+        # Checked once: isinstance against a runtime-checkable Protocol costs tens of microseconds.
+        self._shared = isinstance(self.store, SharedStore)
         self._workflows: dict[str, CompiledWorkflow] = {}
         self._runs: dict[str, Run] = {}
         self._subscribers: list[tuple[Callable[[Event], bool], asyncio.Queue[Event | None]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starts: dict[tuple[str, str], deque[float]] = {}  # recent action starts, for rate limits
         self._closed = False
+        self._opened = False
+        self._loaded: set[str] = set()  # workflows whose stored instances are loaded
+        self._starting: set[str] = set()  # instance ids whose first event is being stored
+        self._loading: list[asyncio.Task[None]] = []
+        self._watcher: asyncio.Task[None] | None = None
         for wf in workflows:
             self.register(wf)
 
@@ -101,16 +115,28 @@ class Engine:
         await self.close()
 
     async def open(self) -> None:
+        """Open the store and load the instances it holds for the registered workflows; those still running
+        go on from where they stopped (after a crash, an action in flight runs again: at-least-once).
+
+        On a store several engines share, the engine then follows the other engines' events live.
+        """
         await self.store.open()
+        if self._opened:
+            return
+        self._opened = True
+        shared = self._shared
+        start = await self.store.last_sequence() + 1 if isinstance(self.store, SharedStore) else 0  # before loading
+        for cw in list(self._workflows.values()):
+            self._schedule_load(cw)
+        await self._ready()
+        if shared:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
 
     async def close(self) -> None:
         """Cancel running actions (their tokens stay where they were), end subscriptions, close the store."""
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel([t for t in (self._watcher, *self._loading) if t is not None])
+        await _cancel(list(self._tasks))
         for _, queue in self._subscribers:
             queue.put_nowait(None)
         self._subscribers.clear()
@@ -128,6 +154,8 @@ class Engine:
                 name=workflow.name,
             )
         self._workflows[workflow.name] = cw
+        if self._opened and workflow.name not in self._loaded:
+            self._schedule_load(cw)
         return cw
 
     @property
@@ -154,6 +182,124 @@ class Engine:
             raise UnknownInstanceError(instance_id)
         return run
 
+    async def _find(self, instance_id: str) -> Run:
+        """The run of ``instance_id``; on a shared store, one another engine started is read in first."""
+        if self._loading:
+            await self._ready()
+        run = self._runs.get(instance_id)
+        if run is None and self._shared:
+            stored = await self.store.read(instance_id)
+            cw = self._workflows.get(stored[0].workflow) if stored else None
+            if cw is not None:
+                run = await self._adopt(instance_id, cw)
+        if run is None:
+            raise UnknownInstanceError(instance_id)
+        return run
+
+    # -- stored instances and other engines ------------------------------------------------------------
+    def _schedule_load(self, cw: CompiledWorkflow) -> None:
+        self._loaded.add(cw.name)
+        self._loading.append(asyncio.get_running_loop().create_task(self._load(cw)))
+
+    async def _ready(self) -> None:
+        """Wait for workflows registered on an open engine to have their stored instances loaded."""
+        while self._loading:
+            task = self._loading[0]
+            try:
+                await task
+            finally:
+                if self._loading and self._loading[0] is task:
+                    self._loading.pop(0)
+
+    async def _load(self, cw: CompiledWorkflow) -> None:
+        """Fold the stored events of ``cw``'s instances; instances still running go on."""
+        atomic = getattr(self.store, "appends_atomically", False)
+        runs: dict[str, Run] = {}
+        async for event in self.store.replay(workflow=cw.name):
+            run = runs.get(event.instance_id)
+            if run is None:
+                if event.seq != 1:
+                    continue  # the instance's start is missing (the log was trimmed): it cannot be rebuilt
+                run = runs[event.instance_id] = Run(event.instance_id, cw, atomic_store=atomic)
+            if event.seq == run.seq + 1:
+                run.apply(event)
+        for iid, run in runs.items():
+            known = self._runs.get(iid)
+            if known is not None and known.seq >= run.seq:
+                continue  # followed live meanwhile
+            run.local = self.drive
+            self._runs[iid] = run
+            run.update_settled()
+            if run.status is RUNNING and self.drive:
+                self._kick(run)
+
+    async def _adopt(self, instance_id: str, cw: CompiledWorkflow) -> Run | None:
+        """Build a run for an instance another engine started, from the store."""
+        run = Run(instance_id, cw, atomic_store=getattr(self.store, "appends_atomically", False))
+        for event in await self.store.read(instance_id):
+            if event.seq == run.seq + 1:
+                run.apply(event)
+        if run.seq == 0:
+            return None
+        known = self._runs.get(instance_id)
+        if known is not None:
+            return known
+        self._runs[instance_id] = run
+        run.update_settled()
+        return run
+
+    async def _catch_up(self, run: Run) -> None:
+        """Apply the events other engines stored after ``run``'s version (caller holds ``run.lock``)."""
+        for event in await self.store.read(run.id, run.seq):
+            if event.seq == run.seq + 1:
+                run.apply(event)
+                self._notify(event)
+        run.update_settled()
+
+    async def _watch(self, start: int) -> None:
+        """Follow the events other engines append to a shared store, keeping known instances current."""
+        assert isinstance(self.store, SharedStore)
+        delay = 0.1
+        while not self._closed:
+            try:
+                async for event in self.store.watch(start):
+                    delay = 0.1
+                    try:
+                        await self._apply_foreign(event)
+                    except Exception:
+                        log.exception("could not apply event %s of instance %s", event.seq, event.instance_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following the shared store failed; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                start = await self.store.last_sequence() + 1  # the instances it touched catch up on demand
+
+    async def _apply_foreign(self, event: Event) -> None:
+        run = self._runs.get(event.instance_id)
+        if run is None:
+            cw = self._workflows.get(event.workflow)
+            if cw is None or event.workflow not in self._loaded:
+                return  # a workflow this engine does not run, or one still loading (the load will have it)
+            if event.seq != 1:
+                await self._adopt(event.instance_id, cw)
+                return
+            run = Run(event.instance_id, cw, atomic_store=getattr(self.store, "appends_atomically", False))
+            self._runs[event.instance_id] = run
+        async with run.lock:
+            if event.seq == run.seq + 1:
+                run.apply(event)
+                self._notify(event)
+            elif event.seq > run.seq + 1:
+                await self._catch_up(run)
+            else:
+                return
+        run.update_settled()
+        if run.local and run.status is RUNNING and not self._closed:
+            self._kick(run)
+
     # -- public operations -----------------------------------------------------------------------------
     async def start(
         self,
@@ -165,11 +311,13 @@ class Engine:
     ) -> Instance:
         """Start an instance with ``data`` in the initial place; returns once the instance exists."""
         cw = self._workflow(workflow)
+        if self._loading:
+            await self._ready()
         clean = cw.validate_data(data)
         # Values under secret-named keys (db_password, api_key...) are masked wherever else they show up.
         default_masker().add_mapping(clean)
         iid = check_name("instance", instance_id, cw.name) if instance_id is not None else new_id()
-        if iid in self._runs:
+        if iid in self._runs or iid in self._starting:
             raise InstanceExistsError(iid)
         now = utcnow()
         entry = build(
@@ -193,7 +341,7 @@ class Engine:
             history=History().append(entry),
         )
         run = Run(iid, cw, atomic_store=getattr(self.store, "appends_atomically", False))
-        self._runs[iid] = run
+        run.local = True
         event = build(
             TokenInjected,
             workflow=cw.name,
@@ -203,22 +351,31 @@ class Engine:
             actor=actor,
             type=EventType.TOKEN_INJECTED,
             token=token,
+            transition=None,
         )
+        # Visible to get() and instances() only once stored; reserved meanwhile against a second start().
+        self._starting.add(iid)
         try:
             await self._append(run, event)
-        except BaseException:
-            del self._runs[iid]
-            raise
+        except ConcurrencyError:
+            # Another engine started an instance with this id first: it exists, this one never did.
+            await self._adopt(iid, cw)
+            raise InstanceExistsError(iid) from None
+        finally:
+            self._starting.discard(iid)
+        self._runs[iid] = run
         self._kick(run)
         return run.snapshot()
 
     async def get(self, instance_id: str) -> Instance:
-        return self._run(instance_id).snapshot()
+        return (await self._find(instance_id)).snapshot()
 
     async def instances(
         self, workflow: str | None = None, status: InstanceStatus | str | None = None
     ) -> list[Instance]:
         wanted = InstanceStatus(status) if status is not None else None
+        if self._loading:
+            await self._ready()
         return [
             r.snapshot()
             for r in self._runs.values()
@@ -227,7 +384,7 @@ class Engine:
 
     async def wait(self, instance_id: str, timeout: float | None = None) -> Instance:
         """Return once the instance is completed, waiting only on manual transitions, failed, paused or cancelled."""
-        run = self._run(instance_id)
+        run = await self._find(instance_id)
         if not run.settled.is_set():
             try:
                 await asyncio.wait_for(run.settled.wait(), timeout)
@@ -240,8 +397,35 @@ class Engine:
     ) -> Instance:
         """Fire a manual transition. ``data`` (a reviewer's verdict, a comment, corrected fields) is merged into
         the token data before validations run. Raises TransitionNotEnabledError (saying why),
-        TransitionRejectedError (listing the failing rules) or ActionError; in each case nothing moved."""
-        run = self._run(instance_id)
+        TransitionRejectedError (listing the failing rules) or ActionError; in each case nothing moved.
+
+        On a shared store another engine may change the instance meanwhile: the firing is then judged again
+        on the new state (its action may run again), and ConcurrencyError is raised only if that keeps happening.
+        """
+        run = self._runs.get(instance_id)
+        if run is None or self._loading:
+            run = await self._find(instance_id)
+        if not self._shared:  # nobody else writes: judged once, on what this engine knows
+            return await self._fire_once(run, transition, actor, data)
+        synced = False
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return await self._fire_once(run, transition, actor, data)
+            except ConcurrencyError:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+            except (TransitionNotEnabledError, InstanceStateError):
+                if synced:
+                    raise
+                # Judged on what this engine knew; another engine may have moved the instance since.
+                synced = True
+                async with run.lock:
+                    await self._catch_up(run)
+        raise AssertionError("unreachable")
+
+    async def _fire_once(self, run: Run, transition: str, actor: str | None, data: dict[str, Any] | None) -> Instance:
+        instance_id = run.id
+        run.local = True
         ct = run.cw.transitions.get(transition)
         if ct is None:
             raise UnknownTransitionError(run.cw.name, transition, list(run.cw.transitions))
@@ -292,30 +476,49 @@ class Engine:
     async def retry(self, instance_id: str, actor: str | None = None) -> Instance:
         """Try again: a failed instance gets its incidents resolved; a waiting one has the automatic
         transitions its policies refused reconsidered (after the world they depend on changed)."""
-        run = self._run(instance_id)
-        trigger = "proceed" if run.status is WAITING else "retry"
-        await self._set_status(run, trigger, actor, reason="retried by hand", details={"retry": True})
+        run = await self._change_status(
+            instance_id, lambda r: "proceed" if r.status is WAITING else "retry", actor, "retried by hand", retry=True
+        )
         self._kick(run)
         return run.snapshot()
 
     async def pause(self, instance_id: str, actor: str | None = None) -> Instance:
-        run = self._run(instance_id)
-        await self._set_status(run, "pause", actor)
+        run = await self._change_status(instance_id, lambda _: "pause", actor)
         return run.snapshot()
 
     async def resume(self, instance_id: str, actor: str | None = None) -> Instance:
-        run = self._run(instance_id)
-        await self._set_status(run, "resume", actor)
+        run = await self._change_status(instance_id, lambda _: "resume", actor)
         self._kick(run)
         return run.snapshot()
 
     async def cancel(self, instance_id: str, actor: str | None = None, reason: str | None = None) -> Instance:
         """Cancel: running actions are stopped and no token moves any more."""
-        run = self._run(instance_id)
-        await self._set_status(run, "cancel", actor, reason=reason)
+        run = await self._change_status(instance_id, lambda _: "cancel", actor, reason)
         for task in list(run.tasks):
             task.cancel()
         return run.snapshot()
+
+    async def _change_status(
+        self,
+        instance_id: str,
+        trigger: Callable[[Run], str],
+        actor: str | None,
+        reason: str | None = None,
+        *,
+        retry: bool = False,
+    ) -> Run:
+        """A status change asked for by a caller; judged again if another engine changed the instance first."""
+        run = await self._find(instance_id)
+        run.local = True
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                details = {"retry": True} if retry else None
+                await self._set_status(run, trigger(run), actor, reason=reason, details=details)
+                return run
+            except ConcurrencyError:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def events(
         self,
@@ -343,6 +546,8 @@ class Engine:
     async def _events(
         self, match: Callable[[Event], bool], workflow: str | None, instance: str | None, follow: bool
     ) -> AsyncIterator[Event]:
+        if self._loading:
+            await self._ready()
         queue: asyncio.Queue[Event | None] | None = None
         if follow and not self._closed:
             queue = asyncio.Queue()
@@ -375,9 +580,22 @@ class Engine:
         produced: dict[str, tuple[Token, ...]] | None = None,
         entry: HistoryEntry | None = None,
     ) -> None:
-        """Persist, then apply: a state change is visible only once the store has it."""
-        await self.store.append(event, event.seq - 1)
+        """Persist, then apply: a state change is visible only once the store has it.
+
+        When another engine wrote first (ConcurrencyError), the instance is brought up to date from the store
+        before the error goes to the caller, who judges again on the new state.
+        """
+        try:
+            await self.store.append(event, event.seq - 1)
+        except ConcurrencyError:
+            if event.seq > 1:
+                await self._catch_up(run)
+            raise
         run.apply(event, consumed, produced, entry)
+        if self._subscribers:
+            self._notify(event)
+
+    def _notify(self, event: Event) -> None:
         for match, queue in self._subscribers:
             if match(event):
                 queue.put_nowait(event)
@@ -396,6 +614,9 @@ class Engine:
             await self._append(run, *self._fired(run, ct, consumed, view, data, actor, expanded))
             return
         async with run.lock:
+            if not run.holds(consumed):
+                # Another engine's firing, applied while the action ran, took these tokens.
+                raise ConcurrencyError(run.id, run.seq)
             await self._append(run, *self._fired(run, ct, consumed, view, data, actor, expanded))
 
     @staticmethod
@@ -469,7 +690,9 @@ class Engine:
         async with run.lock:
             status = next_status(run.id, run.status, trigger)
             if trigger == "complete":
-                event: Event = _next_event(InstanceCompleted, run, actor, final_places=sorted(run.marking))
+                event: Event = _next_event(
+                    InstanceCompleted, run, actor, final_places=sorted(run.marking), transition=None
+                )
             else:
                 event = _next_event(
                     InstanceStatusChanged,
@@ -479,6 +702,7 @@ class Engine:
                     previous=run.status.value,
                     reason=reason,
                     details=details or {},
+                    transition=None,
                 )
             await self._append(run, event)
         run.update_settled()
@@ -517,10 +741,17 @@ class Engine:
 
     async def _advance(self, run: Run) -> None:
         firings = 0
+        conflicts = 0
         try:
             while not self._closed:
                 run.dirty = False
-                progressed = await self._step(run) if run.status is RUNNING else False
+                try:
+                    progressed = await self._step(run) if run.status is RUNNING else False
+                except ConcurrencyError:
+                    # Another engine moved the instance; it was brought up to date: look again.
+                    conflicts += 1
+                    await asyncio.sleep(0 if conflicts < 3 else min(0.01 * conflicts, 0.5))
+                    continue
                 if progressed:
                     firings += 1
                     if firings % YIELD_EVERY == 0:
@@ -529,7 +760,10 @@ class Engine:
                     continue
                 if run.dirty:
                     continue
-                await self._settle(run)
+                try:
+                    await self._settle(run)
+                except ConcurrencyError:
+                    continue
                 if not run.dirty:
                     break
         except asyncio.CancelledError:
@@ -692,6 +926,8 @@ class Engine:
                 await self._reject(run, ct, consumed, list(post.errors), "rules", None)
         except asyncio.CancelledError:
             raise
+        except ConcurrencyError:
+            pass  # another engine moved the instance first; the scheduler pass below looks again
         except Exception as err:
             log.exception("firing %s failed for instance %s", ct.name, run.id)
             await self._fail_internal(run, err)
@@ -723,10 +959,14 @@ class Engine:
             try:
                 # The action gets its own copy of the data, so mutating it in place cannot corrupt a token.
                 arg = view.model_copy(update={"data": dict(view.data)})
-                if ct.timeout is not None:
-                    result = await asyncio.wait_for(run_action(ct, arg), ct.timeout)
-                else:
-                    result = await run_action(ct, arg)
+                firing = _current_firing.set(Firing(cw.name, run.id, ct.name, tuple(token_ids), attempt))
+                try:
+                    if ct.timeout is not None:
+                        result = await asyncio.wait_for(run_action(ct, arg), ct.timeout)
+                    else:
+                        result = await run_action(ct, arg)
+                finally:
+                    _current_firing.reset(firing)
                 return merge_result(cw, ct, view.data, result)
             except asyncio.CancelledError:
                 raise
@@ -840,6 +1080,20 @@ class Engine:
 
 
 E = TypeVar("E", bound=BaseModel)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them. Cancelling again until they end: a client library that swallows
+    one cancellation (nats-py does while it writes to its socket) must not hang the engine's close."""
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+        pending = [t for t in pending if not t.done()]
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved, so an error of a cancelled task is not reported as never retrieved
 
 
 def _next_event(cls: type[E], run: Run, actor: str | None, time: datetime | None = None, **fields: Any) -> E:

@@ -52,6 +52,7 @@ class Run:
         "id",
         "incidents",
         "inflight",
+        "local",
         "lock",
         "marking",
         "rejected",
@@ -88,6 +89,7 @@ class Run:
         self.dirty = False
         self.running: dict[str, int] = {}  # actions in flight per transition (for max_parallel)
         self.wake_at: float | None = None  # loop time of the next timed scheduler pass, if any
+        self.local = False  # this engine drives it (started, loaded or fired it here), not just follows it
 
     # -- reservations ------------------------------------------------------------------------------------
     def reserve(self, consumed: Mapping[str, tuple[Token, ...]]) -> None:
@@ -105,6 +107,14 @@ class Run:
                 counts[place] = left
             else:
                 counts.pop(place, None)
+
+    def holds(self, consumed: Mapping[str, tuple[Token, ...]]) -> bool:
+        """Whether every token of ``consumed`` still lies in its place (another engine may have taken it)."""
+        for place, tokens in consumed.items():
+            present = {t.id for t in self.marking.get_tokens(place)}
+            if any(t.id not in present for t in tokens):
+                return False
+        return True
 
     def free(self, place: str) -> int:
         """Tokens in ``place`` that no running action has reserved."""

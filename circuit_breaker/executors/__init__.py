@@ -44,6 +44,7 @@ _builtin("docker", "circuit_breaker.executors.docker", "DockerExecutor")
 _builtin("assistant", "circuit_breaker.executors.assistant", "AssistantExecutor")
 _builtin("agent", "circuit_breaker.executors.agent", "AgentExecutor")
 _builtin("serverless", "circuit_breaker.executors.serverless", "ServerlessExecutor")
+_builtin("nats", "circuit_breaker.executors.nats", "NatsExecutor")
 
 
 def __getattr__(attr: str) -> Any:

@@ -26,10 +26,25 @@ class Store(Protocol):
 
     async def append(self, event: Event, expected_seq: int) -> None: ...
 
-    async def read(self, instance_id: str) -> list[Event]: ...
+    async def read(self, instance_id: str, after_seq: int = 0) -> list[Event]:
+        """The instance's events with a version above ``after_seq``, oldest first."""
+        ...
 
     def replay(self, *, workflow: str | None = None, instance_id: str | None = None) -> AsyncIterator[Event]:
         """Every stored event (optionally of one workflow or instance) in the order it was appended."""
         ...
 
     async def instance_ids(self, workflow: str | None = None) -> list[str]: ...
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store several engine processes use at once: an engine also follows the others' events."""
+
+    async def last_sequence(self) -> int:
+        """The position of the newest stored event (0 when empty)."""
+        ...
+
+    def watch(self, start_seq: int) -> AsyncIterator[Event]:
+        """Events appended by *other* writers, live, from position ``start_seq`` on."""
+        ...

@@ -37,8 +37,8 @@ class MemoryStore:
         events.append(event)
         self._log.append(event)
 
-    async def read(self, instance_id: str) -> list[Event]:
-        return list(self._by_instance.get(instance_id, ()))
+    async def read(self, instance_id: str, after_seq: int = 0) -> list[Event]:
+        return list(self._by_instance.get(instance_id, ())[after_seq:])
 
     async def replay(self, *, workflow: str | None = None, instance_id: str | None = None) -> AsyncIterator[Event]:
         source = self._by_instance.get(instance_id, []) if instance_id is not None else self._log

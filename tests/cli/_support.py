@@ -45,13 +45,21 @@ class Result:
         return {entry["name"]: entry for entry in self.json()}
 
 
-def run_cli(*args: str, cwd: Path, columns: int = 200, pythonpath: Path | None = None) -> Result:
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
-    env.update(NO_COLOR="1", COLUMNS=str(columns))  # no colour codes or wrapped table cells in what we assert on
-    env.pop("PYTHONPATH", None)
+def run_cli(
+    *args: str,
+    cwd: Path,
+    columns: int = 200,
+    pythonpath: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Result:
+    environ = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    environ.update(NO_COLOR="1", COLUMNS=str(columns))  # no colour codes or wrapped table cells in what we assert on
+    environ.pop("PYTHONPATH", None)
     if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+        environ["PYTHONPATH"] = str(pythonpath)
+    environ.update(env or {})
     proc = subprocess.run(
-        [console_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+        [console_script(), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout, check=False
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -27,7 +27,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PROJECT = FIXTURES / "project"
 PLUGIN = FIXTURES / "plugin"
 PLUGIN_MODULE = "cb_fixture_plugin"
-BUILTIN_NAMES = ["agent", "assistant", "docker", "file", "http", "inject", "python", "serverless", "set", "shell", "step", "wait"]
+BUILTIN_NAMES = [
+    "agent",
+    "assistant",
+    "docker",
+    "file",
+    "http",
+    "inject",
+    "nats",
+    "python",
+    "serverless",
+    "set",
+    "shell",
+    "step",
+    "wait",
+]
 
 
 class Echo(Executor):

@@ -1,0 +1,440 @@
+"""The commands that work on NATS: ``serve``, ``inject``, ``events``, ``instances``, ``status``, ``fire``,
+``history`` and ``schema``.
+
+Where NATS is comes from the settings (``CB_NATS_URL``, ``circuit_breaker.toml``, ``--nats-url``); with none,
+the embedded server runs in the project's data directory (``.circuit_breaker/nats``) — shared with a
+``circuit-breaker nats`` or ``serve`` already running there. Read commands fold the stored events with the
+project's workflow definitions (``workflows/``) and never drive an instance; ``fire`` asks a serving engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from ..errors import CircuitBreakerError, UnknownInstanceError, WorkflowLoadError
+from ..secrets import default_masker
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from ..config import Settings
+    from ..dsl import Workflow
+    from ..engine import Engine
+    from ..events import Event
+
+__all__ = ["SchemaName", "load_project_workflows", "nats_session", "project_engine"]
+
+T = TypeVar("T")
+DOCUMENT_SUFFIXES = (".py", ".yaml", ".yml", ".json")
+
+NatsUrlOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--nats-url",
+        metavar="URL",
+        help="NATS server(s) (repeat for a cluster); default: CB_NATS_URL or the settings file, else the embedded "
+        "server.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+ProjectOpt = Annotated[
+    Path,
+    typer.Option("--project", metavar="DIR", help="The project root: its workflows/ folder holds the definitions."),
+]
+
+
+class SchemaName(StrEnum):
+    inject = "inject"
+    reply = "reply"
+    event = "event"
+
+
+def settings_for(nats_url: list[str] | None) -> Settings:
+    from ..config import load_settings
+
+    return load_settings(nats_url=nats_url or None)
+
+
+@asynccontextmanager
+async def nats_session(settings: Settings) -> AsyncIterator[NATS]:
+    """A connection to the configured NATS, or to the embedded server (started here if none runs yet)."""
+    from ..nats._embedded import connect_nats, ensure_server
+
+    urls, server = await ensure_server(settings)
+    try:
+        nc = await connect_nats(settings, urls)
+        try:
+            yield nc
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+    finally:
+        if server is not None:
+            await server.stop()
+
+
+def load_project_workflows(project: Path, *, strict: bool) -> list[Workflow]:
+    """Every workflow the project's ``workflows/`` folder defines. ``strict``: a broken file is an error
+    (serving); otherwise it is reported on stderr and skipped (reading needs only the instance's workflow)."""
+    from ._loader import load_workflows
+
+    folder = project / "workflows"
+    if not folder.is_dir():
+        raise WorkflowLoadError(f"no workflows/ folder in {project.resolve()}", path=str(folder))
+    found: list[Workflow] = []
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in DOCUMENT_SUFFIXES or file.name.startswith(("_", ".")):
+            continue
+        try:
+            found.extend(load_workflows(file))
+        except CircuitBreakerError as err:
+            if strict:
+                raise
+            typer.echo(f"warning: skipping {file}: {' '.join(str(err).split())}", err=True)
+    return found
+
+
+@asynccontextmanager
+async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: bool) -> AsyncIterator[Engine]:
+    """An engine on the JetStream store with the project's workflows; ``drive=False`` only folds."""
+    from ..engine import Engine
+    from ..nats import JetStreamStore
+
+    workflows = load_project_workflows(project, strict=drive)
+    store = JetStreamStore(connection=nc, settings=settings)
+    async with Engine(store=store, workflows=workflows, drive=drive) as engine:
+        yield engine
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(default_masker().mask(value), indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+# -- serve -------------------------------------------------------------------------------------------------
+def serve(nats_url: NatsUrlOpt = None, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
+    """Run an engine for the project's workflows/ on NATS until Ctrl-C or SIGTERM.
+
+    It resumes the stored instances, answers injections (``cb.inject.<workflow>`` and the inbox) and manual
+    firings (``circuit-breaker fire``), and publishes every state change as an event.
+    """
+    from ._app import _errors
+
+    with _errors():
+        settings = settings_for(nats_url)
+        _run(lambda: _serve(settings, project, as_json))
+
+
+async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
+    from ..nats import InjectService
+    from ..nats._control import ControlService
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
+        inject = InjectService(engine, nc, settings=settings.stream)
+        control = ControlService(engine, nc)
+        await inject.start()
+        await control.start()
+        url = nc.connected_url
+        where = f"{url.scheme}://{url.hostname}:{url.port}" if url is not None else "NATS"
+        if as_json:
+            sys.stdout.write(json.dumps({"url": where, "workflows": engine.workflows}) + "\n")
+        else:
+            typer.echo(f"serving {', '.join(engine.workflows) or 'no workflows'} on {where} (Ctrl-C stops)")
+        sys.stdout.flush()
+        await stop.wait()
+        await control.stop()
+        await inject.stop()
+
+
+# -- inject --------------------------------------------------------------------------------------------------
+
+
+def inject(
+    workflow: Annotated[str, typer.Argument(help="The workflow to start an instance of.")],
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", metavar="JSON", help="Token data: JSON, @file.json or @-.")
+    ] = None,
+    dedupe_id: Annotated[
+        str | None, typer.Option("--dedupe-id", help="Injecting again with the same id returns the same instance.")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who injects (recorded in the history).")] = "cli",
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for an engine.")] = 10.0,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start an instance on a serving engine (request/reply on cb.inject.WORKFLOW); prints its id."""
+    from ._app import _errors, _parse_data
+
+    with _errors():
+        token_data = _parse_data(data)
+        settings = settings_for(nats_url)
+        reply = _run(lambda: _inject(settings, workflow, token_data, dedupe_id, actor, timeout))
+    if as_json:
+        _print_json(reply.model_dump())
+    else:
+        typer.echo(reply.instance_id + ("  (already started by this dedupe id)" if reply.duplicate else ""))
+
+
+async def _inject(
+    settings: Settings, workflow: str, data: dict[str, Any], dedupe_id: str | None, actor: str | None, timeout: float
+) -> Any:
+    from ..nats import Client
+
+    async with nats_session(settings) as nc, Client(connection=nc) as client:
+        return await client.inject_reply(workflow, data, dedupe_id, actor=actor, timeout=timeout)
+
+
+# -- events --------------------------------------------------------------------------------------------------
+def events(
+    workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Only this workflow's events.")] = None,
+    instance: Annotated[str | None, typer.Option("--instance", "-i", help="Only this instance's events.")] = None,
+    types: Annotated[
+        list[str] | None, typer.Option("--type", "-t", help="Only events of this type (repeatable).")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+    since: Annotated[
+        str, typer.Option(metavar="start|new|SEQ", help="Where to begin: everything, only new, or a stream sequence.")
+    ] = "start",
+    nats_url: NatsUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+) -> None:
+    """Print stored events (oldest first), optionally filtered; with --follow, then live ones."""
+    from ._app import _errors
+
+    start: str | int = int(since) if since.isdigit() else since
+    if start not in ("start", "new") and not isinstance(start, int):
+        raise typer.BadParameter("must be start, new or a stream sequence number", param_hint="--since")
+    with _errors(), contextlib.suppress(KeyboardInterrupt):
+        settings = settings_for(nats_url)
+        _run(lambda: _events(settings, workflow, instance, types, follow, start, as_json))
+
+
+async def _events(
+    settings: Settings,
+    workflow: str | None,
+    instance: str | None,
+    types: list[str] | None,
+    follow: bool,
+    since: str | int,
+    as_json: bool,
+) -> None:
+    from ..nats import Client
+
+    async with (
+        nats_session(settings) as nc,
+        Client(connection=nc) as client,
+        client.events(workflow, instance, types, since=since, follow=follow) as stream,  # type: ignore[arg-type]
+    ):
+        async for event in stream:
+            _echo_event(event, as_json)
+
+
+def _echo_event(event: Event, as_json: bool) -> None:
+    if as_json:
+        line = json.dumps(default_masker().mask(event.model_dump(mode="json")), ensure_ascii=False)
+    else:
+        what = getattr(event, "transition", None) or getattr(event, "status", None) or ""
+        line = f"{event.time:%Y-%m-%d %H:%M:%S}  {event.workflow}  {event.instance_id}  #{event.seq}  {event.type}"
+        line += f"  {what}" if what else ""
+    sys.stdout.write(default_masker().mask_text(line) + "\n")
+    sys.stdout.flush()
+
+
+# -- instances, status, history ------------------------------------------------------------------------------
+def instances(
+    workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Only this workflow's instances.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", "-s", help="Only instances in this status (running, waiting...).")
+    ] = None,
+    project: ProjectOpt = Path(),
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the stored instances of the project's workflows, with status and places."""
+    from ..engine import InstanceStatus
+    from ._app import ExitCode, _errors, _Fail
+
+    with _errors():
+        if status is not None and status not in {s.value for s in InstanceStatus}:
+            allowed = ", ".join(s.value for s in InstanceStatus)
+            raise _Fail(ExitCode.USAGE, f"--status {status!r} is not a status; use one of {allowed}")
+        settings = settings_for(nats_url)
+        found = _run(lambda: _instances(settings, project, workflow, status))
+    if as_json:
+        _print_json([i.summary() for i in found])
+        return
+    from rich.table import Table
+
+    from ._app import _console
+
+    table = Table(title=f"{len(found)} instance(s)", title_justify="left")
+    for column in ("instance", "workflow", "status", "places", "updated"):
+        table.add_column(column)
+    for i in found:
+        table.add_row(i.id, i.workflow, i.status.value, ", ".join(i.places), f"{i.updated_at:%Y-%m-%d %H:%M:%S}")
+    _console().print(table)
+
+
+async def _instances(settings: Settings, project: Path, workflow: str | None, status: str | None) -> list[Any]:
+    async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=False) as engine:
+        return await engine.instances(workflow, status)
+
+
+def status(
+    instance: Annotated[str, typer.Argument(help="The instance id.")],
+    project: ProjectOpt = Path(),
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one stored instance: status, tokens, history, incidents, manual transitions it waits on."""
+    from ._app import _errors, _print_json, _show_instance
+
+    with _errors():
+        settings = settings_for(nats_url)
+        inst = _run(lambda: _status(settings, project, instance))
+    if as_json:
+        _print_json(inst.summary())
+    else:
+        _show_instance(inst)
+
+
+async def _status(settings: Settings, project: Path, instance: str) -> Any:
+    async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=False) as engine:
+        try:
+            return await engine.get(instance)
+        except UnknownInstanceError:
+            raise UnknownInstanceError(instance) from None
+
+
+def history(
+    instance: Annotated[str, typer.Argument(help="The instance id.")],
+    at: Annotated[
+        int | None, typer.Option("--at", min=1, metavar="N", help="Show the instance as it was after event N.")
+    ] = None,
+    project: ProjectOpt = Path(),
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The instance's events from the stream, and its marking after event N (default: the last)."""
+    from ._app import _errors
+
+    with _errors():
+        settings = settings_for(nats_url)
+        stored, snapshot = _run(lambda: _history(settings, project, instance, at))
+    masker = default_masker()
+    if as_json:
+        _print_json(
+            {
+                "instance": instance,
+                "at": snapshot["seq"],
+                "status": snapshot["status"],
+                "marking": snapshot["marking"],
+                "events": [e.model_dump(mode="json") for e in stored],
+            }
+        )
+        return
+    for event in stored:
+        _echo_event(event, False)
+    typer.echo(f"after event {snapshot['seq']}: {snapshot['status']}")
+    for place, tokens in snapshot["marking"].items():
+        for data in tokens:
+            typer.echo(f"  {place}: {json.dumps(masker.mask(data), ensure_ascii=False, default=str)}")
+
+
+async def _history(settings: Settings, project: Path, instance: str, at: int | None) -> tuple[list[Event], Any]:
+    from ..engine._run import Run
+    from ..nats import JetStreamStore
+
+    async with nats_session(settings) as nc:
+        store = JetStreamStore(connection=nc, settings=settings)
+        await store.open()
+        stored = await store.read(instance)
+        if not stored:
+            raise UnknownInstanceError(instance)
+        upto = stored if at is None else stored[:at]
+        if at is not None and at > len(stored):
+            raise CircuitBreakerError(f"instance {instance} has {len(stored)} events; --at {at} is past the last")
+        name = stored[0].workflow
+        workflows = {w.name: w for w in load_project_workflows(project, strict=False)}
+        if name not in workflows:
+            raise WorkflowLoadError(
+                f"workflow {name!r} of instance {instance} is not defined in {project / 'workflows'}"
+            )
+        run = Run(instance, workflows[name].compile())
+        for event in upto:
+            run.apply(event)
+        marking = {place: [t.data for t in tokens] for place, tokens in run.marking.items()}
+        return upto, {"seq": run.seq, "status": run.status.value, "marking": marking}
+
+
+# -- fire ------------------------------------------------------------------------------------------------------
+def fire(
+    instance: Annotated[str, typer.Argument(help="The instance id.")],
+    transition: Annotated[str, typer.Argument(help="The manual transition to fire.")],
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", metavar="JSON", help="Data merged into the token (a verdict...).")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who fires (recorded in the history).")] = "cli",
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.")] = 30.0,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fire a manual transition through a serving engine; prints the instance afterwards."""
+    from ._app import _errors, _parse_data, _print_json, _show_instance
+
+    with _errors():
+        extra = _parse_data(data) if data is not None else None
+        settings = settings_for(nats_url)
+        inst = _run(lambda: _fire(settings, instance, transition, extra, actor, timeout))
+    from ..engine import Instance
+
+    fired = Instance.model_validate(inst)
+    if as_json:
+        _print_json(fired.summary())
+    else:
+        _show_instance(fired)
+
+
+async def _fire(
+    settings: Settings,
+    instance: str,
+    transition: str,
+    data: dict[str, Any] | None,
+    actor: str | None,
+    timeout: float,
+) -> dict[str, Any]:
+    from ..nats._control import request_fire
+
+    async with nats_session(settings) as nc:
+        return await request_fire(nc, instance, transition, data=data, actor=actor, timeout=timeout)
+
+
+# -- schema --------------------------------------------------------------------------------------------------
+def schema(which: Annotated[SchemaName, typer.Argument(help="inject (request), reply, or event.")]) -> None:
+    """Print the JSON schema of an inject request, an inject reply or an event, for other languages."""
+    from ..nats import event_schema, inject_reply_schema, inject_request_schema
+
+    make = {
+        SchemaName.inject: inject_request_schema,
+        SchemaName.reply: inject_reply_schema,
+        SchemaName.event: event_schema,
+    }[which]
+    sys.stdout.write(json.dumps(make(), indent=2) + "\n")

@@ -1,0 +1,191 @@
+"""ControlService: manual operations on instances, asked of a serving engine over NATS.
+
+A person's verdict in a review queue, a service approving an order, the CLI's ``fire``: all reach the engine
+that serves the workflow as a request on ``cb.ctl.<workflow>.<verb>`` (verbs ``fire``, ``retry``, ``pause``,
+``resume``, ``cancel``), in the engines' queue group. The engine that answers drives the instance on from
+there, so a caller does not need the workflow's code or to stay around while actions run.
+
+Request: ``{"instance_id": "...", "transition": "approve", "data": {...}, "actor": "..."}`` (``transition`` and
+``data`` only for ``fire``). Reply: ``{"instance": {...}}`` (the instance afterwards, as ``Instance`` JSON) or
+``{"error": {"code": "...", "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import (
+    ActionError,
+    CircuitBreakerError,
+    ConcurrencyError,
+    ControlError,
+    InstanceStateError,
+    TokenDataError,
+    TransitionNotEnabledError,
+    TransitionRejectedError,
+    UnknownInstanceError,
+    UnknownTransitionError,
+)
+from ._subjects import EVENTS_STREAM, control_subject, instance_filter
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+__all__ = ["ControlError", "ControlRequest", "ControlService", "request_control", "request_fire"]
+
+log = logging.getLogger("circuit_breaker.nats.control")
+
+Verb = Literal["fire", "retry", "pause", "resume", "cancel"]
+VERBS: tuple[Verb, ...] = ("fire", "retry", "pause", "resume", "cancel")
+MAX_PAYLOAD = 1024 * 1024
+
+# Engine errors -> the protocol's codes.
+_CODES: tuple[tuple[type[CircuitBreakerError], str], ...] = (
+    (UnknownInstanceError, "unknown_instance"),
+    (UnknownTransitionError, "unknown_transition"),
+    (TransitionNotEnabledError, "not_enabled"),
+    (TransitionRejectedError, "rejected"),
+    (InstanceStateError, "instance_state"),
+    (TokenDataError, "invalid_data"),
+    (ActionError, "action_failed"),
+    (ConcurrencyError, "conflict"),
+)
+
+
+class ControlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, title="ControlRequest")
+
+    instance_id: str = Field(min_length=1, max_length=256)
+    transition: str | None = Field(None, description="The manual transition to fire (fire only).")
+    data: dict[str, Any] | None = Field(None, description="Merged into the token before the policy is judged.")
+    actor: str | None = Field(None, max_length=256)
+    reason: str | None = Field(None, max_length=2000, description="Why (cancel only).")
+
+
+class ControlService:
+    """Answers ``cb.ctl.<workflow>.<verb>`` for the engine's workflows (queue group ``queue``)."""
+
+    def __init__(self, engine: Engine, connection: NATS, *, queue: str = "cb-engines") -> None:
+        self.engine = engine
+        self.connection = connection
+        self.queue = queue
+        self._subs: list[Any] = []
+
+    async def start(self) -> None:
+        for workflow in self.engine.workflows:
+            for verb in VERBS:
+                handler = self._handler(verb)
+                sub = await self.connection.subscribe(control_subject(workflow, verb), queue=self.queue, cb=handler)
+                self._subs.append(sub)
+
+    async def stop(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may be closing already
+                log.debug("unsubscribing %s failed", sub.subject, exc_info=True)
+
+    def _handler(self, verb: Verb) -> Any:
+        async def handle(msg: Msg) -> None:
+            try:
+                reply = await self._answer(verb, msg.data)
+            except Exception as err:  # one bad request must never stop the service
+                log.exception("control request on %s failed", msg.subject)
+                reply = _error("internal", f"{type(err).__name__}: {err}")
+            if msg.reply:
+                await msg.respond(json.dumps(reply, default=str).encode())
+
+        return handle
+
+    async def _answer(self, verb: Verb, payload: bytes) -> dict[str, Any]:
+        if len(payload) > MAX_PAYLOAD:
+            return _error("payload_too_large", f"the request has {len(payload)} bytes; the limit is {MAX_PAYLOAD}")
+        try:
+            request = ControlRequest.model_validate_json(payload)
+        except ValidationError as err:
+            first = err.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(request)"
+            return _error("invalid_request", f"{where}: {first['msg']}")
+        engine = self.engine
+        try:
+            if verb == "fire":
+                if not request.transition:
+                    return _error("invalid_request", "transition: a fire request names the transition")
+                inst = await engine.fire(request.instance_id, request.transition, request.actor, data=request.data)
+            elif verb == "retry":
+                inst = await engine.retry(request.instance_id, request.actor)
+            elif verb == "pause":
+                inst = await engine.pause(request.instance_id, request.actor)
+            elif verb == "resume":
+                inst = await engine.resume(request.instance_id, request.actor)
+            else:
+                inst = await engine.cancel(request.instance_id, request.actor, request.reason)
+        except CircuitBreakerError as err:
+            for cls, code in _CODES:
+                if isinstance(err, cls):
+                    details = {"errors": list(err.errors)} if isinstance(err, TransitionRejectedError) else None
+                    return _error(code, str(err), details)
+            raise
+        return {"instance": inst.model_dump(mode="json")}
+
+
+def _error(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+async def workflow_of(connection: NATS, instance_id: str) -> str:
+    """The workflow of a stored instance, from the subject of its first event (one direct get)."""
+    js = connection.jetstream()
+    try:
+        msg = await js.get_msg(EVENTS_STREAM, seq=1, subject=instance_filter(instance_id), next=True, direct=True)
+    except NotFoundError:
+        raise UnknownInstanceError(instance_id) from None
+    return str(msg.subject).split(".")[2]
+
+
+async def request_control(
+    connection: NATS, verb: Verb, request: ControlRequest, *, workflow: str | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Ask a serving engine; returns the instance afterwards (``Instance`` JSON) or raises ``ControlError``."""
+    name = workflow or await workflow_of(connection, request.instance_id)
+    subject = control_subject(name, verb)
+    try:
+        msg = await connection.request(subject, request.model_dump_json(exclude_none=True).encode(), timeout=timeout)
+    except NoRespondersError:
+        raise ControlError(
+            "no_responders", f"no engine serves workflow {name!r} (nothing answers on {subject})"
+        ) from None
+    except (TimeoutError, NatsTimeoutError):
+        raise ControlError("timeout", f"no answer on {subject} within {timeout:g}s") from None
+    reply = json.loads(msg.data)
+    if "error" in reply:
+        error = reply["error"]
+        raise ControlError(str(error.get("code")), str(error.get("message")), details=error.get("details"))
+    return dict(reply["instance"])
+
+
+async def request_fire(
+    connection: NATS,
+    instance_id: str,
+    transition: str,
+    *,
+    data: dict[str, Any] | None = None,
+    actor: str | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Fire a manual transition through the engine serving the instance's workflow."""
+    request = ControlRequest(instance_id=instance_id, transition=transition, data=data, actor=actor)
+    return await request_control(connection, "fire", request, timeout=timeout)

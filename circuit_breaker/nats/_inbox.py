@@ -1,0 +1,265 @@
+"""The inbox: fire-and-forget injection through the stream ``CB_INBOX``, drained by every engine together.
+
+Publishers put an inject request on ``cb.inbox.<workflow>`` with ``Nats-Msg-Id: <dedupe id>`` (the server
+drops a repeat within the duplicate window). Every engine pulls from one durable consumer, so each message is
+handled by one engine at a time, and acknowledges it only after the instance exists; an engine that dies
+mid-way leaves the message to be redelivered. Redelivery cannot start a second instance: the instance id is
+derived from the dedupe id (or, without one, from the message's place in the stream).
+
+Messages that can never succeed (malformed, invalid data) are terminated and logged with the reason, so a bad
+message is not redelivered for ever; transient failures are retried with a growing delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
+
+from ..config import StreamSettings
+from ..errors import InjectError, StoreError, StreamConfigError
+from ._protocol import DEDUPE_HEADER, DEFAULT_MAX_PAYLOAD, ErrorCode, InjectAccepted, InjectRequest, parse_request
+from ._subjects import INBOX_PREFIX, INBOX_STREAM
+
+__all__ = ["INBOX_SUBJECTS", "InboxConsumer", "ensure_inbox_stream"]
+
+log = logging.getLogger("circuit_breaker.nats.inbox")
+
+INBOX_SUBJECTS = [f"{INBOX_PREFIX}.>"]
+UNEXPECTED_ATTEMPTS = 5  # a message that keeps hitting a bug is terminated after this many deliveries
+MAX_NAK_DELAY = 30.0
+
+# (workflow, request, dedupe key) -> the started (or earlier) instance; raises InjectError.
+Handler = Callable[[str, InjectRequest, str | None], Awaitable[InjectAccepted]]
+
+
+def _seconds(value: timedelta | None) -> float:
+    return value.total_seconds() if value is not None else 0.0
+
+
+async def ensure_inbox_stream(js: Any, settings: StreamSettings, name: str = INBOX_STREAM) -> Any:
+    """Create the inbox stream, or check the existing one (never changes it); returns its ``StreamInfo``.
+
+    Work-queue retention: a message is deleted once an engine acknowledged it. Refused: other subjects, another
+    retention, limits that would drop un-handled tokens, memory storage when file storage was asked for.
+    """
+    wanted = StreamConfig(
+        name=name,
+        subjects=INBOX_SUBJECTS,
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE if settings.storage == "file" else StorageType.MEMORY,
+        num_replicas=settings.replicas,
+        max_age=_seconds(settings.max_age),
+        duplicate_window=_seconds(settings.duplicate_window),
+        discard=DiscardPolicy.NEW,  # with a limit added by hand, publishing fails instead of dropping tokens
+    )
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        try:
+            return await js.add_stream(wanted)
+        except APIError as err:
+            if err.err_code != 10058:  # created meanwhile by another process: check it below
+                raise StoreError(f"cannot create stream {name!r}: {err.description}") from err
+            info = await js.stream_info(name)
+    have = info.config
+    problems: list[str] = []
+    if sorted(have.subjects or []) != INBOX_SUBJECTS:
+        problems.append(f"subjects are {have.subjects}, expected {INBOX_SUBJECTS}")
+    if have.retention != RetentionPolicy.WORK_QUEUE:
+        problems.append(f"retention is {have.retention}, expected workqueue")
+    if (have.max_age or 0) != (wanted.max_age or 0):
+        problems.append(f"max_age is {have.max_age or 0:g}s, expected {wanted.max_age or 0:g}s (0 = keep for ever)")
+    for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+        value = getattr(have, limit, None)
+        if value not in (None, -1, 0):
+            problems.append(f"{limit} is {value}: injected tokens could be dropped")
+    if settings.storage == "file" and have.storage == StorageType.MEMORY:
+        problems.append("storage is memory, expected file (injected tokens would not survive a restart)")
+    if problems:
+        raise StreamConfigError(name, problems)
+    if have.num_replicas != wanted.num_replicas:
+        log.warning(
+            "stream %s has %s replicas (settings ask for %s); left as it is", name, have.num_replicas, settings.replicas
+        )
+    return info
+
+
+class InboxConsumer:
+    """Pulls inbox messages through the durable consumer ``durable`` and hands each to ``handler``.
+
+    The pull subscription is re-created (and the stream and consumer re-ensured) after any failure: a lost
+    connection, a restarted server, a deleted consumer.
+    """
+
+    def __init__(
+        self,
+        connection: NATS,
+        handler: Handler,
+        *,
+        settings: StreamSettings,
+        durable: str,
+        concurrency: int = 64,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        retry_unknown_workflow: bool = False,
+        poll: float = 5.0,
+        ack_wait: float = 30.0,
+    ) -> None:
+        self.connection = connection
+        self.js = connection.jetstream(timeout=poll)
+        self.handler = handler
+        self.settings = settings
+        self.durable = durable
+        self.concurrency = concurrency
+        self.max_payload = max_payload
+        self.retry_unknown_workflow = retry_unknown_workflow
+        self.poll = poll
+        self.ack_wait = ack_wait
+        self._sub: Any = None
+        self._stream_created = ""
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Subscribe now, so an incompatible stream fails the start instead of a background loop."""
+        await self._subscribe()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="cb-inbox")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop fetching, let messages in hand finish for up to ``grace`` seconds; the rest are redelivered."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._unsubscribe()
+
+    async def _subscribe(self) -> None:
+        info = await ensure_inbox_stream(self.js, self.settings)
+        self._stream_created = info.created.isoformat() if info.created is not None else ""
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_ack_pending=max(self.concurrency * 4, 256),
+        )
+        self._sub = await self.js.pull_subscribe(
+            INBOX_SUBJECTS[0], durable=self.durable, stream=INBOX_STREAM, config=config
+        )
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone; the durable stays on the server
+                await sub.unsubscribe()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                if self._sub is None:
+                    await self._subscribe()
+                delay = 0.1
+                await self._pump()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if self.connection.is_closed:
+                    log.error("inbox consumer stops: the NATS connection is closed")
+                    return
+                log.warning("inbox consumer: %s: %s; subscribing again in %.1fs", type(err).__name__, err, delay)
+                await self._unsubscribe()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _pump(self) -> None:
+        """Fetch as many messages as there are free handler slots (never more: their ack timers run)."""
+        while True:
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await self._sub.fetch(free, timeout=self.poll)
+            except nats.errors.TimeoutError:
+                continue  # nothing to do (the connection may also be reconnecting: the next fetch tells)
+            for msg in msgs:
+                task = asyncio.get_running_loop().create_task(self._handle(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    def _dedupe_key(self, msg: Msg, request: InjectRequest) -> str:
+        """The body's dedupe_id, else the Nats-Msg-Id header, else the message's place in this very stream
+        (the stream's creation time tells a re-created stream's sequence numbers apart), so a redelivery finds
+        the instance the first delivery started."""
+        if request.dedupe_id is not None:
+            return request.dedupe_id
+        header = (msg.headers or {}).get(DEDUPE_HEADER)
+        if header:
+            return header
+        return f"\x00inbox\x00{self._stream_created}\x00{msg.metadata.sequence.stream}"
+
+    async def _handle(self, msg: Msg) -> None:
+        workflow = msg.subject[len(INBOX_PREFIX) + 1 :]
+        try:
+            request = parse_request(msg.data, max_payload=self.max_payload)
+            accepted = await self.handler(workflow, request, self._dedupe_key(msg, request))
+        except InjectError as err:
+            if err.retryable or (err.code == ErrorCode.UNKNOWN_WORKFLOW and self.retry_unknown_workflow):
+                await self._nak(msg, f"{err.code}: {err.message}")
+            else:
+                log.warning(
+                    "inbox message %s on %s terminated: %s: %s",
+                    _seq(msg),
+                    msg.subject,
+                    err.code,
+                    err.message,
+                )
+                await _settle(msg.term())
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            attempts = msg.metadata.num_delivered
+            if attempts >= UNEXPECTED_ATTEMPTS:
+                log.exception("inbox message %s on %s terminated after %d attempts", _seq(msg), msg.subject, attempts)
+                await _settle(msg.term())
+            else:
+                log.exception("inbox message %s on %s failed", _seq(msg), msg.subject)
+                await self._nak(msg, f"{type(err).__name__}: {err}")
+            return
+        if accepted.duplicate:
+            log.debug("inbox message %s on %s: instance %s exists", _seq(msg), msg.subject, accepted.instance_id)
+        await _settle(msg.ack())
+
+    async def _nak(self, msg: Msg, reason: str) -> None:
+        delay = min(0.5 * 2 ** (msg.metadata.num_delivered - 1), MAX_NAK_DELAY)
+        log.info("inbox message %s on %s retried in %.1fs: %s", _seq(msg), msg.subject, delay, reason)
+        await _settle(msg.nak(delay=delay))
+
+
+def _seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # not a JetStream message (cannot happen on a pull subscription; never fail on a log line)
+        return None
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    """Ack, nak or term; a lost connection only means the message comes again, which is safe."""
+    try:
+        await action
+    except Exception as err:
+        log.debug("settling an inbox message failed: %s", err)

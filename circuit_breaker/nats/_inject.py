@@ -1,0 +1,198 @@
+"""InjectService: lets services in any language start instances on an engine, over NATS.
+
+Two ways in, one behaviour (see docs/nats-protocol.md):
+
+- request/reply on ``cb.inject.<workflow>``: the reply carries the instance id or an error code, so the caller
+  knows at once; engines subscribe in one queue group, so exactly one of them answers each request;
+- the durable inbox ``cb.inbox.<workflow>`` (stream ``CB_INBOX``): fire-and-forget, kept until an engine
+  has started the instance, so it works while every engine is down.
+
+Either way a ``dedupe_id`` makes the injection idempotent for ever: the instance id is derived from it, so a
+repeat (a retry, a redelivery, two engines racing) finds the instance the first one started.
+
+By default the service answers for every workflow on ``cb.inject.*`` and refuses the ones its engine does
+not run (``unknown_workflow``). That assumes the engines of a queue group all run the same workflows (the usual
+way to scale out). When they do not, pass ``answer_unknown=False``: the service then subscribes only to its own
+workflows (requests for others get "no responders") and leaves inbox messages of other workflows to the
+engines that run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from ..config import StreamSettings
+from ..errors import (
+    CircuitBreakerError,
+    InjectError,
+    InstanceExistsError,
+    TokenDataError,
+    UnknownWorkflowError,
+)
+from ._inbox import InboxConsumer
+from ._protocol import DEFAULT_MAX_PAYLOAD, ErrorCode, InjectAccepted, InjectRequest, error_reply, parse_request
+from ._subjects import INJECT_PREFIX, inject_subject, instance_id_for
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+__all__ = ["InjectService", "start_instance"]
+
+log = logging.getLogger("circuit_breaker.nats.inject")
+
+
+async def start_instance(
+    engine: Engine, workflow: str, request: InjectRequest, dedupe_key: str | None = None
+) -> InjectAccepted:
+    """Start the instance ``request`` asks for; raises :class:`InjectError` with the protocol's code.
+
+    ``dedupe_key`` (default: the request's dedupe_id) fixes the instance id, so a repeat answers with the
+    instance the first one started and ``duplicate=True``.
+    """
+    if workflow not in engine.workflows:
+        raise InjectError(ErrorCode.UNKNOWN_WORKFLOW, str(UnknownWorkflowError(workflow, engine.workflows)))
+    key = dedupe_key if dedupe_key is not None else request.dedupe_id
+    instance_id = instance_id_for(workflow, key) if key is not None else None
+    try:
+        instance = await engine.start(workflow, request.data, instance_id=instance_id, actor=request.actor)
+    except InstanceExistsError:
+        if instance_id is None:
+            raise
+        return InjectAccepted(instance_id=instance_id, duplicate=True)
+    except UnknownWorkflowError as err:  # unregistered meanwhile
+        raise InjectError(ErrorCode.UNKNOWN_WORKFLOW, str(err)) from None
+    except TokenDataError as err:
+        raise InjectError(ErrorCode.INVALID_DATA, str(err), field=err.field) from None
+    except (TimeoutError, nats.errors.Error) as err:
+        raise InjectError(ErrorCode.UNAVAILABLE, f"NATS: {type(err).__name__}: {err}", retryable=True) from None
+    except CircuitBreakerError as err:
+        if not err.retryable:
+            raise
+        raise InjectError(ErrorCode.UNAVAILABLE, str(err), retryable=True) from None
+    return InjectAccepted(instance_id=instance.id, duplicate=False)
+
+
+class InjectService:
+    """Serves inject requests and drains the inbox for ``engine``, on ``connection``.
+
+    ``async with InjectService(engine, nc):`` or ``start()`` / ``stop()``. ``queue`` is the queue group and the
+    inbox's durable consumer name that engines share; ``max_payload`` bounds a request's size in bytes;
+    ``concurrency`` bounds the injections handled at once (per way in). With ``answer_unknown=False`` it
+    answers for the workflows registered when it starts.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        connection: NATS,
+        *,
+        settings: StreamSettings | None = None,
+        queue: str = "cb-engines",
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        answer_unknown: bool = True,
+        inbox: bool = True,
+        concurrency: int = 64,
+    ) -> None:
+        self.engine = engine
+        self.connection = connection
+        self.settings = settings if settings is not None else StreamSettings()
+        self.queue = queue
+        self.max_payload = max_payload
+        self.answer_unknown = answer_unknown
+        self.concurrency = concurrency
+        self._subs: list[Any] = []
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inbox = (
+            InboxConsumer(
+                connection,
+                self._from_inbox,
+                settings=self.settings,
+                durable=queue,
+                concurrency=concurrency,
+                max_payload=max_payload,
+                retry_unknown_workflow=not answer_unknown,
+            )
+            if inbox
+            else None
+        )
+
+    @property
+    def subjects(self) -> list[str]:
+        """The subjects the service answers on."""
+        if self.answer_unknown:
+            return [inject_subject("*")]
+        return [inject_subject(w) for w in self.engine.workflows]
+
+    async def start(self) -> None:
+        if self._subs:
+            return
+        for subject in self.subjects:
+            self._subs.append(await self.connection.subscribe(subject, queue=self.queue, cb=self._on_request))
+        if self._inbox is not None:
+            await self._inbox.start()
+        log.info("serving inject requests on %s and the inbox for %s", ", ".join(self.subjects), self.engine.workflows)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking requests; those in hand get ``grace`` seconds to be answered."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as err:  # a closed connection has no subscriptions left anyway
+                log.debug("unsubscribing %s: %s", sub.subject, err)
+        if self._inbox is not None:
+            await self._inbox.stop(grace)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def __aenter__(self) -> InjectService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _from_inbox(self, workflow: str, request: InjectRequest, dedupe_key: str | None) -> InjectAccepted:
+        return await start_instance(self.engine, workflow, request, dedupe_key)
+
+    async def _on_request(self, msg: Msg) -> None:
+        # Handled in tasks so one slow store write does not hold up the requests behind it; the semaphore
+        # makes the subscription's own queue absorb a burst beyond ``concurrency``.
+        await self._slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _answer(self, msg: Msg) -> None:
+        workflow = msg.subject[len(INJECT_PREFIX) + 1 :]
+        if not msg.reply:
+            log.warning("ignoring a message on %s without a reply subject (publish to cb.inbox.* instead)", msg.subject)
+            return
+        try:
+            request = parse_request(msg.data, max_payload=self.max_payload)
+            body = (await start_instance(self.engine, workflow, request)).model_dump_json()
+        except InjectError as err:
+            log.info("inject request on %s refused: %s: %s", msg.subject, err.code, err.message)
+            body = error_reply(err).model_dump_json(exclude_none=True)
+        except Exception as err:
+            log.exception("inject request on %s failed", msg.subject)
+            failure = InjectError(ErrorCode.INTERNAL, f"the engine failed to start the instance: {type(err).__name__}")
+            body = error_reply(failure).model_dump_json(exclude_none=True)
+        try:
+            await msg.respond(body.encode())
+        except Exception as err:  # the requester is gone or the connection dropped: nothing left to tell
+            log.info("could not answer the inject request on %s: %s", msg.subject, err)

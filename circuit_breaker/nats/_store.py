@@ -1,0 +1,389 @@
+"""JetStreamStore: instance events in a NATS JetStream stream, the source of truth for every engine.
+
+Each event is one message on ``cb.ev.<workflow>.<instance>.<type>`` in stream ``CB_EVENTS``. An append carries
+
+- ``Nats-Expected-Last-Subject-Sequence`` with ``...-Subject: cb.ev.<workflow>.<instance>.*``: the server
+  accepts it only if the instance's last message is the one this store last saw, so two engines can never
+  both commit from the same marking (the loser gets ``ConcurrencyError`` and re-reads);
+- ``Nats-Msg-Id: <instance>:<seq>:<origin>``: when an acknowledgement is lost and the publish is retried, the
+  server refuses the retry (the instance moved on) and the store recognises its own message by this id, so a
+  retried publish is never applied twice;
+- ``Cb-Origin``: which store wrote it, so an engine's watcher skips its own events cheaply.
+
+Reads use direct gets (any replica answers) for single instances and ephemeral pull consumers for scans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+
+from ..config import Settings, StreamSettings
+from ..errors import ConcurrencyError, StoreError, StreamConfigError
+from ..events import Event, parse_event
+from ._embedded import connect_nats
+from ._subjects import EVENT_PREFIX, EVENTS_STREAM, event_filter, event_subject, instance_filter
+
+__all__ = ["JetStreamStore", "ensure_stream"]
+
+log = logging.getLogger("circuit_breaker.nats")
+
+WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's error codes for a failed expected-sequence check
+# No answer, or "no stream" while a cluster elects a new leader (about 5 s after a leader dies).
+_TRANSIENT = (
+    NatsTimeoutError,
+    asyncio.TimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ConnectionClosedError,
+)
+SCAN_BATCH = 512
+
+
+def _seconds(value: timedelta | None) -> float:
+    return value.total_seconds() if value is not None else 0.0
+
+
+async def ensure_stream(js: Any, name: str, subjects: list[str], settings: StreamSettings, **extra: Any) -> None:
+    """Create the stream, or check that the existing one can be used (never changes one that exists).
+
+    Refused: other subjects, another retention policy, a ``max_age`` or size limit that would drop events,
+    memory storage when file storage was asked for. Replica count and duplicate window may differ (they are
+    operational choices an operator may have changed on purpose); a note is logged.
+    """
+    wanted = StreamConfig(
+        name=name,
+        subjects=subjects,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE if settings.storage == "file" else StorageType.MEMORY,
+        num_replicas=settings.replicas,
+        max_age=_seconds(settings.max_age),
+        duplicate_window=_seconds(settings.duplicate_window),
+        discard=DiscardPolicy.OLD,
+        allow_direct=True,
+        **extra,
+    )
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        try:
+            await js.add_stream(wanted)
+            return
+        except APIError as err:
+            if err.err_code != 10058:  # 10058: created meanwhile by another process; check it below
+                raise StoreError(f"cannot create stream {name!r}: {err.description}") from err
+            info = await js.stream_info(name)
+    have = info.config
+    problems: list[str] = []
+    if sorted(have.subjects or []) != sorted(subjects):
+        problems.append(f"subjects are {have.subjects}, expected {subjects}")
+    if have.retention not in (None, RetentionPolicy.LIMITS):
+        problems.append(f"retention is {have.retention}, expected limits (events must be kept)")
+    if (have.max_age or 0) != (wanted.max_age or 0):
+        problems.append(f"max_age is {have.max_age or 0:g}s, expected {wanted.max_age or 0:g}s (0 = keep for ever)")
+    for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+        value = getattr(have, limit, None)
+        if value not in (None, -1, 0):
+            problems.append(f"{limit} is {value}: old events would be dropped")
+    if settings.storage == "file" and have.storage == StorageType.MEMORY:
+        problems.append("storage is memory, expected file (events would not survive a restart)")
+    if problems:
+        raise StreamConfigError(name, problems)
+    if have.num_replicas != wanted.num_replicas:
+        log.warning(
+            "stream %s has %s replicas (settings ask for %s); left as it is",
+            name,
+            have.num_replicas,
+            wanted.num_replicas,
+        )
+
+
+class JetStreamStore:
+    """Events of every instance in one JetStream stream; see the module docstring for the protocol.
+
+    ``JetStreamStore(servers=["nats://127.0.0.1:4222"])`` connects on ``open()`` (``connect_options`` go to
+    ``nats.connect``); pass ``connection=`` to share a connection you manage.
+    """
+
+    appends_atomically = False
+
+    def __init__(
+        self,
+        servers: Sequence[str] | str | None = None,
+        *,
+        connection: NATS | None = None,
+        settings: Settings | None = None,
+        stream: StreamSettings | None = None,
+        stream_name: str = EVENTS_STREAM,
+        publish_timeout: float = 5.0,
+        publish_retry_for: float = 30.0,
+        startup_wait: float = 30.0,
+        **connect_options: Any,
+    ) -> None:
+        if servers is None and connection is None:
+            raise ValueError("JetStreamStore needs servers=[...] or connection=")
+        self.servers = [servers] if isinstance(servers, str) else list(servers or [])
+        # Explicit arguments only: a library user's store does not pick up CB_* variables by surprise.
+        self._settings = settings if settings is not None else Settings.model_construct()
+        self.settings = stream or (settings.stream if settings is not None else StreamSettings())
+        self.stream_name = stream_name
+        self.publish_timeout = publish_timeout
+        self.publish_retry_for = publish_retry_for
+        self.startup_wait = startup_wait
+        self.origin = uuid.uuid4().hex[:12]
+        self._connect_options = connect_options
+        self._nc: NATS | None = connection
+        self._own_connection = connection is None
+        self._js: Any = None
+        # instance id -> (instance seq, stream seq) of the newest event this store saw: the expected-sequence
+        # header needs the stream position, the engine speaks in instance versions.
+        self._last: dict[str, tuple[int, int]] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    @property
+    def connection(self) -> NATS:
+        if self._nc is None:
+            raise StoreError("the JetStream store is not open")
+        return self._nc
+
+    @property
+    def js(self) -> Any:
+        if self._js is None:
+            raise StoreError("the JetStream store is not open")
+        return self._js
+
+    async def open(self) -> None:
+        if self._js is not None:
+            return
+        if self._nc is None:
+            # Retries with backoff while NATS is unreachable; errors name the servers, never credentials.
+            self._nc = await connect_nats(self._settings, self.servers, **self._connect_options)
+        self._js = self._nc.jetstream(timeout=self.publish_timeout)
+        # Right after a server starts or a cluster loses a node, JetStream may not answer for a few seconds
+        # (leader elections): keep asking for a while rather than failing the engine's start.
+        loop = asyncio.get_running_loop()
+        delay, deadline = 0.2, loop.time() + self.startup_wait
+        while True:
+            try:
+                await ensure_stream(self._js, self.stream_name, [f"{EVENT_PREFIX}.>"], self.settings)
+                return
+            except (*_TRANSIENT, APIError) as err:
+                if isinstance(err, APIError) and err.code not in (None, 503):
+                    raise
+                if loop.time() >= deadline:
+                    raise StoreError(
+                        f"JetStream did not answer within {self.startup_wait:g}s ({type(err).__name__}: {err});"
+                        " is JetStream enabled on the server?"
+                    ) from err
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def close(self) -> None:
+        self._js = None
+        if self._nc is not None and self._own_connection:
+            nc, self._nc = self._nc, None
+            if not nc.is_closed:
+                await nc.drain()
+
+    # -- writing -------------------------------------------------------------------------------------------
+    async def append(self, event: Event, expected_seq: int) -> None:
+        iid = event.instance_id
+        if event.seq != expected_seq + 1:
+            raise ConcurrencyError(iid, expected_seq, event.seq - 1)
+        known = self._last.get(iid)
+        if expected_seq == 0:
+            if known is not None:
+                raise ConcurrencyError(iid, 0, known[0])
+            stream_seq = 0
+        else:
+            if known is None or known[0] != expected_seq:
+                known = await self._position(iid, event.workflow)
+                if known[0] != expected_seq:
+                    raise ConcurrencyError(iid, expected_seq, known[0])
+            stream_seq = known[1]
+        msg_id = f"{iid}:{event.seq}:{self.origin}"
+        headers = {
+            "Nats-Msg-Id": msg_id,
+            "Nats-Expected-Last-Subject-Sequence": str(stream_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": instance_filter(iid, event.workflow),
+            "Cb-Origin": self.origin,
+        }
+        subject = event_subject(event.workflow, iid, event.type.value)
+        payload = event.model_dump_json().encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_retry_for
+        delay, attempt = 0.05, 0
+        while True:
+            attempt += 1
+            try:
+                ack = await self.js.publish(subject, payload, timeout=self.publish_timeout, headers=headers)
+            except APIError as err:
+                if isinstance(err, ServiceUnavailableError):
+                    pass  # transient: handled below with the other transient failures
+                elif err.err_code not in WRONG_LAST_SEQUENCE:
+                    raise StoreError(f"appending event {event.seq} of instance {iid}: {err.description}") from err
+                else:
+                    # Someone else wrote first, or an earlier attempt of this very publish landed.
+                    landed = await self._landed(iid, event.workflow, msg_id) if attempt > 1 else None
+                    if landed is not None:
+                        self._last[iid] = (event.seq, landed)
+                        return
+                    self._last.pop(iid, None)
+                    raise ConcurrencyError(iid, expected_seq) from None
+                failure: Exception = err
+            except _TRANSIENT as err:
+                failure = err
+            else:
+                self._last[iid] = (event.seq, ack.seq)
+                return
+            if loop.time() + delay > deadline:
+                raise StoreError(
+                    f"appending event {event.seq} of instance {iid}: no acknowledgement after {attempt} attempts"
+                    f" in {self.publish_retry_for:g}s ({type(failure).__name__})"
+                ) from failure
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _position(self, iid: str, workflow: str | None) -> tuple[int, int]:
+        """The instance's current version and the stream sequence of its newest event ((0, 0) if none)."""
+        try:
+            msg = await self.js.get_last_msg(self.stream_name, instance_filter(iid, workflow), direct=True)
+        except NotFoundError:
+            return 0, 0
+        position = (int(json.loads(msg.data)["seq"]), int(msg.seq))
+        self._last[iid] = position
+        return position
+
+    async def _landed(self, iid: str, workflow: str, msg_id: str) -> int | None:
+        """The stream sequence of the instance's newest message if this store wrote it as ``msg_id``."""
+        try:
+            msg = await self.js.get_last_msg(self.stream_name, instance_filter(iid, workflow))  # the leader: no lag
+        except NotFoundError:
+            return None
+        return int(msg.seq) if (msg.headers or {}).get("Nats-Msg-Id") == msg_id else None
+
+    # -- reading -------------------------------------------------------------------------------------------
+    async def read(self, instance_id: str, after_seq: int = 0) -> list[Event]:
+        """The instance's events with a version above ``after_seq``, oldest first (direct gets, no consumer)."""
+        known = self._last.get(instance_id)
+        start = known[1] + 1 if known is not None and known[0] == after_seq and after_seq > 0 else 1
+        subject = instance_filter(instance_id)
+        events: list[Event] = []
+        while True:
+            try:
+                msg = await self.js.get_msg(self.stream_name, seq=start, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                break
+            event = parse_event(msg.data)
+            if event.seq > after_seq:
+                events.append(event)
+                self._saw(instance_id, event.seq, int(msg.seq))
+            start = int(msg.seq) + 1
+        return events
+
+    async def replay(self, *, workflow: str | None = None, instance_id: str | None = None) -> AsyncIterator[Event]:
+        if instance_id is not None:
+            for event in await self.read(instance_id):
+                if workflow is None or event.workflow == workflow:
+                    yield event
+            return
+        async for event, _ in self.scan(event_filter(workflow)):
+            yield event
+
+    async def scan(self, subject: str, start_seq: int = 1) -> AsyncIterator[tuple[Event, int]]:
+        """Every stored event on ``subject`` (a filter) from ``start_seq`` up to the stream's end when the scan
+        began, with its stream sequence."""
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start_seq if start_seq > 1 else None,
+            inactive_threshold=60.0,
+            mem_storage=True,
+        )
+        sub = await self.js.pull_subscribe(subject, durable=None, stream=self.stream_name, config=config)
+        try:
+            left = (await sub.consumer_info()).num_pending
+            while left > 0:
+                try:
+                    msgs = await sub.fetch(min(left, SCAN_BATCH), timeout=5)
+                except NatsTimeoutError:
+                    left = (await sub.consumer_info()).num_pending
+                    continue
+                for msg in msgs:
+                    left -= 1
+                    event = parse_event(msg.data)
+                    self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
+                    yield event, msg.metadata.sequence.stream
+        finally:
+            with contextlib.suppress(Exception):  # the consumer ends by itself after inactive_threshold
+                await sub.unsubscribe()
+
+    async def instance_ids(self, workflow: str | None = None) -> list[str]:
+        ids: list[str] = []
+        async for event, _ in self.scan(event_filter(workflow, None, "token_injected")):
+            ids.append(event.instance_id)
+        return ids
+
+    async def last_sequence(self) -> int:
+        """The stream's newest sequence number (0 when empty): where a watcher starting now picks up."""
+        info = await self.js.stream_info(self.stream_name)
+        return int(info.state.last_seq)
+
+    async def watch(self, start_seq: int) -> AsyncIterator[Event]:
+        """Events other stores append, live, from stream sequence ``start_seq`` on (an ordered consumer, which
+        re-creates itself after a reconnect). This store's own events are skipped: its engine applied them."""
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start_seq, 1))
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        # A callback feeding our own queue: cancelling the consumer of this generator then never depends on
+        # the client's message iterator.
+        sub = await self.js.subscribe(
+            f"{EVENT_PREFIX}.>", stream=self.stream_name, ordered_consumer=True, config=config, cb=queue.put
+        )
+        try:
+            while True:
+                msg = await queue.get()
+                if (msg.headers or {}).get("Cb-Origin") == self.origin:
+                    continue
+                try:
+                    event = parse_event(msg.data)
+                except Exception:  # a foreign message on our subjects must not stop the engine
+                    log.warning("skipping a message on %s that is not an event", msg.subject)
+                    continue
+                self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
+                yield event
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+
+    def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:
+        known = self._last.get(instance_id)
+        if known is None or known[0] < seq:
+            self._last[instance_id] = (seq, stream_seq)
+
+    def forget(self, instance_id: str) -> None:
+        """Drop what the store remembers of an instance's position (after a conflict)."""
+        self._last.pop(instance_id, None)
+
+    def __repr__(self) -> str:
+        return f"JetStreamStore(servers={self.servers!r}, stream={self.stream_name!r})"

@@ -1,0 +1,85 @@
+"""The NATS subject and stream layout: the one place that spells subjects, so every part (and the docs) agree.
+
+Any NATS client can use these names; they are part of the public protocol (see docs/nats-protocol.md):
+
+=============================================  ==================================================================
+``cb.ev.<workflow>.<instance>.<event type>``    every state change of an instance, in stream ``CB_EVENTS``
+``cb.inject.<workflow>``                        request/reply: start an instance (JSON in, JSON reply out)
+``cb.inbox.<workflow>``                         fire-and-forget injection, stream ``CB_INBOX``, de-duplicated
+                                                by the ``Nats-Msg-Id`` header
+``cb.ctl.<workflow>.<verb>``                    request/reply to a serving engine: ``fire``, ``retry``,
+                                                ``pause``, ``resume``, ``cancel`` an instance
+=============================================  ==================================================================
+
+Workflow and instance names are plain tokens (letters, digits, ``_`` and ``-``), checked when a workflow is
+defined and when an instance id is given, so they can never add a level to a subject or act as a wildcard.
+Filters: ``cb.ev.data_pipeline.>`` (one workflow), ``cb.ev.*.<instance>.*`` (one instance),
+``cb.ev.*.*.transition_fired`` (one event type).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+__all__ = [
+    "CONTROL_PREFIX",
+    "EVENTS_STREAM",
+    "EVENT_PREFIX",
+    "INBOX_PREFIX",
+    "INBOX_STREAM",
+    "INJECT_PREFIX",
+    "control_subject",
+    "event_filter",
+    "event_subject",
+    "inbox_subject",
+    "inject_subject",
+    "instance_filter",
+    "instance_id_for",
+]
+
+EVENTS_STREAM = "CB_EVENTS"
+INBOX_STREAM = "CB_INBOX"
+EVENT_PREFIX = "cb.ev"
+INJECT_PREFIX = "cb.inject"
+INBOX_PREFIX = "cb.inbox"
+
+_DEDUPE_NAMESPACE = uuid.UUID("6f0c1a52-8f5e-4c3e-9d8e-3c2b1a0f9e71")
+
+
+def event_subject(workflow: str, instance_id: str, event_type: str) -> str:
+    return f"{EVENT_PREFIX}.{workflow}.{instance_id}.{event_type}"
+
+
+def instance_filter(instance_id: str, workflow: str | None = None) -> str:
+    """Every event of one instance (the subject the per-instance concurrency check is made on)."""
+    return f"{EVENT_PREFIX}.{workflow or '*'}.{instance_id}.*"
+
+
+def event_filter(workflow: str | None = None, instance_id: str | None = None, event_type: str | None = None) -> str:
+    """A subject filter for events; None means any."""
+    if workflow is not None and instance_id is None and event_type is None:
+        return f"{EVENT_PREFIX}.{workflow}.>"
+    return f"{EVENT_PREFIX}.{workflow or '*'}.{instance_id or '*'}.{event_type or '*'}"
+
+
+def inject_subject(workflow: str) -> str:
+    return f"{INJECT_PREFIX}.{workflow}"
+
+
+def inbox_subject(workflow: str) -> str:
+    return f"{INBOX_PREFIX}.{workflow}"
+
+
+def instance_id_for(workflow: str, dedupe_id: str) -> str:
+    """The instance id an injection with ``dedupe_id`` gets: the same id every time, so a repeated injection
+    finds the instance the first one started instead of starting another (for ever, not just for the
+    stream's duplicate window)."""
+    return uuid.uuid5(_DEDUPE_NAMESPACE, f"{workflow}\x00{dedupe_id}").hex
+
+
+CONTROL_PREFIX = "cb.ctl"
+
+
+def control_subject(workflow: str, verb: str) -> str:
+    """Requests to a serving engine about one workflow's instances (``fire``, ``retry``, ``cancel``...)."""
+    return f"{CONTROL_PREFIX}.{workflow}.{verb}"

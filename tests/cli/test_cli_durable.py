@@ -1,0 +1,133 @@
+"""The NATS commands through the real console script: ``serve`` in one process, the others in their own, all
+on a real nats-server — and ``run --durable`` on the embedded default, with no server set up by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli._support import console_script, run_cli
+from tests.conftest import drop_streams
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def project_copy(tmp: Path) -> Path:
+    for folder in ("workflows", "rules", "executors", "examples"):
+        shutil.copytree(ROOT / folder, tmp / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return project_copy(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="module")
+def served(project: Path, nats_url: str) -> Iterator[str]:
+    """``circuit-breaker serve`` for the project, on the session's server with empty streams."""
+    import asyncio
+
+    asyncio.run(drop_streams(nats_url))
+    env = {**os.environ, "CB_NATS_URL": nats_url, "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [console_script(), "serve", "--json"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else ""
+    started = json.loads(line)
+    assert started["workflows"] == ["data_pipeline", "document_review", "invoice_approval"]
+    yield nats_url
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    asyncio.run(drop_streams(nats_url))
+
+
+def cli(project: Path, url: str, *args: str) -> object:
+    return run_cli(*args, cwd=project, env={"CB_NATS_URL": url})
+
+
+def test_inject_then_query_fire_and_read_the_history(project: Path, served: str) -> None:
+    data = json.dumps({"csv": "a,b\n1,2\n"})
+    first = cli(project, served, "inject", "data_pipeline", "--data", data, "--dedupe-id", "order-7", "--json")
+    assert first.code == 0, first.err  # type: ignore[attr-defined]
+    reply = first.json()  # type: ignore[attr-defined]
+    assert reply["duplicate"] is False
+    again = cli(project, served, "inject", "data_pipeline", "--data", data, "--dedupe-id", "order-7", "--json")
+    assert again.json() == {"instance_id": reply["instance_id"], "duplicate": True}  # type: ignore[attr-defined]
+    iid = reply["instance_id"]
+
+    status = cli(project, served, "status", iid, "--json").json()  # type: ignore[attr-defined]
+    for _ in range(50):  # the engine works in its own process: wait until it rests
+        if status["status"] == "waiting":
+            break
+        status = cli(project, served, "status", iid, "--json").json()  # type: ignore[attr-defined]
+    assert status["status"] == "waiting"
+    assert status["enabled_manual"] == ["approve", "reject"]
+
+    listed = cli(project, served, "instances", "--workflow", "data_pipeline", "--status", "waiting", "--json").json()  # type: ignore[attr-defined]
+    assert [i["instance"] for i in listed] == [iid]
+
+    fired = cli(project, served, "fire", iid, "approve", "--data", '{"note": "fine"}', "--json")
+    assert fired.code == 0, fired.err  # type: ignore[attr-defined]
+    after = fired.json()  # type: ignore[attr-defined]
+    assert after["status"] == "completed"
+    assert after["tokens"][0]["place"] == "completed" and after["tokens"][0]["data"]["note"] == "fine"
+
+    again_fired = cli(project, served, "fire", iid, "approve")
+    assert again_fired.code == 1  # type: ignore[attr-defined]
+    assert "it is completed" in again_fired.error_line()  # type: ignore[attr-defined]
+
+    history = cli(project, served, "history", iid, "--at", "3", "--json").json()  # type: ignore[attr-defined]
+    assert history["at"] == 3 and history["status"] == "running"
+    assert list(history["marking"]) == ["analyzed"]
+    assert [e["type"] for e in history["events"]] == ["token_injected", "transition_fired", "transition_fired"]
+
+    events = cli(project, served, "events", "--instance", iid, "--type", "transition_fired", "--json")
+    fired_names = [json.loads(line)["transition"] for line in events.out.splitlines()]  # type: ignore[attr-defined]
+    assert fired_names == ["process", "analyze", "request_review", "approve"]
+
+
+def test_bad_input_is_one_error_line_and_a_meaningful_exit_code(project: Path, served: str) -> None:
+    unknown = cli(project, served, "inject", "no_such_workflow", "--data", "{}")
+    assert unknown.code == 1 and "no_such_workflow" in unknown.error_line()  # type: ignore[attr-defined]
+    bad = cli(project, served, "inject", "data_pipeline", "--data", "[1]")
+    assert bad.code == 4 and "must be a JSON object" in bad.error_line()  # type: ignore[attr-defined]
+    missing = cli(project, served, "status", "0" * 32)
+    assert missing.code == 1 and "0" * 32 in missing.error_line()  # type: ignore[attr-defined]
+    wrong = cli(project, served, "instances", "--status", "sleeping")
+    assert wrong.code == 2 and "sleeping" in wrong.error_line()  # type: ignore[attr-defined]
+
+
+def test_schemas_are_json_schema_documents(project: Path) -> None:
+    for which, title in (("inject", "InjectRequest"), ("event", "Event")):
+        result = run_cli("schema", which, cwd=project)
+        assert result.code == 0, result.err
+        assert result.json()["title"] == title
+
+
+def test_run_durable_keeps_the_instance_in_the_embedded_server(tmp_path: Path) -> None:
+    project = project_copy(tmp_path)
+    data = json.dumps({"input_file": "examples/data/measurements.csv"})
+    ran = run_cli("run", "workflows/data_pipeline.py", "--durable", "--json", "--data", data, cwd=project, timeout=90)
+    assert ran.code == 0, ran.err
+    iid = ran.json()["instance"]
+    assert (project / ".circuit_breaker" / "nats").is_dir(), "JetStream data lives in the project"
+    # A later command, another embedded server on the same data: the instance is still there.
+    status = run_cli("status", iid, "--json", cwd=project, timeout=90)
+    assert status.code == 0, status.err
+    assert status.json()["status"] == "completed"
+    assert status.json()["tokens"][0]["data"]["row_count"] == 24

@@ -1,0 +1,328 @@
+"""Injecting over NATS: request/reply and the durable inbox, with an engine on JetStream and a real nats-server.
+
+Every test starts from empty streams (``fresh_nats``). Requests are sent both through :class:`Client` and as
+raw bytes with nats-py, since services in other languages send raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+import jsonschema
+import nats
+import pytest
+from nats.js.api import RetentionPolicy, StreamConfig
+
+from circuit_breaker import Engine, Instance, InstanceStatus
+from circuit_breaker.config import StreamSettings
+from circuit_breaker.errors import InjectError, StreamConfigError
+from circuit_breaker.nats import (
+    INBOX_STREAM,
+    Client,
+    InjectService,
+    inject_reply_schema,
+    inject_request_schema,
+)
+from circuit_breaker.nats._subjects import instance_id_for
+
+from .inject_support import eventually, orders_workflow, serving
+
+GOOD = {"item": "lamp", "qty": 2}
+
+
+async def request(url: str, subject: str, payload: bytes) -> dict[str, Any]:
+    """A raw request, as a service in another language sends it; the decoded reply."""
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.request(subject, payload, timeout=5)
+    finally:
+        await nc.close()
+    reply: dict[str, Any] = json.loads(msg.data)
+    jsonschema.validate(reply, inject_reply_schema())
+    return reply
+
+
+async def started(client: Client, engine: Engine, instance_id: str, timeout: float = 10.0) -> Instance:
+    """Wait until the instance's start is stored (the inbox is asynchronous), then until it settles.
+
+    Polling ``engine.get`` instead can catch the engine in the middle of ``start`` (see the report)."""
+    async with client.events(instance=instance_id, types=["token_injected"]) as events:
+        await asyncio.wait_for(anext(events), timeout)
+    return await engine.wait(instance_id, timeout)
+
+
+async def starts(client: Client, workflow: str) -> int:
+    return len([e async for e in client.events(workflow, types=["token_injected"], follow=False)])
+
+
+async def inbox_messages(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return int((await nc.jetstream().stream_info(INBOX_STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
+# -- request/reply -------------------------------------------------------------------------------------------
+async def test_inject_starts_an_instance_that_runs(fresh_nats: str) -> None:
+    async with serving(fresh_nats, orders_workflow()) as (engine, _), Client(servers=[fresh_nats]) as client:
+        instance_id = await client.inject("orders", GOOD, actor="shop")
+        done = await engine.wait(instance_id, timeout=5)
+    assert done.status is InstanceStatus.COMPLETED
+    assert done.places == ["packed"] and done.data == {"item": "lamp", "qty": 2}
+    assert done.history[0].actor == "shop"
+
+
+async def test_a_raw_request_gets_the_documented_reply(fresh_nats: str) -> None:
+    async with serving(fresh_nats, orders_workflow()) as (engine, _):
+        body = {"data": GOOD, "dedupe_id": "order-7"}
+        jsonschema.validate(body, inject_request_schema())
+        reply = await request(fresh_nats, "cb.inject.orders", json.dumps(body).encode())
+        assert reply == {"instance_id": instance_id_for("orders", "order-7"), "duplicate": False}
+        assert (await engine.wait(reply["instance_id"], timeout=5)).status is InstanceStatus.COMPLETED
+
+
+async def test_the_same_dedupe_id_answers_with_the_first_instance(fresh_nats: str) -> None:
+    async with serving(fresh_nats, orders_workflow()) as (engine, _), Client(servers=[fresh_nats]) as client:
+        first = await client.inject_reply("orders", GOOD, dedupe_id="req-1")
+        again = await client.inject_reply("orders", {"item": "other", "qty": 9}, dedupe_id="req-1")
+        other = await client.inject("orders", GOOD, dedupe_id="req-2")
+        assert (first.duplicate, again.duplicate) == (False, True)
+        assert again.instance_id == first.instance_id != other
+        instances = await engine.instances("orders")
+        assert sorted(i.id for i in instances) == sorted([first.instance_id, other])
+        assert (await engine.get(first.instance_id)).data["item"] == "lamp"  # the first injection's data won
+
+
+async def test_two_engines_start_one_instance_per_dedupe_id(fresh_nats: str) -> None:
+    async with (
+        serving(fresh_nats, orders_workflow()) as (one, _),
+        serving(fresh_nats, orders_workflow()) as (two, _),
+        Client(servers=[fresh_nats]) as client,
+    ):
+        keys = [f"req-{i}" for i in range(20)]
+        replies = await asyncio.gather(*(client.inject_reply("orders", GOOD, dedupe_id=k) for k in keys * 3))
+        ids = {k: {r.instance_id for r in replies[i :: len(keys)]} for i, k in enumerate(keys)}
+        assert all(len(v) == 1 for v in ids.values()), ids
+        assert sum(not r.duplicate for r in replies) == len(keys)
+        # The stream is the truth: exactly one start event per dedupe id, whichever engine answered.
+        started = [e.instance_id async for e in client.events("orders", types=["token_injected"], follow=False)]
+        assert sorted(started) == sorted(instance_id_for("orders", k) for k in keys)
+        for iid in started:
+            await one.wait(iid, timeout=5)
+            await two.wait(iid, timeout=5)
+
+
+BAD_REQUESTS = [
+    ("cb.inject.orders", b"{not json", "malformed_json", None),
+    ("cb.inject.orders", b"\xff\xfe", "malformed_json", None),
+    ("cb.inject.orders", b"[1, 2]", "not_an_object", None),
+    ("cb.inject.orders", b'"text"', "not_an_object", None),
+    ("cb.inject.orders", b'{"data": [1]}', "not_an_object", "data"),
+    ("cb.inject.orders", b'{"item": "lamp", "qty": 2}', "invalid_request", "item"),  # a bare object is refused
+    ("cb.inject.orders", b'{"data": {}, "dedupe_id": ""}', "invalid_request", "dedupe_id"),
+    ("cb.inject.orders", b'{"data": {}, "actor": 5}', "invalid_request", "actor"),
+    ("cb.inject.nope", b'{"data": {}}', "unknown_workflow", None),
+    ("cb.inject.orders", b'{"data": {"item": "lamp", "qty": 0}}', "invalid_data", "qty"),
+    ("cb.inject.orders", b'{"data": {"qty": 1}}', "invalid_data", "item"),
+    ("cb.inject.orders", json.dumps({"data": {"item": "x" * 5000, "qty": 1}}).encode(), "payload_too_large", None),
+]
+
+
+async def test_every_bad_request_gets_its_code_and_the_service_keeps_serving(fresh_nats: str) -> None:
+    async with serving(fresh_nats, orders_workflow(), max_payload=4096) as (engine, _):
+        for subject, payload, code, field in BAD_REQUESTS:
+            reply = await request(fresh_nats, subject, payload)
+            error = reply.get("error")
+            assert error is not None and error["code"] == code, (payload[:40], reply)
+            assert error.get("field") == field, (payload[:40], reply)
+            if field is not None:
+                assert field in error["message"], error  # the message names the field
+            assert error["retryable"] is False
+        assert await engine.instances() == []
+        reply = await request(fresh_nats, "cb.inject.orders", json.dumps({"data": GOOD}).encode())
+        assert (await engine.wait(reply["instance_id"], timeout=5)).status is InstanceStatus.COMPLETED
+
+
+async def test_the_client_raises_inject_error_with_the_code_and_field(fresh_nats: str) -> None:
+    async with serving(fresh_nats, orders_workflow()), Client(servers=[fresh_nats]) as client:
+        with pytest.raises(InjectError) as caught:
+            await client.inject("orders", {"item": "lamp", "qty": -1})
+        assert (caught.value.code, caught.value.field) == ("invalid_data", "qty")
+        assert "qty" in caught.value.message
+        with pytest.raises(InjectError) as unknown:
+            await client.inject("nope", {})
+        assert unknown.value.code == "unknown_workflow"
+        assert "orders" in unknown.value.message  # says which workflows the engine has
+        with pytest.raises(ValueError, match="invalid"):
+            await client.inject("bad.name", {})
+
+
+async def test_without_an_engine_the_client_says_no_engine_serves_the_workflow(fresh_nats: str) -> None:
+    async with Client(servers=[fresh_nats]) as client:
+        with pytest.raises(InjectError) as caught:
+            await client.inject("orders", GOOD)
+    assert caught.value.code == "no_responders"
+    assert "no engine serves workflow 'orders'" in caught.value.message
+
+
+async def test_engines_running_other_workflows_can_leave_unknown_ones_unanswered(fresh_nats: str) -> None:
+    async with (
+        serving(fresh_nats, orders_workflow(), answer_unknown=False) as (_, service),
+        Client(servers=[fresh_nats]) as client,
+    ):
+        assert service.subjects == ["cb.inject.orders"]
+        await client.inject("orders", GOOD)
+        with pytest.raises(InjectError) as caught:
+            await client.inject("reviews", {})
+        assert caught.value.code == "no_responders"
+
+
+async def test_a_request_without_reply_subject_is_ignored(fresh_nats: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with serving(fresh_nats, orders_workflow()) as (engine, _), Client(servers=[fresh_nats]) as client:
+        with caplog.at_level(logging.WARNING, logger="circuit_breaker.nats.inject"):
+            await client.connection.publish("cb.inject.orders", json.dumps({"data": GOOD}).encode())
+            await client.connection.flush()
+            await eventually(lambda: _true(any("without a reply subject" in r.message for r in caplog.records)))
+        assert await engine.instances() == []
+        assert await client.inject("orders", GOOD)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+# -- the inbox -------------------------------------------------------------------------------------------------
+async def test_an_inbox_message_published_twice_starts_one_instance(fresh_nats: str) -> None:
+    async with serving(fresh_nats, orders_workflow()) as (engine, _), Client(servers=[fresh_nats]) as client:
+        first = await client.publish("orders", GOOD, dedupe_id="batch-1")
+        again = await client.publish("orders", GOOD, dedupe_id="batch-1")
+        assert (first.duplicate, again.duplicate) == (False, True)  # the server's duplicate window
+        assert first.instance_id == again.instance_id == instance_id_for("orders", "batch-1")
+        assert (await started(client, engine, first.instance_id)).status is InstanceStatus.COMPLETED
+        await eventually(lambda: _zero(inbox_messages(fresh_nats)))
+        assert [i.id for i in await engine.instances()] == [first.instance_id]
+
+
+async def _zero(count: Any) -> bool:
+    return await count == 0
+
+
+async def test_the_inbox_dedupes_for_ever_not_just_within_the_window(fresh_nats: str) -> None:
+    settings = StreamSettings(duplicate_window=timedelta(seconds=1))
+    async with (
+        serving(fresh_nats, orders_workflow(), settings=settings) as (engine, _),
+        Client(servers=[fresh_nats]) as client,
+    ):
+        first = await client.publish("orders", GOOD, dedupe_id="batch-2")
+        await started(client, engine, first.instance_id)
+        await asyncio.sleep(1.2)
+        late = await client.publish("orders", {"item": "late", "qty": 1}, dedupe_id="batch-2")
+        assert not late.duplicate  # the server forgot it: the deterministic instance id catches it
+        await eventually(lambda: _zero(inbox_messages(fresh_nats)))
+        assert [i.id for i in await engine.instances()] == [first.instance_id]
+        assert (await engine.get(first.instance_id)).data["item"] == "lamp"
+
+
+async def test_bad_inbox_messages_are_terminated_and_the_next_good_one_is_processed(
+    fresh_nats: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(fresh_nats, orders_workflow()) as (engine, _), Client(servers=[fresh_nats]) as client:
+        js = client.jetstream
+        with caplog.at_level(logging.WARNING, logger="circuit_breaker.nats.inbox"):
+            await js.publish("cb.inbox.orders", b"{oops")
+            await js.publish("cb.inbox.orders", b'{"data": {"item": "lamp", "qty": 0}}')
+            await js.publish("cb.inbox.nope", b'{"data": {}}')
+            good = await client.publish("orders", GOOD)
+            await started(client, engine, good.instance_id)
+            await eventually(lambda: _zero(inbox_messages(fresh_nats)))  # none is waiting for a redelivery
+        reasons = [r.getMessage() for r in caplog.records if "terminated" in r.getMessage()]
+        assert len(reasons) == 3, reasons
+        assert any("malformed_json" in r for r in reasons)
+        assert any("invalid_data" in r and "qty" in r for r in reasons)
+        assert any("unknown_workflow" in r for r in reasons)
+        assert [i.id for i in await engine.instances()] == [good.instance_id]
+
+
+async def test_a_raw_inbox_message_with_only_the_msg_id_header_is_deduplicated(fresh_nats: str) -> None:
+    async with serving(fresh_nats, orders_workflow()) as (engine, _), Client(servers=[fresh_nats]) as client:
+        payload = json.dumps({"data": GOOD}).encode()
+        for _ in range(2):
+            await client.jetstream.publish("cb.inbox.orders", payload, headers={"Nats-Msg-Id": "raw-1"})
+        iid = instance_id_for("orders", "raw-1")
+        await started(client, engine, iid)
+        # Without any dedupe id the instance id is random, but still one instance per message.
+        await client.jetstream.publish("cb.inbox.orders", payload)
+        await eventually(lambda: _zero(inbox_messages(fresh_nats)))
+        await asyncio.sleep(0.2)
+        assert await starts(client, "orders") == 2
+
+
+async def test_the_inbox_keeps_tokens_until_an_engine_starts(fresh_nats: str) -> None:
+    async with Client(servers=[fresh_nats]) as client:
+        published = await client.publish("orders", GOOD, dedupe_id="early")  # creates the inbox stream
+        assert await inbox_messages(fresh_nats) == 1
+        async with serving(fresh_nats, orders_workflow()) as (engine, _):
+            assert (await started(client, engine, published.instance_id)).status is InstanceStatus.COMPLETED
+
+
+async def test_an_incompatible_inbox_stream_is_refused_and_left_alone(fresh_nats: str) -> None:
+    nc = await nats.connect(fresh_nats)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=INBOX_STREAM, subjects=["cb.inbox.>"], retention=RetentionPolicy.LIMITS))
+        await js.publish("cb.inbox.orders", b'{"data": {}}')
+        async with Engine(workflows=[orders_workflow()]) as engine:
+            service = InjectService(engine, nc)
+            with pytest.raises(StreamConfigError, match="retention"):
+                await service.start()
+            await service.stop()
+        info = await js.stream_info(INBOX_STREAM)
+        assert info.config.retention == RetentionPolicy.LIMITS and info.state.messages == 1
+    finally:
+        await nc.close()
+
+
+async def test_the_service_goes_on_after_the_server_restarts(tmp_path: Any) -> None:
+    from circuit_breaker.testing.nats import nats_server
+
+    async with nats_server(tmp_path) as server:
+        async with serving(server.url, orders_workflow()) as (engine, _), Client(servers=[server.url]) as client:
+            await client.inject("orders", GOOD)
+            await server.stop()
+            await server.start()
+            # Request/reply: the subscription is restored with the connection.
+            iid = await _retrying(lambda: client.inject("orders", GOOD, dedupe_id="after-restart"))
+            assert (await engine.wait(iid, timeout=10)).status is InstanceStatus.COMPLETED
+            # The inbox: the pull subscription is made again.
+            published = await _retrying(lambda: client.publish("orders", GOOD, dedupe_id="inbox-after"))
+            await started(client, engine, published.instance_id, timeout=20)
+
+
+async def _retrying(call: Any, timeout: float = 20.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await call()
+        except InjectError as err:
+            if not err.retryable or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+# -- schemas ---------------------------------------------------------------------------------------------------
+def test_schemas_describe_request_and_replies() -> None:
+    req = inject_request_schema()
+    assert req["additionalProperties"] is False and set(req["properties"]) == {"data", "dedupe_id", "actor"}
+    jsonschema.validate({"data": {"a": 1}, "dedupe_id": "x"}, req)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"a": 1}, req)
+    reply = inject_reply_schema()
+    jsonschema.validate({"instance_id": "abc", "duplicate": True}, reply)
+    jsonschema.validate({"error": {"code": "invalid_data", "message": "m", "field": "qty", "retryable": False}}, reply)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"error": {"code": "nonsense", "message": "m"}}, reply)
