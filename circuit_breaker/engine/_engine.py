@@ -85,11 +85,22 @@ class Engine:
     cleanly on exit.
     """
 
-    def __init__(self, store: Store | None = None, *, workflows: Iterable[Workflow] = (), drive: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        workflows: Iterable[Workflow] = (),
+        drive: bool = True,
+        follow: bool = True,
+    ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         # drive=False: an observer (a CLI query, a dashboard) that folds stored instances but never resumes
         # them; its own calls (start, fire) still run as usual.
         self.drive = drive
+        # follow=False: on a shared store, do not follow other engines' events live. Correctness does not
+        # depend on it (a conflict re-reads the instance), but live events, wait() and get() for instances
+        # other engines drive do; a lone engine saves reading back every event it writes.
+        self.follow = follow
         # Checked once: isinstance against a runtime-checkable Protocol costs tens of microseconds.
         self._shared = isinstance(self.store, SharedStore)
         self._workflows: dict[str, CompiledWorkflow] = {}
@@ -129,7 +140,7 @@ class Engine:
         for cw in list(self._workflows.values()):
             self._schedule_load(cw)
         await self._ready()
-        if shared:
+        if shared and self.follow:
             self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
 
     async def close(self) -> None:

@@ -119,6 +119,73 @@ async def ensure_stream(js: Any, name: str, subjects: list[str], settings: Strea
         )
 
 
+class _Acks:
+    """Publishes that wait for JetStream's acknowledgement on one shared reply subscription.
+
+    ``js.publish`` makes a request per message (its own timer and bookkeeping, about twice the cost of the
+    publish itself); ``js.publish_async`` shares a subscription but leaves the future unresolved when the
+    server answers with an error — and a refused expected-sequence check is an everyday answer here.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+        """The server's answer (``{"stream", "seq", "duplicate"}``); raises APIError, NoStreamResponseError
+        (no stream answers: a leader election) or NatsTimeoutError."""
+        self._next += 1
+        token = str(self._next)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._futures[token] = future
+        expiry = loop.call_later(timeout, _expire, future)
+        try:
+            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+            return await future
+        finally:
+            expiry.cancel()
+            self._futures.pop(token, None)
+
+    async def _on_reply(self, msg: Any) -> None:
+        future = self._futures.get(msg.subject[len(self._prefix) + 1 :])
+        if future is None or future.done():
+            return  # an answer after the timeout: the retry finds out whether it landed
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(StoreError(f"JetStream answered with something that is not JSON: {msg.data[:200]!r}"))
+            return
+        error = reply.get("error")
+        if error is not None:
+            future.set_exception(
+                APIError(code=error.get("code"), err_code=error.get("err_code"), description=error.get("description"))
+            )
+        else:
+            future.set_result(reply)
+
+
+def _expire(future: asyncio.Future[dict[str, Any]]) -> None:
+    if not future.done():
+        future.set_exception(NatsTimeoutError())
+
+
 class JetStreamStore:
     """Events of every instance in one JetStream stream; see the module docstring for the protocol.
 
@@ -156,6 +223,7 @@ class JetStreamStore:
         self._nc: NATS | None = connection
         self._own_connection = connection is None
         self._js: Any = None
+        self._acks: _Acks | None = None
         # instance id -> (instance seq, stream seq) of the newest event this store saw: the expected-sequence
         # header needs the stream position, the engine speaks in instance versions.
         self._last: dict[str, tuple[int, int]] = {}
@@ -180,6 +248,8 @@ class JetStreamStore:
             # Retries with backoff while NATS is unreachable; errors name the servers, never credentials.
             self._nc = await connect_nats(self._settings, self.servers, **self._connect_options)
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
+        self._acks = _Acks(self._nc)
+        await self._acks.start()
         # Right after a server starts or a cluster loses a node, JetStream may not answer for a few seconds
         # (leader elections): keep asking for a while rather than failing the engine's start.
         loop = asyncio.get_running_loop()
@@ -201,6 +271,9 @@ class JetStreamStore:
 
     async def close(self) -> None:
         self._js = None
+        if self._acks is not None:
+            await self._acks.stop()
+            self._acks = None
         if self._nc is not None and self._own_connection:
             nc, self._nc = self._nc, None
             if not nc.is_closed:
@@ -231,13 +304,16 @@ class JetStreamStore:
         }
         subject = event_subject(event.workflow, iid, event.type.value)
         payload = event.model_dump_json().encode()
+        acks = self._acks
+        if acks is None:
+            raise StoreError("the JetStream store is not open")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_retry_for
         delay, attempt = 0.05, 0
         while True:
             attempt += 1
             try:
-                ack = await self.js.publish(subject, payload, timeout=self.publish_timeout, headers=headers)
+                ack = await acks.publish(subject, payload, headers, self.publish_timeout)
             except APIError as err:
                 if isinstance(err, ServiceUnavailableError):
                     pass  # transient: handled below with the other transient failures
@@ -255,7 +331,7 @@ class JetStreamStore:
             except _TRANSIENT as err:
                 failure = err
             else:
-                self._last[iid] = (event.seq, ack.seq)
+                self._last[iid] = (event.seq, int(ack["seq"]))
                 return
             if loop.time() + delay > deadline:
                 raise StoreError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from typing import Any
 
 from circuit_breaker import Token, Workflow
@@ -15,7 +16,8 @@ from circuit_breaker.engine import current_firing
 
 
 def _delay() -> float:
-    return float(os.environ.get("RELAY_DELAY", "0.01"))
+    """``$RELAY_DELAY`` seconds, plus up to ``$RELAY_JITTER`` more at random (so racing engines each win some)."""
+    return float(os.environ.get("RELAY_DELAY", "0.01")) + random.uniform(0, float(os.environ.get("RELAY_JITTER", "0")))
 
 
 workflow = Workflow("relay")

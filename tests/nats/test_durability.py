@@ -21,6 +21,7 @@ from circuit_breaker.events import EventType, TokenInjected, TransitionFired
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.token import History, HistoryEntry, Token, new_id, utcnow
 from tests.conftest import drop_streams
+from tests.nats.relay_workflow import workflow as relay
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ENGINE = Path(__file__).with_name("run_engine.py")
@@ -32,8 +33,8 @@ async def url(nats_url: str) -> str:
     return nats_url
 
 
-def engine_process(url: str, log: Path, *args: str, delay: float = 0.01) -> subprocess.Popen[str]:
-    env = {**os.environ, "RELAY_LOG": str(log), "RELAY_DELAY": str(delay)}
+def engine_process(url: str, log: Path, *args: str, delay: float = 0.01, jitter: float = 0.0) -> subprocess.Popen[str]:
+    env = {**os.environ, "RELAY_LOG": str(log), "RELAY_DELAY": str(delay), "RELAY_JITTER": str(jitter)}
     return subprocess.Popen(
         [sys.executable, str(RUN_ENGINE), url, *args],
         cwd=ROOT,
@@ -96,7 +97,7 @@ def action_runs(log: Path) -> Counter[tuple[str, str]]:
 async def test_two_engine_processes_racing_on_1000_instances_apply_each_firing_once(url: str, tmp_path: Path) -> None:
     ids = await store_waiting_instances(url, 1000)
     log, go = tmp_path / "actions.log", tmp_path / "go"
-    engines = [engine_process(url, log, "--go-file", str(go), delay=0.05) for _ in range(2)]
+    engines = [engine_process(url, log, "--go-file", str(go), delay=0.0, jitter=0.5) for _ in range(2)]
     for proc in engines:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "waiting"
     go.touch()
@@ -193,3 +194,16 @@ async def test_an_engine_follows_instances_another_engine_drives(url: str) -> No
                 break
             await asyncio.sleep(0.02)
         assert await two.get(inst.id) == done
+
+
+async def test_engines_that_do_not_follow_each_other_still_apply_each_firing_once(url: str) -> None:
+    ids = await store_waiting_instances(url, 100)
+    stores = [JetStreamStore(servers=[url]), JetStreamStore(servers=[url])]
+    async with (
+        Engine(store=stores[0], workflows=[relay], follow=False) as one,
+        Engine(store=stores[1], workflows=[relay], follow=False) as two,
+    ):
+        for iid in ids:  # both drive every instance: only conflicts tell them about each other
+            a, b = await one.wait(iid, timeout=30), await two.wait(iid, timeout=30)
+            assert InstanceStatus.COMPLETED in (a.status, b.status)
+    assert_each_firing_applied_once(await stored_events(url), ids)
