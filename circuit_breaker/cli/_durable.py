@@ -48,6 +48,7 @@ NatsUrlOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+ActorOpt = Annotated[str | None, typer.Option(help="Who does it (recorded in the history).")]
 ProjectOpt = Annotated[
     Path,
     typer.Option("--project", metavar="DIR", help="The project root: its workflows/ folder holds the definitions."),
@@ -175,7 +176,7 @@ def inject(
     dedupe_id: Annotated[
         str | None, typer.Option("--dedupe-id", help="Injecting again with the same id returns the same instance.")
     ] = None,
-    actor: Annotated[str | None, typer.Option(help="Who injects (recorded in the history).")] = "cli",
+    actor: ActorOpt = "cli",
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for an engine.")] = 10.0,
     nats_url: NatsUrlOpt = None,
     as_json: JsonOpt = False,
@@ -392,7 +393,7 @@ def fire(
     data: Annotated[
         str | None, typer.Option("--data", "-d", metavar="JSON", help="Data merged into the token (a verdict...).")
     ] = None,
-    actor: Annotated[str | None, typer.Option(help="Who fires (recorded in the history).")] = "cli",
+    actor: ActorOpt = "cli",
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.")] = 30.0,
     nats_url: NatsUrlOpt = None,
     as_json: JsonOpt = False,

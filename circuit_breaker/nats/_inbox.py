@@ -16,18 +16,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy
 
 from ..config import StreamSettings
-from ..errors import InjectError, StoreError, StreamConfigError
+from ..errors import InjectError
 from ._protocol import DEDUPE_HEADER, DEFAULT_MAX_PAYLOAD, ErrorCode, InjectAccepted, InjectRequest, parse_request
+from ._store import ensure_stream
 from ._subjects import INBOX_PREFIX, INBOX_STREAM
 
 __all__ = ["INBOX_SUBJECTS", "InboxConsumer", "ensure_inbox_stream"]
@@ -42,56 +41,21 @@ MAX_NAK_DELAY = 30.0
 Handler = Callable[[str, InjectRequest, str | None], Awaitable[InjectAccepted]]
 
 
-def _seconds(value: timedelta | None) -> float:
-    return value.total_seconds() if value is not None else 0.0
-
-
 async def ensure_inbox_stream(js: Any, settings: StreamSettings, name: str = INBOX_STREAM) -> Any:
     """Create the inbox stream, or check the existing one (never changes it); returns its ``StreamInfo``.
 
-    Work-queue retention: a message is deleted once an engine acknowledged it. Refused: other subjects, another
-    retention, limits that would drop un-handled tokens, memory storage when file storage was asked for.
+    Work-queue retention: a message is deleted once an engine acknowledged it. Discard-new: with a limit added
+    by hand, publishing fails instead of dropping tokens nobody has handled yet.
     """
-    wanted = StreamConfig(
-        name=name,
-        subjects=INBOX_SUBJECTS,
+    return await ensure_stream(
+        js,
+        name,
+        INBOX_SUBJECTS,
+        settings,
         retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE if settings.storage == "file" else StorageType.MEMORY,
-        num_replicas=settings.replicas,
-        max_age=_seconds(settings.max_age),
-        duplicate_window=_seconds(settings.duplicate_window),
-        discard=DiscardPolicy.NEW,  # with a limit added by hand, publishing fails instead of dropping tokens
+        discard=DiscardPolicy.NEW,
+        holds="injected tokens",
     )
-    try:
-        info = await js.stream_info(name)
-    except NotFoundError:
-        try:
-            return await js.add_stream(wanted)
-        except APIError as err:
-            if err.err_code != 10058:  # created meanwhile by another process: check it below
-                raise StoreError(f"cannot create stream {name!r}: {err.description}") from err
-            info = await js.stream_info(name)
-    have = info.config
-    problems: list[str] = []
-    if sorted(have.subjects or []) != INBOX_SUBJECTS:
-        problems.append(f"subjects are {have.subjects}, expected {INBOX_SUBJECTS}")
-    if have.retention != RetentionPolicy.WORK_QUEUE:
-        problems.append(f"retention is {have.retention}, expected workqueue")
-    if (have.max_age or 0) != (wanted.max_age or 0):
-        problems.append(f"max_age is {have.max_age or 0:g}s, expected {wanted.max_age or 0:g}s (0 = keep for ever)")
-    for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
-        value = getattr(have, limit, None)
-        if value not in (None, -1, 0):
-            problems.append(f"{limit} is {value}: injected tokens could be dropped")
-    if settings.storage == "file" and have.storage == StorageType.MEMORY:
-        problems.append("storage is memory, expected file (injected tokens would not survive a restart)")
-    if problems:
-        raise StreamConfigError(name, problems)
-    if have.num_replicas != wanted.num_replicas:
-        log.warning(
-            "stream %s has %s replicas (settings ask for %s); left as it is", name, have.num_replicas, settings.replicas
-        )
-    return info
 
 
 class InboxConsumer:

@@ -65,31 +65,39 @@ def _seconds(value: timedelta | None) -> float:
     return value.total_seconds() if value is not None else 0.0
 
 
-async def ensure_stream(js: Any, name: str, subjects: list[str], settings: StreamSettings, **extra: Any) -> None:
-    """Create the stream, or check that the existing one can be used (never changes one that exists).
+async def ensure_stream(
+    js: Any,
+    name: str,
+    subjects: list[str],
+    settings: StreamSettings,
+    *,
+    retention: RetentionPolicy = RetentionPolicy.LIMITS,
+    discard: DiscardPolicy = DiscardPolicy.OLD,
+    holds: str = "events",
+) -> Any:
+    """Create the stream, or check that the existing one can be used (never changes one that exists); returns
+    its ``StreamInfo``.
 
-    Refused: other subjects, another retention policy, a ``max_age`` or size limit that would drop events,
-    memory storage when file storage was asked for. Replica count and duplicate window may differ (they are
-    operational choices an operator may have changed on purpose); a note is logged.
+    Refused: other subjects, another retention policy, a ``max_age`` or size limit that would drop what the
+    stream ``holds``, memory storage when file storage was asked for. The replica count may differ (an
+    operator may have changed it on purpose); a warning is logged.
     """
     wanted = StreamConfig(
         name=name,
         subjects=subjects,
-        retention=RetentionPolicy.LIMITS,
+        retention=retention,
         storage=StorageType.FILE if settings.storage == "file" else StorageType.MEMORY,
         num_replicas=settings.replicas,
         max_age=_seconds(settings.max_age),
         duplicate_window=_seconds(settings.duplicate_window),
-        discard=DiscardPolicy.OLD,
+        discard=discard,
         allow_direct=True,
-        **extra,
     )
     try:
         info = await js.stream_info(name)
     except NotFoundError:
         try:
-            await js.add_stream(wanted)
-            return
+            return await js.add_stream(wanted)
         except APIError as err:
             if err.err_code != 10058:  # 10058: created meanwhile by another process; check it below
                 raise StoreError(f"cannot create stream {name!r}: {err.description}") from err
@@ -98,25 +106,23 @@ async def ensure_stream(js: Any, name: str, subjects: list[str], settings: Strea
     problems: list[str] = []
     if sorted(have.subjects or []) != sorted(subjects):
         problems.append(f"subjects are {have.subjects}, expected {subjects}")
-    if have.retention not in (None, RetentionPolicy.LIMITS):
-        problems.append(f"retention is {have.retention}, expected limits (events must be kept)")
+    if (have.retention or RetentionPolicy.LIMITS) != retention:
+        problems.append(f"retention is {have.retention}, expected {retention.value}")
     if (have.max_age or 0) != (wanted.max_age or 0):
         problems.append(f"max_age is {have.max_age or 0:g}s, expected {wanted.max_age or 0:g}s (0 = keep for ever)")
     for limit in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
         value = getattr(have, limit, None)
         if value not in (None, -1, 0):
-            problems.append(f"{limit} is {value}: old events would be dropped")
+            problems.append(f"{limit} is {value}: {holds} could be dropped")
     if settings.storage == "file" and have.storage == StorageType.MEMORY:
-        problems.append("storage is memory, expected file (events would not survive a restart)")
+        problems.append(f"storage is memory, expected file ({holds} would not survive a restart)")
     if problems:
         raise StreamConfigError(name, problems)
     if have.num_replicas != wanted.num_replicas:
         log.warning(
-            "stream %s has %s replicas (settings ask for %s); left as it is",
-            name,
-            have.num_replicas,
-            wanted.num_replicas,
+            "stream %s has %s replicas (settings ask for %s); left as it is", name, have.num_replicas, settings.replicas
         )
+    return info
 
 
 class _Acks:
