@@ -46,6 +46,7 @@ __all__ = [
     "CONFIG_FILE",
     "Settings",
     "StreamSettings",
+    "WorkerSettings",
     "config_path",
     "connect_options",
     "load_settings",
@@ -85,6 +86,29 @@ class StreamSettings(BaseModel):
         return value
 
 
+class WorkerSettings(BaseModel):
+    """How a worker (``circuit-breaker worker``) pulls and runs tasks; ``CB_WORKER__CONCURRENCY=8``, or a
+    ``[worker]`` table in the TOML file. The consumer settings (ack_wait) are shared by every worker of a kind:
+    the last worker to start sets them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    executors: list[str] | None = Field(None, description="Executor kinds to serve; None serves every registered one.")
+    concurrency: int = Field(4, ge=1, le=10_000, description="Tasks run at once by one worker process.")
+    ack_wait: float = Field(
+        30.0, gt=0, description="Seconds without a heartbeat before a task is handed to another worker."
+    )
+    max_deliver: int = Field(5, ge=1, description="Deliveries of a task before it goes to the dead-letter queue.")
+    backoff_initial: float = Field(1.0, ge=0, description="Delay before the first retry; doubles each time.")
+    backoff_max: float = Field(60.0, ge=0, description="Longest delay between retries.")
+    grace: float = Field(30.0, ge=0, description="On SIGTERM, seconds in-flight tasks get to finish.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /healthz, /readyz and /metrics on 127.0.0.1:port (0: any free port)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the health and metrics server listens on.")
+    poll: float = Field(1.0, gt=0, description="Seconds one fetch waits for tasks (also how fast a stop is noticed).")
+
+
 class Settings(BaseSettings):
     """Every setting, from arguments, ``CB_*`` environment variables, the TOML file and defaults."""
 
@@ -111,6 +135,7 @@ class Settings(BaseSettings):
     nats_tls_key: Path | None = Field(None, description="Client key (PEM); may be omitted if in the cert file.")
     data_dir: Path = Field(Path(".circuit_breaker"), description="Local state; embedded JetStream in data_dir/nats.")
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     connect_timeout: float = Field(2.0, gt=0, description="Seconds to wait for one connection attempt.")
     reconnect_time_wait: float = Field(2.0, ge=0, description="Seconds between reconnect attempts to one server.")
     max_reconnect_attempts: int = Field(-1, ge=-1, description="After a connection is lost; -1 retries for ever.")

@@ -35,7 +35,9 @@
     │   └── StreamConfigError           a stream exists with settings that would lose events; nothing changed
     ├── InjectError                     an injection over NATS was refused or not delivered (``code``, ``field``)
     ├── ControlError                    a serving engine refused a fire/retry/cancel request (``code``)
-    └── SubscriptionError               an event subscription cannot be made (a durable name taken with other filters)
+    ├── SubscriptionError               an event subscription cannot be made (a durable name taken with other filters)
+    ├── WorkerError                     a worker cannot start (no permission on a subject, no executor to serve)
+    └── DeadLetterError                 a dead letter cannot be shown, retried or dropped (unknown id, no task)
 """
 
 from __future__ import annotations
@@ -356,3 +358,19 @@ class ControlError(CircuitBreakerError):
         self.code = code
         self.message = message
         self.details = details or {}
+
+
+class WorkerError(CircuitBreakerError):
+    """A worker cannot start or serve as configured; ``subject`` names the subject it was refused, if any."""
+
+    def __init__(self, message: str, *, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class DeadLetterError(CircuitBreakerError):
+    """A dead letter cannot be handled as asked: no entry with that id, or no task in it to retry."""
+
+    def __init__(self, message: str, *, entry: int | None = None) -> None:
+        super().__init__(message)
+        self.entry = entry

@@ -12,7 +12,7 @@ from nats.js.errors import NotFoundError
 
 from circuit_breaker import Engine
 from circuit_breaker.nats import JetStreamStore
-from circuit_breaker.nats._subjects import EVENTS_STREAM, INBOX_STREAM
+from circuit_breaker.nats._subjects import DLQ_STREAM, EVENTS_STREAM, INBOX_STREAM, RESULTS_STREAM, TASKS_STREAM
 from circuit_breaker.testing.nats import nats_server_sync
 
 
@@ -28,7 +28,7 @@ async def drop_streams(url: str) -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        for name in (EVENTS_STREAM, INBOX_STREAM):
+        for name in (EVENTS_STREAM, INBOX_STREAM, TASKS_STREAM, RESULTS_STREAM, DLQ_STREAM):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
     finally:

@@ -67,6 +67,8 @@ ERROR_TREE = {
     "InjectError": "CircuitBreakerError",
     "ControlError": "CircuitBreakerError",
     "SubscriptionError": "CircuitBreakerError",
+    "WorkerError": "CircuitBreakerError",
+    "DeadLetterError": "CircuitBreakerError",
 }
 
 

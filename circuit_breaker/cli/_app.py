@@ -35,6 +35,7 @@ from ..secrets import default_masker
 from ._durable import events, fire, history, inject, instances, schema, serve, status
 from ._loader import WorkflowChoiceError, load_workflows, pick_workflow, split_target
 from ._nats_cmd import NATS_EPILOG, nats
+from ._worker import dlq_app, worker
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -526,6 +527,8 @@ app.command(epilog=NATS_EPILOG)(nats)
 for _command in (serve, inject, events, instances, status, fire, history):
     app.command(epilog=EPILOG)(_command)
 app.command()(schema)
+app.command(epilog=EPILOG)(worker)
+app.add_typer(dlq_app, name="dlq")
 
 
 # -- version -------------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ Any NATS client can use these names; they are part of the public protocol (see d
                                                 by the ``Nats-Msg-Id`` header
 ``cb.ctl.<workflow>.<verb>``                    request/reply to a serving engine: ``fire``, ``retry``,
                                                 ``pause``, ``resume``, ``cancel`` an instance
+``cb.task.<executor kind>``                     a task for the workers serving that executor, stream ``CB_TASKS``
+                                                (work queue); results on ``cb.result.<workflow>.<instance>``
+                                                (``CB_RESULTS``), dead letters on ``cb.dlq.<kind>`` (``CB_DLQ``)
 =============================================  ==================================================================
 
 Workflow and instance names are plain tokens (letters, digits, ``_`` and ``-``), checked when a workflow is
@@ -23,18 +26,28 @@ import uuid
 
 __all__ = [
     "CONTROL_PREFIX",
+    "DLQ_PREFIX",
+    "DLQ_STREAM",
     "EVENTS_STREAM",
     "EVENT_PREFIX",
     "INBOX_PREFIX",
     "INBOX_STREAM",
     "INJECT_PREFIX",
+    "RESULTS_STREAM",
+    "RESULT_PREFIX",
+    "TASKS_STREAM",
+    "TASK_PREFIX",
     "control_subject",
+    "dlq_subject",
     "event_filter",
     "event_subject",
     "inbox_subject",
     "inject_subject",
     "instance_filter",
     "instance_id_for",
+    "result_subject",
+    "task_subject",
+    "worker_durable",
 ]
 
 EVENTS_STREAM = "CB_EVENTS"
@@ -83,3 +96,30 @@ CONTROL_PREFIX = "cb.ctl"
 def control_subject(workflow: str, verb: str) -> str:
     """Requests to a serving engine about one workflow's instances (``fire``, ``retry``, ``cancel``...)."""
     return f"{CONTROL_PREFIX}.{workflow}.{verb}"
+
+
+TASKS_STREAM = "CB_TASKS"
+RESULTS_STREAM = "CB_RESULTS"
+DLQ_STREAM = "CB_DLQ"
+TASK_PREFIX = "cb.task"
+RESULT_PREFIX = "cb.result"
+DLQ_PREFIX = "cb.dlq"
+
+
+def task_subject(kind: str) -> str:
+    """Where tasks for one executor kind wait for a worker (one durable consumer per kind filters on it)."""
+    return f"{TASK_PREFIX}.{kind}"
+
+
+def result_subject(workflow: str, instance_id: str) -> str:
+    """Where a task's outcome goes: per instance, so an engine can read one instance's results in order."""
+    return f"{RESULT_PREFIX}.{workflow}.{instance_id}"
+
+
+def dlq_subject(kind: str) -> str:
+    return f"{DLQ_PREFIX}.{kind}"
+
+
+def worker_durable(kind: str) -> str:
+    """The durable consumer every worker serving ``kind`` shares, like a consumer group."""
+    return f"cb-workers-{kind}"

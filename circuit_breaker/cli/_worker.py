@@ -1,0 +1,211 @@
+"""``circuit-breaker worker`` (run tasks for engines) and ``circuit-breaker dlq list|show|retry|drop``.
+
+Where NATS is comes from the settings (``CB_NATS_URL``, ``circuit_breaker.toml``, ``--nats-url``), as for the
+other NATS commands; worker settings from ``CB_WORKER__*``, the ``[worker]`` table, or the flags here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ._durable import JsonOpt, NatsUrlOpt, nats_session
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["dlq_app", "worker"]
+
+log = logging.getLogger("circuit_breaker.worker")
+
+
+def _settings(nats_url: list[str] | None, **worker: Any) -> Settings:
+    from ..config import load_settings
+
+    base = load_settings(nats_url=nats_url or None)
+    given = {k: v for k, v in worker.items() if v is not None}
+    if not given:
+        return base
+    from ..config import WorkerSettings
+
+    merged = WorkerSettings.model_validate({**base.worker.model_dump(), **given})
+    return base.model_copy(update={"worker": merged})
+
+
+# -- worker --------------------------------------------------------------------------------------------------
+def worker(
+    executors: Annotated[
+        str | None, typer.Option(metavar="KINDS", help="Executor kinds to serve, comma-separated (default: all).")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Tasks run at once (default 4).")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="Serve /healthz, /readyz and /metrics here (0: a free port).")
+    ] = None,
+    status: Annotated[
+        bool, typer.Option("--status", help="Print the tasks waiting per executor kind and the dead letters; exit.")
+    ] = False,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run tasks that engines hand out (remote actions) until Ctrl-C or SIGTERM.
+
+    Pulls from the work queue of each executor kind it serves, shared with every other worker; SIGTERM lets
+    running tasks finish (up to worker.grace seconds) and hands back the rest. Needs the executor registry
+    (built-ins, installed plug-ins), not the workflows.
+    """
+    from ._app import _errors
+
+    with _errors():
+        kinds = [k.strip() for k in executors.split(",") if k.strip()] if executors else None
+        settings = _settings(nats_url, executors=kinds, concurrency=concurrency, metrics_port=metrics_port)
+        if status:
+            asyncio.run(_status(settings, as_json))
+            return
+        asyncio.run(_serve(settings, as_json))
+
+
+async def _serve(settings: Settings, as_json: bool) -> None:
+    from ..nats._embedded import connect_nats, ensure_server
+    from ..secrets import mask_logs
+    from ..workers import Health, Metrics, OpsServer, Worker, setup_logging
+
+    setup_logging()
+    mask_logs()
+    health, metrics = Health(), Metrics()
+    ops = None
+    if settings.worker.metrics_port is not None:
+        ops = OpsServer(health, metrics, settings.worker.metrics_host, settings.worker.metrics_port)
+        ops.start()
+    holder: dict[str, Worker] = {}
+
+    async def on_error(err: Exception) -> None:
+        if "worker" in holder:
+            holder["worker"].note_nats_error(err)
+
+    async def on_reconnected() -> None:
+        if "worker" in holder:
+            holder["worker"].note_reconnected()
+        log.info("reconnected to NATS; pull subscriptions are re-created")
+
+    async def on_disconnected() -> None:
+        health.connected = False
+
+    urls, server = await ensure_server(settings)
+    try:
+        nc = await connect_nats(
+            settings, urls, error_cb=on_error, reconnected_cb=on_reconnected, disconnected_cb=on_disconnected
+        )
+        wk = holder["worker"] = Worker(nc, settings.worker, stream=settings.stream, health=health, metrics=metrics)
+        try:
+            await wk.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            ready = {"worker": wk.worker_id, "executors": wk.kinds, "metrics_port": ops.port if ops else None}
+            if as_json:
+                sys.stdout.write(json.dumps(ready) + "\n")
+            else:
+                where = f", metrics on port {ops.port}" if ops else ""
+                typer.echo(f"worker {wk.worker_id} serves {', '.join(wk.kinds)}{where} (Ctrl-C stops)")
+            sys.stdout.flush()
+            await stop.wait()
+            await wk.stop()
+        finally:
+            try:
+                await asyncio.wait_for(nc.drain(), 5.0)
+            except Exception:
+                await nc.close()
+    finally:
+        if ops is not None:
+            ops.stop()
+        if server is not None:
+            await server.stop()
+
+
+async def _status(settings: Settings, as_json: bool) -> None:
+    from ..workers import list_dead_letters, pending_tasks
+
+    async with nats_session(settings) as nc:
+        js = nc.jetstream(timeout=5.0)
+        waiting = await pending_tasks(js)
+        letters = await list_dead_letters(js)
+    if as_json:
+        sys.stdout.write(json.dumps({"pending": waiting, "dead_letters": len(letters)}) + "\n")
+        return
+    for kind, count in waiting.items():
+        typer.echo(f"{kind}: {count} task(s) waiting or running")
+    if not waiting:
+        typer.echo("no tasks waiting")
+    typer.echo(f"{len(letters)} dead letter(s) (circuit-breaker dlq list)")
+
+
+# -- dlq -----------------------------------------------------------------------------------------------------
+dlq_app = typer.Typer(
+    help="Dead letters: tasks that failed max_deliver times, and malformed task messages.", no_args_is_help=True
+)
+EntryArg = Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id, as `dlq list` shows it.")]
+
+
+def _dlq(nats_url: list[str] | None, action: Any) -> Any:
+    from ._app import _errors
+
+    with _errors():
+        settings = _settings(nats_url)
+
+        async def run() -> Any:
+            async with nats_session(settings) as nc:
+                return await action(nc.jetstream(timeout=5.0))
+
+        return asyncio.run(run())
+
+
+@dlq_app.command("list")
+def dlq_list(nats_url: NatsUrlOpt = None, as_json: JsonOpt = False) -> None:
+    """List the dead letters, oldest first."""
+    from ..workers import list_dead_letters
+
+    letters = _dlq(nats_url, list_dead_letters)
+    if as_json:
+        rows = [{"id": seq, **letter.model_dump(mode="json", exclude={"raw"})} for seq, letter in letters]
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    if not letters:
+        typer.echo("no dead letters")
+    for seq, letter in letters:
+        what = f"task {letter.task.task_id} attempt {letter.task.attempt}" if letter.task else "malformed message"
+        typer.echo(f"{seq}  {letter.subject}  {what}  {letter.reason}: {letter.message}")
+
+
+@dlq_app.command("show")
+def dlq_show(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
+    """Print one dead letter as JSON: the task, the reason, the deliveries and the last error."""
+    from ..secrets import default_masker
+    from ..workers import get_dead_letter
+
+    letter = _dlq(nats_url, lambda js: get_dead_letter(js, entry))
+    sys.stdout.write(json.dumps(default_masker().mask(letter.model_dump(mode="json")), indent=2) + "\n")
+
+
+@dlq_app.command("retry")
+def dlq_retry(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
+    """Put the task back on its queue as the next attempt, and remove the dead letter."""
+    from ..workers import retry_dead_letter
+
+    task = _dlq(nats_url, lambda js: retry_dead_letter(js, entry))
+    typer.echo(f"task {task.task_id} queued again as attempt {task.attempt} on cb.task.{task.kind}")
+
+
+@dlq_app.command("drop")
+def dlq_drop(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
+    """Delete a dead letter for good."""
+    from ..workers import drop_dead_letter
+
+    _dlq(nats_url, lambda js: drop_dead_letter(js, entry))
+    typer.echo(f"dead letter {entry} dropped")

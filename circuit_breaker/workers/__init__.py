@@ -1,0 +1,44 @@
+"""Distributed execution: workers pull tasks per executor kind from JetStream work queues and publish results.
+
+    from circuit_breaker.workers import Task, Worker, submit_task
+
+The engine side publishes a :class:`Task` with :func:`submit_task` and reads :class:`TaskResult` messages from
+``CB_RESULTS``; ``circuit-breaker worker`` runs a :class:`Worker`. The protocol is in docs/nats-protocol.md.
+"""
+
+from ._ops import Health, Metrics, OpsServer, setup_logging
+from ._protocol import DeadLetter, Task, TaskResult, parse_task, result_msg_id, task_msg_id
+from ._queue import (
+    drop_dead_letter,
+    ensure_task_streams,
+    get_dead_letter,
+    list_dead_letters,
+    pending_tasks,
+    results,
+    retry_dead_letter,
+    submit_task,
+)
+from ._worker import Worker, backoff_delay
+
+__all__ = [
+    "DeadLetter",
+    "Health",
+    "Metrics",
+    "OpsServer",
+    "Task",
+    "TaskResult",
+    "Worker",
+    "backoff_delay",
+    "drop_dead_letter",
+    "ensure_task_streams",
+    "get_dead_letter",
+    "list_dead_letters",
+    "parse_task",
+    "pending_tasks",
+    "result_msg_id",
+    "results",
+    "retry_dead_letter",
+    "setup_logging",
+    "submit_task",
+    "task_msg_id",
+]

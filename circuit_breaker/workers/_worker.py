@@ -1,0 +1,440 @@
+"""The worker: pulls tasks of the executor kinds it serves, runs them, publishes each outcome once.
+
+Delivery rules (docs/nats-protocol.md, "Tasks and workers"):
+
+- one durable pull consumer per kind, ``cb-workers-<kind>`` filtering ``cb.task.<kind>``, shared by every
+  worker process (a consumer group); a worker fetches no more tasks than it has free slots (``concurrency``),
+  because each fetched task's ``ack_wait`` clock runs from delivery;
+- a running task is kept with ``in_progress`` heartbeats every ``ack_wait / 3``; a worker that dies (kill -9)
+  stops them, and the task is delivered again after ``ack_wait``;
+- success, or a failure that is not retryable: publish the :class:`TaskResult` (de-duplicated by
+  ``<task_id>:<attempt>:result``), then ack. A crash between the two runs the task again, but no second
+  result is stored (within the results stream's duplicate window);
+- a retryable failure: nak with ``backoff_initial * 2^(deliveries-1)`` (capped at ``backoff_max``), until
+  ``max_deliver`` deliveries: then a :class:`DeadLetter` and ack; a task delivered more than ``max_deliver``
+  times (its workers kept dying) goes to the dead letters without running again;
+- a message that is not a valid task: a dead letter with the reason, then ack (it can never succeed).
+
+The consumer itself has no ``max_deliver``: the server would then keep an exhausted task in the work queue
+for ever, invisible; the worker counts deliveries and moves it to ``CB_DLQ`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import APIError
+
+from ..config import StreamSettings, WorkerSettings
+from ..errors import CircuitBreakerError, WorkerError
+from ..events import ErrorInfo
+from ..executors import ExecutorRegistry, default_registry
+from ..executors._base import _DATA
+from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_subject, worker_durable
+from ..token import utcnow
+from ._ops import Health, Metrics
+from ._protocol import DeadLetter, Task, TaskResult, parse_task, result_msg_id
+from ._queue import MSG_ID, ensure_task_streams
+
+__all__ = ["Worker", "backoff_delay"]
+
+log = logging.getLogger("circuit_breaker.worker")
+
+MAX_ACK_PENDING = 100_000  # shared by every worker of a kind; each one limits itself to its concurrency
+PUBLISH_ATTEMPTS = 4
+RAW_LIMIT = 64 * 1024
+
+
+def backoff_delay(deliveries: int, initial: float, cap: float) -> float:
+    """The nak delay after the ``deliveries``-th failed delivery: initial, 2x, 4x ... up to ``cap``."""
+    return float(min(initial * 2 ** max(deliveries - 1, 0), cap))
+
+
+class _Outcome:
+    __slots__ = ("duration", "error", "output", "started")
+
+    def __init__(self, output: dict[str, Any], error: ErrorInfo | None, started: datetime, duration: float) -> None:
+        self.output, self.error, self.started, self.duration = output, error, started, duration
+
+
+class Worker:
+    """``Worker(nc, WorkerSettings(...), concurrency=8)``; ``await start()``, later ``await stop()``.
+
+    Keyword overrides replace fields of ``settings`` (``executors``, ``concurrency``, ``ack_wait``,
+    ``max_deliver``, ``backoff_initial``, ``backoff_max``, ``grace``, ``poll``). ``registry`` defaults to
+    :func:`default_registry`; kinds it does not know are refused at start-up (never silently not served).
+    """
+
+    def __init__(
+        self,
+        connection: NATS,
+        settings: WorkerSettings | None = None,
+        *,
+        stream: StreamSettings | None = None,
+        registry: ExecutorRegistry | None = None,
+        worker_id: str | None = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = settings or WorkerSettings()
+        self.settings = WorkerSettings.model_validate({**base.model_dump(), **overrides}) if overrides else base
+        self.connection = connection
+        self.js = connection.jetstream(timeout=5.0)
+        self.stream = stream or StreamSettings()
+        self.registry = registry or default_registry()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.metrics = metrics or Metrics()
+        self.health = health or Health()
+        self.kinds: list[str] = []
+        self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._subs: dict[str, Any] = {}
+        self._generation = 0  # bumped on reconnect: every pump re-creates its pull subscription
+        self._pumps: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._nats_errors: list[str] = []
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Check the kinds, make the streams and consumers, subscribe; raises :class:`WorkerError` with the
+        reason (a kind not registered, no permission on a subject) instead of failing later in the background."""
+        wanted = self.settings.executors or self.registry.names()
+        unknown = sorted(k for k in wanted if k not in self.registry)
+        if unknown:
+            raise WorkerError(
+                f"executor kind(s) {unknown} are not registered in this worker; it knows {self.registry.names()}"
+            )
+        self.kinds = list(dict.fromkeys(wanted))
+        try:
+            await ensure_task_streams(self.js, self.stream)
+            for kind in self.kinds:
+                self._subs[kind] = await self._subscribe(kind)
+        except CircuitBreakerError:
+            raise
+        except Exception as err:
+            denied = next((e for e in self._nats_errors if "permission" in e.lower()), None)
+            if denied is not None:
+                raise WorkerError(
+                    f"worker cannot start: NATS refused it: {denied}", subject=_subject_of(denied)
+                ) from err
+            raise WorkerError(f"worker cannot start: {type(err).__name__}: {err or 'no answer'}") from err
+        self.health.connected = self.health.streams = True
+        loop = asyncio.get_running_loop()
+        self._pumps = [loop.create_task(self._pump(kind), name=f"cb-worker-{kind}") for kind in self.kinds]
+        self._pumps.append(loop.create_task(self._watch(), name="cb-worker-health"))
+        log.info("worker %s serves %s", self.worker_id, ", ".join(self.kinds), extra={"worker": self.worker_id})
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop fetching; tasks in hand get ``grace`` seconds (default ``settings.grace``) to finish, the rest are
+        cancelled and handed back (nak) for another worker."""
+        grace = self.settings.grace if grace is None else grace
+        self._stopping = self.health.stopping = True
+        if self._pumps:  # a pump notices the flag after its current fetch (at most ``poll`` seconds)
+            _, late = await asyncio.wait(self._pumps, timeout=self.settings.poll + 2.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+            self._pumps = []
+        if self._inflight:
+            log.info("worker %s: waiting up to %.1fs for %d task(s)", self.worker_id, grace, len(self._inflight))
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for kind in list(self._subs):
+            await self._unsubscribe(kind)
+
+    def note_nats_error(self, err: Exception) -> None:
+        """For the connection's ``error_cb``: a permission violation is reported by the server asynchronously,
+        and the request that caused it just times out; start() names it from here."""
+        text = f"{type(err).__name__}: {err}"
+        self._nats_errors.append(text)
+        del self._nats_errors[:-20]
+        log.warning("NATS: %s", text)
+
+    def note_reconnected(self) -> None:
+        """For the connection's ``reconnected_cb``: pull subscriptions are re-created after a reconnect."""
+        self._generation += 1
+
+    # -- subscriptions ---------------------------------------------------------------------------------------
+    async def _subscribe(self, kind: str) -> Any:
+        """Create or update the kind's shared durable (the last worker started sets ``ack_wait``) and bind."""
+        config = ConsumerConfig(
+            durable_name=worker_durable(kind),
+            filter_subject=task_subject(kind),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING,
+        )
+        try:
+            await self.js.add_consumer(TASKS_STREAM, config, timeout=5.0)
+        except APIError as err:
+            raise WorkerError(
+                f"cannot create consumer {worker_durable(kind)!r} on {TASKS_STREAM}: {err.description}",
+                subject=task_subject(kind),
+            ) from err
+        return await self.js.pull_subscribe_bind(durable=worker_durable(kind), stream=TASKS_STREAM)
+
+    async def _unsubscribe(self, kind: str) -> None:
+        sub = self._subs.pop(kind, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):  # the durable stays on the server for the other workers
+                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+
+    async def _pump(self, kind: str) -> None:
+        delay, seen = 0.1, self._generation
+        while not self._stopping:
+            try:
+                if seen != self._generation:
+                    seen = self._generation
+                    await self._unsubscribe(kind)
+                if kind not in self._subs:
+                    self._subs[kind] = await self._subscribe(kind)
+                await self._fetch(kind, self._subs[kind])
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if self.connection.is_closed:
+                    log.error("worker %s stops fetching %s: the NATS connection is closed", self.worker_id, kind)
+                    return
+                log.warning(
+                    "fetching %s tasks: %s: %s; subscribing again in %.1fs", kind, type(err).__name__, err, delay
+                )
+                await self._unsubscribe(kind)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _fetch(self, kind: str, sub: Any) -> None:
+        """Take a free slot (waiting for one), then as many more as are free, and fetch that many tasks."""
+        await self._slots.acquire()
+        held = 1
+        while held < self.settings.concurrency and not self._slots.locked():
+            await self._slots.acquire()
+            held += 1
+        try:
+            msgs = await sub.fetch(held, timeout=self.settings.poll)
+        except nats.errors.TimeoutError:
+            msgs = []  # nothing waiting (fetch raises rather than returning an empty list)
+        except BaseException:
+            for _ in range(held):
+                self._slots.release()
+            raise
+        for _ in range(held - len(msgs)):
+            self._slots.release()
+        loop = asyncio.get_running_loop()
+        for msg in msgs:
+            task = loop.create_task(self._handle(kind, msg))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+
+    async def _watch(self) -> None:
+        """Keep the readiness probe honest: NATS connected, and the task stream still there."""
+        while not self._stopping:
+            self.health.connected = self.connection.is_connected
+            if self.health.connected:
+                try:
+                    await self.js.stream_info(TASKS_STREAM)
+                    self.health.streams = True
+                except Exception:
+                    self.health.streams = False
+            await asyncio.sleep(2.0)
+
+    # -- one task --------------------------------------------------------------------------------------------
+    async def _handle(self, kind: str, msg: Msg) -> None:
+        deliveries = int(msg.metadata.num_delivered or 1)
+        try:
+            task = parse_task(msg.data)
+            if task.kind != kind:
+                raise ValueError(f"the task's executor {task.kind!r} does not match its subject {msg.subject!r}")
+        except ValueError as err:
+            await self._dead_letter(kind, msg, None, "malformed", f"not a valid task: {err}", deliveries, None)
+            return
+        extra = _log_fields(task, self.worker_id)
+        if self._stopping:
+            await _settle(msg.nak())
+            return
+        if deliveries > self.settings.max_deliver:
+            orphaned = ErrorInfo(kind="orphaned", message="the workers running it kept stopping (no ack in time)")
+            message = f"delivered {deliveries} times (max_deliver {self.settings.max_deliver}) without finishing"
+            await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, orphaned)
+            return
+        self.metrics.running(kind, 1)
+        try:
+            outcome = await self._run(task, msg)
+        except asyncio.CancelledError:
+            log.warning("task %s stopped by shutdown; handed back", task.task_id, extra=extra)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(msg.nak()), 2.0)
+            raise
+        finally:
+            self.metrics.running(kind, -1)
+        error = outcome.error
+        if error is not None and error.retryable:
+            if deliveries >= self.settings.max_deliver:
+                message = f"failed {deliveries} times (max_deliver {self.settings.max_deliver}): {error.message}"
+                self.metrics.finished(kind, "dead_letter", outcome.duration)
+                await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, error)
+                return
+            delay = backoff_delay(deliveries, self.settings.backoff_initial, self.settings.backoff_max)
+            log.info("task %s failed (%s); retry in %.1fs", task.task_id, error.message, delay, extra=extra)
+            self.metrics.retried(kind)
+            self.metrics.finished(kind, "retried", outcome.duration)
+            await _settle(msg.nak(delay=delay))
+            return
+        status = "succeeded" if error is None else "failed"
+        result = TaskResult(
+            task_id=task.task_id,
+            attempt=task.attempt,
+            workflow=task.workflow,
+            instance_id=task.instance_id,
+            transition=task.transition,
+            status=status,
+            output=outcome.output,
+            error=error,
+            worker=self.worker_id,
+            deliveries=deliveries,
+            started=outcome.started,
+            finished=utcnow(),
+            duration=outcome.duration,
+            traceparent=task.traceparent,
+        )
+        subject = result_subject(task.workflow, task.instance_id)
+        if not await self._publish(
+            subject, result.model_dump_json().encode(), result_msg_id(task.task_id, task.attempt)
+        ):
+            await _settle(msg.nak(delay=1.0))  # NATS trouble: run it again later; the result id keeps it single
+            return
+        await _settle(msg.ack())
+        self.metrics.finished(kind, status, outcome.duration)
+        log.debug("task %s %s in %.3fs", task.task_id, status, outcome.duration, extra=extra)
+
+    async def _run(self, task: Task, msg: Msg) -> _Outcome:
+        """Run the task's executor with heartbeats; every failure becomes an ErrorInfo (cancellation is raised)."""
+        started, t0 = utcnow(), time.perf_counter()
+        if task.deadline is not None and task.deadline <= started:
+            error = ErrorInfo(
+                kind="expired", message=f"the task's deadline {task.deadline} had passed", retryable=False
+            )
+            return _Outcome({}, error, started, 0.0)
+        try:
+            executor = self.registry.from_spec(task.executor).render(task.data)
+            if task.timeout is not None and executor.execution_timeout is None:
+                executor.with_timeout(task.timeout)
+        except CircuitBreakerError as err:
+            error = ErrorInfo(kind="config", message=str(err), retryable=False)
+            return _Outcome({}, error, started, time.perf_counter() - t0)
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(msg))
+        reset = _DATA.set(task.data)
+        try:
+            result = await executor.execute_detailed()
+        finally:
+            _DATA.reset(reset)
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+        return _Outcome(result.output, result.error, started, time.perf_counter() - t0)
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ack_wait / 3)
+            await _settle(msg.in_progress())
+
+    async def _dead_letter(
+        self,
+        kind: str,
+        msg: Msg,
+        task: Task | None,
+        reason: str,
+        message: str,
+        deliveries: int,
+        error: ErrorInfo | None,
+    ) -> None:
+        raw = None if task is not None else msg.data[:RAW_LIMIT].decode("utf-8", errors="replace")
+        letter = DeadLetter.model_validate(
+            {
+                "reason": reason,
+                "message": message,
+                "subject": msg.subject,
+                "task": task,
+                "raw": raw,
+                "deliveries": deliveries,
+                "last_error": error,
+                "worker": self.worker_id,
+            }
+        )
+        msg_id = (
+            f"{task.task_id}:{task.attempt}:dlq" if task is not None else f"malformed:{msg.metadata.sequence.stream}"
+        )
+        extra = _log_fields(task, self.worker_id) if task is not None else {"worker": self.worker_id}
+        if not await self._publish(dlq_subject(kind), letter.model_dump_json().encode(), msg_id):
+            await _settle(msg.nak(delay=1.0))
+            return
+        await _settle(msg.ack())
+        self.metrics.dead_lettered(kind, reason)
+        log.warning("task message %s dead-lettered (%s): %s", _seq(msg), reason, message, extra=extra)
+
+    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
+        """Publish with the de-duplication id, retrying a few times through short NATS trouble."""
+        delay = 0.2
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await self.js.publish(subject, payload, timeout=5.0, headers={MSG_ID: msg_id})
+                return True
+            except Exception as err:
+                log.warning("publishing to %s failed (attempt %d): %s: %s", subject, attempt, type(err).__name__, err)
+                if attempt < PUBLISH_ATTEMPTS:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+        return False
+
+
+def _log_fields(task: Task, worker: str) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "attempt": task.attempt,
+        "workflow": task.workflow,
+        "instance": task.instance_id,
+        "transition": task.transition,
+        "executor": task.kind,
+        "worker": worker,
+        "traceparent": task.traceparent,
+    }
+
+
+def _seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # never fail on a log line
+        return None
+
+
+def _subject_of(text: str) -> str | None:
+    """The subject quoted in a server's permissions violation message, if any."""
+    parts = text.split('"')
+    return parts[1] if len(parts) >= 3 else None
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    """Ack, nak, heartbeat: a lost connection only means the task comes again, which the protocol allows."""
+    try:
+        await asyncio.wait_for(action, 5.0)
+    except Exception as err:
+        log.debug("settling a task message failed: %s", err)
