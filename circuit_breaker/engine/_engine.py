@@ -31,6 +31,7 @@ from ..dsl._firing import (
     produce,
     run_action,
 )
+from ..dsl._workflow import _NAME as _PLAIN_NAME
 from ..dsl._workflow import check_name
 from ..errors import (
     ActionError,
@@ -40,6 +41,7 @@ from ..errors import (
     DuplicateNameError,
     InstanceExistsError,
     InstanceStateError,
+    StoreError,
     TransitionNotEnabledError,
     TransitionRejectedError,
     UnknownInstanceError,
@@ -66,7 +68,7 @@ from ..token import History, HistoryEntry, Token, new_id, utcnow
 from ._context import Firing
 from ._context import _current as _current_firing
 from ._instance import Instance
-from ._lifecycle import InstanceStatus, next_status
+from ._lifecycle import TERMINAL, InstanceStatus, next_status
 from ._run import NO_LOCK, Run
 
 log = logging.getLogger("circuit_breaker.engine")
@@ -198,7 +200,7 @@ class Engine:
         if self._loading:
             await self._ready()
         run = self._runs.get(instance_id)
-        if run is None and self._shared:
+        if run is None and self._shared and isinstance(instance_id, str) and _PLAIN_NAME.match(instance_id):
             stored = await self.store.read(instance_id)
             cw = self._workflows.get(stored[0].workflow) if stored else None
             if cw is not None:
@@ -217,9 +219,9 @@ class Engine:
         while self._loading:
             task = self._loading[0]
             try:
-                await task
+                await asyncio.shield(task)  # a caller giving up must not cancel the load for everyone
             finally:
-                if self._loading and self._loading[0] is task:
+                if task.done() and self._loading and self._loading[0] is task:
                     self._loading.pop(0)
 
     async def _load(self, cw: CompiledWorkflow) -> None:
@@ -241,8 +243,11 @@ class Engine:
             run.local = self.drive
             self._runs[iid] = run
             run.update_settled()
-            if run.status is RUNNING and self.drive:
-                self._kick(run)
+            if self.drive and (
+                run.status is RUNNING
+                or (run.status is WAITING and (run.all_final() or self._auto_possible(run)))
+            ):
+                self._kick(run)  # go on where it stopped (a waiting one whose follow-up was never stored too)
 
     async def _adopt(self, instance_id: str, cw: CompiledWorkflow) -> Run | None:
         """Build a run for an instance another engine started, from the store."""
@@ -261,11 +266,15 @@ class Engine:
 
     async def _catch_up(self, run: Run) -> None:
         """Apply the events other engines stored after ``run``'s version (caller holds ``run.lock``)."""
+        changed = False
         for event in await self.store.read(run.id, run.seq):
             if event.seq == run.seq + 1:
                 run.apply(event)
                 self._notify(event)
+                changed = True
         run.update_settled()
+        if changed and run.local and self.drive and not self._closed:
+            self._kick(run)  # the new state may enable automatic transitions, or complete the instance
 
     async def _watch(self, start: int) -> None:
         """Follow the events other engines append to a shared store, keeping known instances current."""
@@ -286,7 +295,7 @@ class Engine:
                 log.exception("following the shared store failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                start = await self.store.last_sequence() + 1  # the instances it touched catch up on demand
+                start = max(start, self.store.watched_up_to + 1)  # resume after the last event delivered
 
     async def _apply_foreign(self, event: Event) -> None:
         run = self._runs.get(event.instance_id)
@@ -307,6 +316,9 @@ class Engine:
                 await self._catch_up(run)
             else:
                 return
+        if run.status in TERMINAL:
+            for task in list(run.tasks):  # cancelled or completed elsewhere: our actions are moot
+                task.cancel()
         run.update_settled()
         if run.local and run.status is RUNNING and not self._closed:
             self._kick(run)
@@ -470,8 +482,9 @@ class Engine:
         else:
             run.reserve(consumed)
             try:
-                data = await self._run_action(run, ct, view, actor, raise_on_failure=True)
-                assert data is not None
+                data = await self._run_action(run, ct, view, actor, raise_on_failure=True, consumed=consumed)
+                if data is None:  # another engine moved the instance on while the action ran
+                    raise ConcurrencyError(run.id, run.seq)
                 after = view.model_copy(update={"data": data})
                 post = post_check(ct, after)
                 if not post.valid:
@@ -481,7 +494,15 @@ class Engine:
             finally:
                 run.release(consumed)
         if ct.feeds_auto or run.status is RUNNING or (ct.outputs_final and run.all_final()):
-            await self._after_fire(run, ct)
+            try:
+                await self._after_fire(run, ct)
+            except ConcurrencyError:
+                # The firing is stored; only its follow-up lost to another engine. Never fire again for it:
+                # the instance was brought up to date, and the scheduler judges from there.
+                self._kick(run)
+            except asyncio.CancelledError:
+                self._kick(run)  # the caller gave up after the firing was stored: the engine still follows up
+                raise
         return run.snapshot()
 
     async def retry(self, instance_id: str, actor: str | None = None) -> Instance:
@@ -625,8 +646,8 @@ class Engine:
             await self._append(run, *self._fired(run, ct, consumed, view, data, actor, expanded))
             return
         async with run.lock:
-            if not run.holds(consumed):
-                # Another engine's firing, applied while the action ran, took these tokens.
+            if not _current(run, consumed):
+                # Another engine's firing (or a cancel), applied while the action ran, took these tokens.
                 raise ConcurrencyError(run.id, run.seq)
             await self._append(run, *self._fired(run, ct, consumed, view, data, actor, expanded))
 
@@ -765,6 +786,7 @@ class Engine:
                     continue
                 if progressed:
                     firings += 1
+                    conflicts = 0
                     if firings % YIELD_EVERY == 0:
                         # An automatic cycle must not starve other instances, timers and callers.
                         await asyncio.sleep(0)
@@ -779,8 +801,12 @@ class Engine:
                     break
         except asyncio.CancelledError:
             raise
+        except StoreError as err:
+            # NATS unreachable for longer than the store retries: nothing is lost, try again later.
+            log.warning("instance %s of workflow %s: the store failed (%s); retrying in 5s", run.id, run.cw.name, err)
+            self._wake(run, 5.0)
         except Exception as err:
-            # A bug or a store failure must not leave waiters hanging or stop other instances.
+            # A bug must not leave waiters hanging or stop other instances.
             log.exception("scheduler pass failed for instance %s of workflow %s", run.id, run.cw.name)
             await self._fail_internal(run, err)
         finally:
@@ -803,7 +829,22 @@ class Engine:
                 await self._set_status(run, "complete", None)
             elif run.status is RUNNING:
                 await self._set_status(run, "wait", None)
+            elif self._shared and run.local and self._auto_possible(run):
+                # Waiting, yet an automatic transition could fire: the event that should have resumed it
+                # was lost to a crash or to another engine (a manual firing stored, its "proceed" not).
+                await self._set_status(run, "proceed", None, reason="an automatic transition is enabled")
+                run.dirty = True
         run.update_settled()
+
+    def _auto_possible(self, run: Run) -> bool:
+        """Whether some automatic transition has tokens it could fire with (policies not yet refused)."""
+        for place in run.marking:
+            for ct in run.cw.auto_by_place.get(place, ()):
+                if all(run.free(arc.place) >= arc.weight for arc in ct.net.inputs) and any(
+                    True for _ in self._selections(run, ct)
+                ):
+                    return True
+        return False
 
     async def _step(self, run: Run) -> bool:
         """One scheduler pass over the automatic transitions that the marking could enable, in declaration order.
@@ -1002,7 +1043,11 @@ class Engine:
                 )
                 will_retry = failure.retryable and attempt < policy.max_attempts and run.status in (RUNNING, WAITING)
                 if will_retry:
-                    await self._record_failure(run, ct, token_ids, attempt, info, actor, will_retry=True)
+                    await self._record_failure(
+                        run, ct, token_ids, attempt, info, actor, will_retry=True, consumed=consumed
+                    )
+                    if self._shared and not _current(run, consumed):
+                        return None  # another engine moved on: no point retrying
                     await asyncio.sleep(policy.delay(attempt))
                     continue
                 if raise_on_failure:
@@ -1021,8 +1066,11 @@ class Engine:
         actor: str | None,
         *,
         will_retry: bool,
+        consumed: dict[str, tuple[Token, ...]] | None = None,
     ) -> None:
         async with run.lock:
+            if self._shared and not _current(run, consumed):
+                return  # another engine moved on meanwhile: this attempt no longer matters
             event = _next_event(
                 TransitionFailed,
                 run,
@@ -1056,6 +1104,8 @@ class Engine:
         """
         handled = ct.error_place is not None and ct.error_place not in run.cw.final_places
         async with run.lock:
+            if self._shared and not _current(run, consumed or None):
+                return  # another engine fired with these tokens, or ended the instance: nothing failed here
             now = utcnow()
             produced: list[Token] = []
             if ct.error_place is not None:
@@ -1119,6 +1169,13 @@ def _next_event(cls: type[E], run: Run, actor: str | None, time: datetime | None
         type=cls.model_fields["type"].default,
         **fields,
     )
+
+
+def _current(run: Run, consumed: dict[str, tuple[Token, ...]] | None) -> bool:
+    """Whether a firing judged earlier still applies: the instance may move, and its tokens are still there."""
+    if run.status is not RUNNING and run.status is not WAITING and run.status is not InstanceStatus.PAUSED:
+        return False
+    return consumed is None or run.holds(consumed)
 
 
 def _ids(consumed: dict[str, tuple[Token, ...]]) -> tuple[str, ...]:

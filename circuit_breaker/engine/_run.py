@@ -298,7 +298,8 @@ class Run:
         return out
 
     def update_settled(self) -> None:
-        if self.status in SETTLED and not self.inflight:
+        # Not while a scheduler pass is pending: it may still move the instance on.
+        if self.status in SETTLED and not self.inflight and not self.advancing:
             self.settled.set()
         else:
             self.settled.clear()

@@ -64,7 +64,7 @@ _CODES: tuple[tuple[type[CircuitBreakerError], str], ...] = (
 class ControlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="ControlRequest")
 
-    instance_id: str = Field(min_length=1, max_length=256)
+    instance_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_-]+$")
     transition: str | None = Field(None, description="The manual transition to fire (fire only).")
     data: dict[str, Any] | None = Field(None, description="Merged into the token before the policy is judged.")
     actor: str | None = Field(None, max_length=256)

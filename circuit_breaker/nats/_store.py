@@ -19,13 +19,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import (
     AckPolicy,
@@ -57,8 +59,10 @@ _TRANSIENT = (
     NoStreamResponseError,
     ServiceUnavailableError,
     ConnectionClosedError,
+    OutboundBufferLimitError,
 )
 SCAN_BATCH = 512
+T = TypeVar("T")
 
 
 def _seconds(value: timedelta | None) -> float:
@@ -114,6 +118,8 @@ async def ensure_stream(
         value = getattr(have, limit, None)
         if value not in (None, -1, 0):
             problems.append(f"{limit} is {value}: {holds} could be dropped")
+    if not getattr(have, "allow_direct", False):
+        problems.append("allow_direct is off: single instances could not be read without a consumer")
     if settings.storage == "file" and have.storage == StorageType.MEMORY:
         problems.append(f"storage is memory, expected file ({holds} would not survive a restart)")
     if problems:
@@ -233,6 +239,7 @@ class JetStreamStore:
         # instance id -> (instance seq, stream seq) of the newest event this store saw: the expected-sequence
         # header needs the stream position, the engine speaks in instance versions.
         self._last: dict[str, tuple[int, int]] = {}
+        self.watched_up_to = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -301,11 +308,13 @@ class JetStreamStore:
                 if known[0] != expected_seq:
                     raise ConcurrencyError(iid, expected_seq, known[0])
             stream_seq = known[1]
-        msg_id = f"{iid}:{event.seq}:{self.origin}"
+        # Unique per append (its own retries reuse it), so a landed earlier publish is recognised for sure.
+        msg_id = f"{iid}:{event.seq}:{os.urandom(6).hex()}"
         headers = {
             "Nats-Msg-Id": msg_id,
             "Nats-Expected-Last-Subject-Sequence": str(stream_seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": instance_filter(iid, event.workflow),
+            # Any workflow: an instance id is one instance across workflows, as in the in-memory store.
+            "Nats-Expected-Last-Subject-Sequence-Subject": instance_filter(iid),
             "Cb-Origin": self.origin,
         }
         subject = event_subject(event.workflow, iid, event.type.value)
@@ -327,11 +336,10 @@ class JetStreamStore:
                     raise StoreError(f"appending event {event.seq} of instance {iid}: {err.description}") from err
                 else:
                     # Someone else wrote first, or an earlier attempt of this very publish landed.
-                    landed = await self._landed(iid, event.workflow, msg_id) if attempt > 1 else None
+                    landed = await self._landed(iid, stream_seq, msg_id) if attempt > 1 else None
                     if landed is not None:
-                        self._last[iid] = (event.seq, landed)
+                        self._saw(iid, event.seq, landed)
                         return
-                    self._last.pop(iid, None)
                     raise ConcurrencyError(iid, expected_seq) from None
                 failure: Exception = err
             except _TRANSIENT as err:
@@ -350,20 +358,42 @@ class JetStreamStore:
     async def _position(self, iid: str, workflow: str | None) -> tuple[int, int]:
         """The instance's current version and the stream sequence of its newest event ((0, 0) if none)."""
         try:
-            msg = await self.js.get_last_msg(self.stream_name, instance_filter(iid, workflow), direct=True)
+            msg = await self._ask(lambda: self.js.get_last_msg(self.stream_name, instance_filter(iid), direct=True))
         except NotFoundError:
             return 0, 0
         position = (int(json.loads(msg.data)["seq"]), int(msg.seq))
         self._last[iid] = position
         return position
 
-    async def _landed(self, iid: str, workflow: str, msg_id: str) -> int | None:
-        """The stream sequence of the instance's newest message if this store wrote it as ``msg_id``."""
-        try:
-            msg = await self.js.get_last_msg(self.stream_name, instance_filter(iid, workflow))  # the leader: no lag
-        except NotFoundError:
-            return None
-        return int(msg.seq) if (msg.headers or {}).get("Nats-Msg-Id") == msg_id else None
+    async def _landed(self, iid: str, after: int, msg_id: str) -> int | None:
+        """The stream sequence of this store's message ``msg_id`` if it landed after stream position ``after``
+        (an earlier attempt whose acknowledgement was lost; others may have appended on top since)."""
+        start = after + 1
+        while True:
+            try:  # the leader, not a replica that may lag
+                msg = await self._ask(
+                    partial(self.js.get_msg, self.stream_name, seq=start, subject=instance_filter(iid), next=True)
+                )
+            except NotFoundError:
+                return None
+            if (msg.headers or {}).get("Nats-Msg-Id") == msg_id:
+                return int(msg.seq)
+            start = int(msg.seq) + 1
+
+    async def _ask(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A read, retried while NATS or JetStream does not answer (a reconnect, a leader election), up to
+        ``publish_retry_for`` seconds; NotFoundError and other answers pass through."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except _TRANSIENT as err:
+                if loop.time() + delay > deadline:
+                    raise StoreError(f"JetStream did not answer for {self.publish_retry_for:g}s: {err!r}") from err
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # -- reading -------------------------------------------------------------------------------------------
     async def read(self, instance_id: str, after_seq: int = 0) -> list[Event]:
@@ -374,7 +404,9 @@ class JetStreamStore:
         events: list[Event] = []
         while True:
             try:
-                msg = await self.js.get_msg(self.stream_name, seq=start, subject=subject, next=True, direct=True)
+                msg = await self._ask(
+                    partial(self.js.get_msg, self.stream_name, seq=start, subject=subject, next=True, direct=True)
+                )
             except NotFoundError:
                 break
             event = parse_event(msg.data)
@@ -403,14 +435,16 @@ class JetStreamStore:
             inactive_threshold=60.0,
             mem_storage=True,
         )
-        sub = await self.js.pull_subscribe(subject, durable=None, stream=self.stream_name, config=config)
+        sub = await self._ask(
+            lambda: self.js.pull_subscribe(subject, durable=None, stream=self.stream_name, config=config)
+        )
         try:
-            left = (await sub.consumer_info()).num_pending
+            left = (await self._ask(sub.consumer_info)).num_pending
             while left > 0:
                 try:
                     msgs = await sub.fetch(min(left, SCAN_BATCH), timeout=5)
                 except NatsTimeoutError:
-                    left = (await sub.consumer_info()).num_pending
+                    left = (await self._ask(sub.consumer_info)).num_pending
                     continue
                 for msg in msgs:
                     left -= 1
@@ -429,7 +463,7 @@ class JetStreamStore:
 
     async def last_sequence(self) -> int:
         """The stream's newest sequence number (0 when empty): where a watcher starting now picks up."""
-        info = await self.js.stream_info(self.stream_name)
+        info = await self._ask(lambda: self.js.stream_info(self.stream_name))
         return int(info.state.last_seq)
 
     async def watch(self, start_seq: int) -> AsyncIterator[Event]:
@@ -445,6 +479,7 @@ class JetStreamStore:
         try:
             while True:
                 msg = await queue.get()
+                self.watched_up_to = max(self.watched_up_to, msg.metadata.sequence.stream)
                 if (msg.headers or {}).get("Cb-Origin") == self.origin:
                     continue
                 try:

@@ -41,6 +41,8 @@ class Store(Protocol):
 class SharedStore(Store, Protocol):
     """A store several engine processes use at once: an engine also follows the others' events."""
 
+    watched_up_to: int  # the position of the last event watch() delivered (or skipped as its own)
+
     async def last_sequence(self) -> int:
         """The position of the newest stored event (0 when empty)."""
         ...

@@ -1,0 +1,197 @@
+"""Engines sharing one JetStream stream, in the awkward moments: a race lost while an action fails, a
+follow-up lost after a manual firing, a cancel from elsewhere, ids that are not plain names, one id in two
+workflows. Each scenario is checked on the stored events, the source of truth."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from circuit_breaker import Engine, InstanceStatus, Workflow
+from circuit_breaker.errors import InstanceExistsError, TransitionNotEnabledError, UnknownInstanceError
+from circuit_breaker.events import Event, EventType, TokenInjected
+from circuit_breaker.nats import JetStreamStore
+from circuit_breaker.token import History, HistoryEntry, Token, new_id, utcnow
+from tests.conftest import drop_streams
+
+
+@pytest.fixture
+async def url(nats_url: str) -> AsyncIterator[str]:
+    await drop_streams(nats_url)
+    yield nats_url
+    await drop_streams(nats_url)
+
+
+def engine(url: str, *workflows: Workflow, **options: Any) -> Engine:
+    return Engine(store=JetStreamStore(servers=[url]), workflows=workflows, **options)
+
+
+async def stored(url: str, instance_id: str) -> list[Event]:
+    async with engine(url, drive=False, follow=False) as reader:
+        return [e async for e in reader.events(instance=instance_id)]
+
+
+def racing(ok: bool) -> Workflow:
+    """The same workflow as two engines run it: on one the action succeeds, on the other it fails later."""
+    wf = Workflow("raced", error_place="broken")
+    a, b, broken, fixed = wf.states("a", "b", "broken", "fixed")
+
+    @wf.flow(a >> b, "work")
+    async def work(token: Any) -> dict[str, Any]:
+        if ok:
+            await asyncio.sleep(0.2)
+            return {"by": "winner"}
+        await asyncio.sleep(0.6)
+        raise RuntimeError("the loser's back end is down")
+
+    wf.flow(broken >> fixed, "repair", trigger="manual")
+    return wf
+
+
+async def store_unstarted(url: str, workflow: str, place: str) -> str:
+    """An instance as an injection leaves it, fired by nobody yet, so every engine that opens drives it."""
+    iid, now = new_id(), utcnow()
+    entry = HistoryEntry(time=now, kind="created", to_places=(place,))
+    token = Token(id=new_id(), instance_id=iid, place=place, data={}, history=History().append(entry))
+    store = JetStreamStore(servers=[url])
+    await store.open()
+    try:
+        await store.append(TokenInjected(workflow=workflow, instance_id=iid, seq=1, token=token), 0)
+    finally:
+        await store.close()
+    return iid
+
+
+async def test_a_failure_on_the_losing_engine_neither_moves_tokens_nor_fails_the_instance(url: str) -> None:
+    iid = await store_unstarted(url, "raced", "a")
+    async with engine(url, racing(ok=True)) as winner, engine(url, racing(ok=False)) as loser:
+        await asyncio.sleep(1.0)  # both drive it; the loser's action fails after the winner committed
+        for e in (winner, loser):
+            seen = await e.get(iid)
+            assert seen.status is InstanceStatus.COMPLETED
+            assert [t.place for t in seen.tokens] == ["b"]
+    events = await stored(url, iid)
+    assert [e.type for e in events] == [
+        EventType.TOKEN_INJECTED,
+        EventType.TRANSITION_FIRED,
+        EventType.INSTANCE_COMPLETED,
+    ], "no failure recorded for tokens another engine consumed"
+
+
+def review() -> Workflow:
+    wf = Workflow("reviewed")
+    draft, pending, ok, no = wf.states("draft", "pending", "ok", "no")
+    wf.flow(draft >> pending, "submit")
+    wf.flow(pending >> ok, "approve", trigger="manual")
+    wf.flow(pending >> no, "reject", trigger="manual")
+    return wf
+
+
+async def test_a_manual_firing_stored_without_its_follow_up_still_completes(url: str) -> None:
+    async with engine(url, review()) as eng:
+        inst = await eng.wait((await eng.start("reviewed", {})).id, timeout=5)
+        firing = asyncio.create_task(eng.fire(inst.id, "approve", actor="ann"))
+        await asyncio.sleep(0)
+        firing.cancel()  # the caller gives up while the firing is being stored
+        with pytest.raises(asyncio.CancelledError):
+            await firing
+        await asyncio.sleep(0.2)
+        # Either the approval was stored (then reject is not enabled) or not (then reject fires).
+        with contextlib.suppress(TransitionNotEnabledError):
+            await eng.fire(inst.id, "reject", actor="bob")
+        done = await eng.wait(inst.id, timeout=5)
+        assert done.status is InstanceStatus.COMPLETED
+    events = await stored(url, inst.id)
+    fired = [e.transition for e in events if e.type is EventType.TRANSITION_FIRED]  # type: ignore[union-attr]
+    assert fired[0] == "submit" and len(fired) == 2, "exactly one of approve/reject"
+    assert events[-1].type is EventType.INSTANCE_COMPLETED
+
+
+async def test_an_instance_waiting_with_its_work_done_is_completed_by_the_next_engine(url: str) -> None:
+    """The engine died between storing the last firing and storing the completion."""
+    wf = review()
+    async with engine(url, wf) as first:
+        inst = await first.wait((await first.start("reviewed", {})).id, timeout=5)
+        original = first._after_fire
+
+        async def crash(*args: Any) -> None:
+            raise asyncio.CancelledError  # as if the process died right after the firing was stored
+
+        first._after_fire = crash  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            await first.fire(inst.id, "approve")
+        first._after_fire = original  # type: ignore[method-assign]
+    async with engine(url, wf) as second:
+        done = await second.wait(inst.id, timeout=5)
+        assert done.status is InstanceStatus.COMPLETED and done.places == ["ok"]
+
+
+async def test_a_cancel_from_another_engine_stops_the_actions_here(url: str) -> None:
+    charged: list[str] = []
+    wf = Workflow("cancelled")
+    a, b = wf.states("a", "b")
+
+    @wf.flow(a >> b, "charge_card")
+    async def charge(token: Any) -> dict[str, Any]:
+        await asyncio.sleep(0.8)
+        charged.append(token.instance_id)
+        return {}
+
+    async with engine(url, wf) as one, engine(url, wf) as two:
+        inst = await one.start("cancelled", {})
+        await asyncio.sleep(0.2)
+        await two.cancel(inst.id, reason="customer cancelled")
+        await asyncio.sleep(1.2)
+        assert (await one.get(inst.id)).status is InstanceStatus.CANCELLED
+    assert charged == [], "the action was cancelled, not finished"
+    types = [e.type for e in await stored(url, inst.id)]
+    assert types == [EventType.TOKEN_INJECTED, EventType.INSTANCE_STATUS_CHANGED]
+
+
+@pytest.mark.parametrize("bad", ["*", ">", "a.b", "x y", "cb.ev.>"])
+async def test_ids_that_are_not_plain_names_never_reach_a_subject(url: str, bad: str) -> None:
+    async with engine(url, review()) as eng:
+        inst = await eng.start("reviewed", {})
+        with pytest.raises(UnknownInstanceError):
+            await eng.get(bad)
+        with pytest.raises(UnknownInstanceError):
+            await eng.fire(bad, "approve")
+        assert set(eng._runs) == {inst.id}
+
+
+async def test_an_instance_id_is_one_instance_across_workflows(url: str) -> None:
+    orders, refunds = Workflow("orders"), Workflow("refunds")
+    for wf in (orders, refunds):
+        a, b = wf.states("a", "b")
+        wf.flow(a >> b, "go", trigger="manual")
+    async with engine(url, orders) as one, engine(url, refunds, follow=False) as two:
+        await one.start("orders", {}, instance_id="order-1")
+        with pytest.raises(InstanceExistsError):
+            await two.start("refunds", {}, instance_id="order-1")
+
+
+async def test_two_engines_firing_the_same_manual_transition_apply_it_once_per_success(url: str) -> None:
+    wf = Workflow("double")
+    s, pending, approved, done = wf.states("s", "pending", "approved", "done")
+    wf.flow(s >> pending * 3, "split")
+    wf.flow(pending >> approved, "approve", trigger="manual")
+    wf.flow(approved >> done, "record")
+    async with engine(url, wf) as one, engine(url, wf) as two:
+        for _ in range(10):
+            inst = await one.wait((await one.start("double", {})).id, timeout=5)
+            results = await asyncio.gather(
+                one.fire(inst.id, "approve"), two.fire(inst.id, "approve"), return_exceptions=True
+            )
+            succeeded = sum(not isinstance(r, BaseException) for r in results)
+            await asyncio.sleep(0.1)
+            fired = Counter(
+                e.transition  # type: ignore[union-attr]
+                for e in await stored(url, inst.id)
+                if e.type is EventType.TRANSITION_FIRED
+            )
+            assert fired["approve"] == succeeded
