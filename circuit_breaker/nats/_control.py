@@ -12,6 +12,7 @@ Request: ``{"instance_id": "...", "transition": "approve", "data": {...}, "actor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Literal
@@ -79,6 +80,7 @@ class ControlService:
         self.connection = connection
         self.queue = queue
         self._subs: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         for workflow in self.engine.workflows:
@@ -88,24 +90,37 @@ class ControlService:
                 self._subs.append(sub)
 
     async def stop(self) -> None:
+        """Stop taking requests; the ones being answered finish first."""
         subs, self._subs = self._subs, []
         for sub in subs:
             try:
                 await sub.unsubscribe()
             except Exception:  # the connection may be closing already
                 log.debug("unsubscribing %s failed", sub.subject, exc_info=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _handler(self, verb: Verb) -> Any:
         async def handle(msg: Msg) -> None:
-            try:
-                reply = await self._answer(verb, msg.data)
-            except Exception as err:  # one bad request must never stop the service
-                log.exception("control request on %s failed", msg.subject)
-                reply = _error("internal", f"{type(err).__name__}: {err}")
-            if msg.reply:
-                await msg.respond(json.dumps(reply, default=str).encode())
+            # Its own task: a manual action that takes a while must not hold up the requests behind it
+            # (the client runs one subscription's callbacks one after another).
+            task = asyncio.get_running_loop().create_task(self._serve(verb, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
         return handle
+
+    async def _serve(self, verb: Verb, msg: Msg) -> None:
+        try:
+            reply = await self._answer(verb, msg.data)
+        except Exception as err:  # one bad request must never stop the service
+            log.exception("control request on %s failed", msg.subject)
+            reply = _error("internal", f"{type(err).__name__}: {err}")
+        if msg.reply:
+            try:
+                await msg.respond(json.dumps(reply, default=str).encode())
+            except Exception:  # the caller is gone, or the reply is larger than the server takes
+                log.warning("could not answer the control request on %s", msg.subject, exc_info=True)
 
     async def _answer(self, verb: Verb, payload: bytes) -> dict[str, Any]:
         if len(payload) > MAX_PAYLOAD:

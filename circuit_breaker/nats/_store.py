@@ -2,12 +2,12 @@
 
 Each event is one message on ``cb.ev.<workflow>.<instance>.<type>`` in stream ``CB_EVENTS``. An append carries
 
-- ``Nats-Expected-Last-Subject-Sequence`` with ``...-Subject: cb.ev.<workflow>.<instance>.*``: the server
+- ``Nats-Expected-Last-Subject-Sequence`` with ``...-Subject: cb.ev.*.<instance>.*``: the server
   accepts it only if the instance's last message is the one this store last saw, so two engines can never
   both commit from the same marking (the loser gets ``ConcurrencyError`` and re-reads);
-- ``Nats-Msg-Id: <instance>:<seq>:<origin>``: when an acknowledgement is lost and the publish is retried, the
-  server refuses the retry (the instance moved on) and the store recognises its own message by this id, so a
-  retried publish is never applied twice;
+- ``Nats-Msg-Id: <instance>:<seq>:<random>`` (one per append): when an acknowledgement is lost and the publish
+  is retried, the server refuses the retry (the instance moved on) and the store finds its own message by this
+  id, so a retried publish is never applied twice;
 - ``Cb-Origin``: which store wrote it, so an engine's watcher skips its own events cheaply.
 
 Reads use direct gets (any replica answers) for single instances and ephemeral pull consumers for scans.

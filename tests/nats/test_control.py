@@ -1,0 +1,91 @@
+"""Manual operations over NATS (``cb.ctl.<workflow>.<verb>``), asked with a bare nats-py request as any
+language would, answered by a serving engine's ControlService."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+
+from circuit_breaker import Engine, Workflow
+from circuit_breaker.nats import JetStreamStore
+from circuit_breaker.nats._control import ControlService
+from tests.conftest import drop_streams
+
+
+def signed() -> Workflow:
+    wf = Workflow("signed")
+    draft, pending, done = wf.states("draft", "pending", "done")
+    wf.flow(draft >> pending, "submit")
+
+    @wf.flow(pending >> done, "sign", trigger="manual", rules={"all": ["has_signer"]})
+    async def sign(token: Any) -> dict[str, Any]:
+        await asyncio.sleep(0.5)  # a slow signing service
+        return {"signed": True}
+
+    wf.rules.add("has_signer", "signer != null", desc="someone signs")
+    return wf
+
+
+@pytest.fixture
+async def served(nats_url: str) -> AsyncIterator[tuple[Engine, Any]]:
+    await drop_streams(nats_url)
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[signed()]) as engine:
+        nc = await nats.connect(nats_url)
+        control = ControlService(engine, nc)
+        await control.start()
+        yield engine, nc
+        await control.stop()
+        await nc.close()
+    await drop_streams(nats_url)
+
+
+async def ask(nc: Any, verb: str, request: dict[str, Any] | bytes) -> dict[str, Any]:
+    payload = request if isinstance(request, bytes) else json.dumps(request).encode()
+    msg = await nc.request(f"cb.ctl.signed.{verb}", payload, timeout=10)
+    return json.loads(msg.data)  # type: ignore[no-any-return]
+
+
+async def test_fire_answers_with_the_instance_afterwards(served: tuple[Engine, Any]) -> None:
+    engine, nc = served
+    inst = await engine.wait((await engine.start("signed", {})).id, timeout=5)
+    reply = await ask(nc, "fire", {"instance_id": inst.id, "transition": "sign", "data": {"signer": "ann"}})
+    assert reply["instance"]["status"] == "completed"
+    assert reply["instance"]["tokens"][0]["data"] == {"signer": "ann", "signed": True}
+
+
+async def test_each_refusal_has_its_code(served: tuple[Engine, Any]) -> None:
+    engine, nc = served
+    inst = await engine.wait((await engine.start("signed", {})).id, timeout=5)
+    rejected = await ask(nc, "fire", {"instance_id": inst.id, "transition": "sign"})
+    assert rejected["error"]["code"] == "rejected"
+    assert rejected["error"]["details"]["errors"], "every failing rule is listed"
+    cases = {
+        "unknown_transition": {"instance_id": inst.id, "transition": "stamp"},
+        "unknown_instance": {"instance_id": "f" * 32, "transition": "sign"},
+        "invalid_request": {"instance_id": "*", "transition": "sign"},
+    }
+    for code, request in cases.items():
+        assert (await ask(nc, "fire", request))["error"]["code"] == code, code
+    assert (await ask(nc, "fire", b"{not json"))["error"]["code"] == "invalid_request"
+    assert (await ask(nc, "fire", {"instance_id": inst.id}))["error"]["code"] == "invalid_request"
+    cancelled = await ask(nc, "cancel", {"instance_id": inst.id, "reason": "withdrawn"})
+    assert cancelled["instance"]["status"] == "cancelled"
+    late = await ask(nc, "fire", {"instance_id": inst.id, "transition": "sign", "data": {"signer": "bo"}})
+    assert late["error"]["code"] == "instance_state"
+
+
+async def test_a_slow_action_does_not_hold_up_other_requests(served: tuple[Engine, Any]) -> None:
+    engine, nc = served
+    ids = [(await engine.wait((await engine.start("signed", {})).id, timeout=5)).id for _ in range(4)]
+    started = time.monotonic()
+    replies = await asyncio.gather(
+        *(ask(nc, "fire", {"instance_id": i, "transition": "sign", "data": {"signer": "x"}}) for i in ids)
+    )
+    assert all(r["instance"]["status"] == "completed" for r in replies)
+    assert time.monotonic() - started < 1.5, "four 0.5 s signatures ran side by side"
