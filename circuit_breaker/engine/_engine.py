@@ -99,9 +99,9 @@ class Engine:
         # drive=False: an observer (a CLI query, a dashboard) that folds stored instances but never resumes
         # them; its own calls (start, fire) still run as usual.
         self.drive = drive
-        # follow=False: on a shared store, do not follow other engines' events live. Correctness does not
-        # depend on it (a conflict re-reads the instance), but live events, wait() and get() for instances
-        # other engines drive do; a lone engine saves reading back every event it writes.
+        # follow=False: on a shared store, never follow other engines' events live (by default an engine
+        # follows them once another engine announces itself). Correctness does not depend on it (a conflict
+        # re-reads the instance), but live events and wait() for instances other engines drive do.
         self.follow = follow
         # Checked once: isinstance against a runtime-checkable Protocol costs tens of microseconds.
         self._shared = isinstance(self.store, SharedStore)
@@ -116,6 +116,7 @@ class Engine:
         self._starting: set[str] = set()  # instance ids whose first event is being stored
         self._loading: list[asyncio.Task[None]] = []
         self._watcher: asyncio.Task[None] | None = None
+        self._open_start = 0
         for wf in workflows:
             self.register(wf)
 
@@ -137,12 +138,20 @@ class Engine:
         if self._opened:
             return
         self._opened = True
-        shared = self._shared
         start = await self.store.last_sequence() + 1 if isinstance(self.store, SharedStore) else 0  # before loading
+        self._open_start = start
         for cw in list(self._workflows.values()):
             self._schedule_load(cw)
         await self._ready()
-        if shared and self.follow:
+        if isinstance(self.store, SharedStore):
+            # Follow only once another engine shows up: a lone engine need not read back what it writes.
+            # The newcomer says from where (its position before it wrote anything), so nothing is missed.
+            await self.store.announce(start - 1, self._peer if self.follow else _ignore, writer=self.drive)
+
+    def _peer(self, since: int) -> None:
+        """Another engine writes to the shared store: follow its events from stream position ``since + 1``."""
+        if self._watcher is None and not self._closed:
+            start = max(self._open_start, since + 1)
             self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
 
     async def close(self) -> None:
@@ -1141,6 +1150,10 @@ class Engine:
 
 
 E = TypeVar("E", bound=BaseModel)
+
+
+def _ignore(_: int) -> None:
+    return None
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -44,7 +44,7 @@ from ..config import Settings, StreamSettings
 from ..errors import ConcurrencyError, StoreError, StreamConfigError
 from ..events import Event, parse_event
 from ._embedded import connect_nats
-from ._subjects import EVENT_PREFIX, EVENTS_STREAM, event_filter, event_subject, instance_filter
+from ._subjects import EVENT_PREFIX, EVENTS_STREAM, HELLO_SUBJECT, event_filter, event_subject, instance_filter
 
 __all__ = ["JetStreamStore", "ensure_stream"]
 
@@ -240,6 +240,7 @@ class JetStreamStore:
         # header needs the stream position, the engine speaks in instance versions.
         self._last: dict[str, tuple[int, int]] = {}
         self.watched_up_to = 0
+        self._hello_sub: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -284,6 +285,10 @@ class JetStreamStore:
 
     async def close(self) -> None:
         self._js = None
+        if self._hello_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._hello_sub.unsubscribe()
+            self._hello_sub = None
         if self._acks is not None:
             await self._acks.stop()
             self._acks = None
@@ -492,6 +497,35 @@ class JetStreamStore:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), 2.0)
+
+    async def announce(self, since: int, on_peer: Callable[[int], None], *, writer: bool = True) -> None:
+        """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``.
+
+        A writer says hello with ``since`` = the stream position before its first write; every engine that
+        hears a hello from another origin follows from there, and answers (``reply: true``) with the same
+        ``since`` so the newcomer follows it too. Core NATS, so a lost hello only costs liveness (live events,
+        wait() on instances driven elsewhere), never correctness: conflicts are caught by the CAS.
+        """
+        nc = self.connection
+
+        async def heard(msg: Any) -> None:
+            try:
+                hello = json.loads(msg.data)
+                origin, position = str(hello["origin"]), int(hello["since"])
+            except (ValueError, KeyError, TypeError):
+                return
+            if origin == self.origin:
+                return
+            on_peer(position)
+            if writer and not hello.get("reply"):
+                answer = {"origin": self.origin, "since": position, "reply": True}
+                with contextlib.suppress(Exception):
+                    await nc.publish(HELLO_SUBJECT, json.dumps(answer).encode())
+
+        self._hello_sub = await nc.subscribe(HELLO_SUBJECT, cb=heard)
+        if writer:
+            await nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "since": since}).encode())
+            await nc.flush()
 
     def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:
         known = self._last.get(instance_id)

@@ -32,6 +32,7 @@ __all__ = [
     "EVENT_PREFIX",
     "INBOX_PREFIX",
     "INBOX_STREAM",
+    "HELLO_SUBJECT",
     "INJECT_PREFIX",
     "RESULTS_STREAM",
     "RESULT_PREFIX",
@@ -123,3 +124,7 @@ def dlq_subject(kind: str) -> str:
 def worker_durable(kind: str) -> str:
     """The durable consumer every worker serving ``kind`` shares, like a consumer group."""
     return f"cb-workers-{kind}"
+
+
+HELLO_SUBJECT = "cb.engines.hello"
+"""Engines announce themselves here (core NATS), so that engines sharing a stream follow each other's events."""

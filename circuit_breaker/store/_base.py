@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
 
 from ..events import Event
@@ -45,6 +45,11 @@ class SharedStore(Store, Protocol):
 
     async def last_sequence(self) -> int:
         """The position of the newest stored event (0 when empty)."""
+        ...
+
+    async def announce(self, since: int, on_peer: Callable[[int], None], *, writer: bool = True) -> None:
+        """Tell the other engines this one is here (if it may write) and call ``on_peer(position)`` when another
+        writer is seen: its events must be followed from ``position + 1`` on."""
         ...
 
     def watch(self, start_seq: int) -> AsyncIterator[Event]:

@@ -195,3 +195,22 @@ async def test_two_engines_firing_the_same_manual_transition_apply_it_once_per_s
                 if e.type is EventType.TRANSITION_FIRED
             )
             assert fired["approve"] == succeeded
+
+
+async def test_a_lone_engine_follows_nobody_until_another_engine_announces_itself(url: str) -> None:
+    wf = review()
+    async with engine(url, wf) as first:
+        inst = await first.wait((await first.start("reviewed", {})).id, timeout=5)
+        assert first._watcher is None, "alone: nothing to read back"
+        async with engine(url, wf) as second:
+            for _ in range(100):
+                if first._watcher is not None and second._watcher is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert first._watcher is not None and second._watcher is not None
+            await second.fire(inst.id, "approve", actor="on-second")
+            for _ in range(100):  # the first engine sees the second one's firing live
+                if (await first.get(inst.id)).status is InstanceStatus.COMPLETED:
+                    break
+                await asyncio.sleep(0.02)
+            assert (await first.get(inst.id)).places == ["ok"]
