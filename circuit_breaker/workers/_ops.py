@@ -32,6 +32,7 @@ class Metrics:
         except ImportError:
             self.registry: Any = None
             return
+        self._children: dict[tuple[str, ...], Any] = {}  # labels() looks its child up anew each call
         self.registry = prom.CollectorRegistry()
         self._tasks = prom.Counter(
             "cb_worker_tasks",
@@ -62,10 +63,17 @@ class Metrics:
     def available(self) -> bool:
         return self.registry is not None
 
+    def _child(self, metric: str, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = getattr(self, metric).labels(*labels)
+        return child
+
     def finished(self, kind: str, status: str, seconds: float) -> None:
         if self.registry is not None:
-            self._tasks.labels(kind, status).inc()
-            self._duration.labels(kind).observe(seconds)
+            self._child("_tasks", kind, status).inc()
+            self._child("_duration", kind).observe(seconds)
 
     def retried(self, kind: str) -> None:
         if self.registry is not None:
@@ -77,7 +85,7 @@ class Metrics:
 
     def running(self, kind: str, delta: int) -> None:
         if self.registry is not None:
-            self._inflight.labels(kind).inc(delta)
+            self._child("_inflight", kind).inc(delta)
 
     def render(self) -> bytes:
         import prometheus_client as prom

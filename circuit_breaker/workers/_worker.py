@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import json
 import logging
 import os
 import socket
@@ -35,12 +37,12 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from ..config import StreamSettings, WorkerSettings
-from ..errors import CircuitBreakerError, WorkerError
+from ..errors import CircuitBreakerError, StoreError, WorkerError
 from ..events import ErrorInfo
-from ..executors import ExecutorRegistry, default_registry
+from ..executors import Executor, ExecutorRegistry, default_registry
 from ..executors._base import _DATA
 from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_subject, worker_durable
 from ..token import utcnow
@@ -55,6 +57,8 @@ log = logging.getLogger("circuit_breaker.worker")
 MAX_ACK_PENDING = 100_000  # shared by every worker of a kind; each one limits itself to its concurrency
 PUBLISH_ATTEMPTS = 4
 RAW_LIMIT = 64 * 1024
+FETCH_GATHER = 0.005  # seconds a fetch waits for more slots to free up when only a few are (one request, not many)
+SPEC_CACHE = 256  # executors built from specs, kept per worker (the engine, too, runs one executor many times)
 
 
 def backoff_delay(deliveries: int, initial: float, cap: float) -> float:
@@ -67,6 +71,77 @@ class _Outcome:
 
     def __init__(self, output: dict[str, Any], error: ErrorInfo | None, started: datetime, duration: float) -> None:
         self.output, self.error, self.started, self.duration = output, error, started, duration
+
+
+class _Acks:
+    """JetStream publishes that wait for the server's acknowledgement on one shared reply subscription.
+
+    ``js.publish`` makes a request per message (its own inbox bookkeeping and timer); ``js.publish_async`` shares
+    a subscription but leaves the future unresolved when the server answers with an error. The same pattern as
+    the event store's (circuit_breaker/nats/_store.py).
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._sub.unsubscribe(), 2.0)
+            self._sub = None
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+        """The server's answer; raises APIError, NoStreamResponseError, nats.errors.TimeoutError or a
+        connection error."""
+        if self._sub is None:
+            await self.start()
+        self._next += 1
+        token = str(self._next)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._futures[token] = future
+        expiry = loop.call_later(timeout, _expire, future)
+        try:
+            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+            return await future
+        finally:
+            expiry.cancel()
+            self._futures.pop(token, None)
+
+    async def _on_reply(self, msg: Any) -> None:
+        future = self._futures.get(msg.subject[len(self._prefix) + 1 :])
+        if future is None or future.done():
+            return  # an answer after the timeout: the retry finds out (by the message id) whether it landed
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(StoreError(f"JetStream answered with something that is not JSON: {msg.data[:200]!r}"))
+            return
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if error is not None:
+            future.set_exception(
+                APIError(code=error.get("code"), err_code=error.get("err_code"), description=error.get("description"))
+            )
+        elif not isinstance(reply, dict):
+            future.set_exception(StoreError(f"JetStream answered with something unexpected: {msg.data[:200]!r}"))
+        else:
+            future.set_result(reply)
+
+
+def _expire(future: asyncio.Future[dict[str, Any]]) -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
 
 
 class Worker:
@@ -106,6 +181,8 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._nats_errors: list[str] = []
+        self._acks = _Acks(connection)
+        self._executors: dict[str, Executor] = {}  # canonical spec JSON -> the executor built from it
 
     # -- life cycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -120,6 +197,7 @@ class Worker:
         self.kinds = list(dict.fromkeys(wanted))
         try:
             await ensure_task_streams(self.js, self.stream)
+            await self._acks.start()
             for kind in self.kinds:
                 self._subs[kind] = await self._subscribe(kind)
         except CircuitBreakerError:
@@ -156,6 +234,7 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
         for kind in list(self._subs):
             await self._unsubscribe(kind)
+        await self._acks.stop()
 
     def note_nats_error(self, err: Exception) -> None:
         """For the connection's ``error_cb``: a permission violation is reported by the server asynchronously,
@@ -220,12 +299,32 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     async def _fetch(self, kind: str, sub: Any) -> None:
-        """Take a free slot (waiting for one), then as many more as are free, and fetch that many tasks."""
+        """Take a free slot (waiting for one), then as many more as are free, and fetch that many tasks.
+
+        When only a few slots are free while tasks run, wait a moment (``FETCH_GATHER``) for more to free up:
+        fast tasks then share one fetch request instead of costing one each."""
         await self._slots.acquire()
         held = 1
-        while held < self.settings.concurrency and not self._slots.locked():
-            await self._slots.acquire()
-            held += 1
+        want = max(1, self.settings.concurrency // 4)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FETCH_GATHER
+        try:
+            while held < self.settings.concurrency:
+                if not self._slots.locked():
+                    await self._slots.acquire()
+                    held += 1
+                    continue
+                remaining = deadline - loop.time()
+                if held >= want or not self._inflight or remaining <= 0 or self._stopping:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._slots.acquire()
+                        held += 1
+        except BaseException:
+            for _ in range(held):
+                self._slots.release()
+            raise
         try:
             msgs = await sub.fetch(held, timeout=self.settings.poll)
         except nats.errors.TimeoutError:
@@ -236,7 +335,6 @@ class Worker:
             raise
         for _ in range(held - len(msgs)):
             self._slots.release()
-        loop = asyncio.get_running_loop()
         for msg in msgs:
             task = loop.create_task(self._handle(kind, msg))
             self._inflight.add(task)
@@ -336,26 +434,35 @@ class Worker:
             )
             return _Outcome({}, error, started, 0.0)
         try:
-            executor = self.registry.from_spec(task.executor).render(task.data)
+            shared = self._executor(task.executor)
+            executor = shared.render(task.data)
             if task.timeout is not None and executor.execution_timeout is None:
+                if executor is shared:  # never change the cached one: the next task may set no timeout
+                    executor = copy.copy(shared)
                 executor.with_timeout(task.timeout)
         except CircuitBreakerError as err:
             error = ErrorInfo(kind="config", message=str(err), retryable=False)
             return _Outcome({}, error, started, time.perf_counter() - t0)
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(msg))
+        heartbeat = _Heartbeat(msg, self.settings.ack_wait / 3)
         reset = _DATA.set(task.data)
         try:
             result = await executor.execute_detailed()
         finally:
             _DATA.reset(reset)
-            heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            await heartbeat.stop()
         return _Outcome(result.output, result.error, started, time.perf_counter() - t0)
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self.settings.ack_wait / 3)
-            await _settle(msg.in_progress())
+    def _executor(self, spec: dict[str, Any]) -> Executor:
+        """The executor for a spec, built once per distinct spec (``render`` makes the per-task copy of a
+        templated one; the engine, too, runs one executor object for every firing of a transition)."""
+        key = json.dumps(spec, default=str)  # the engine writes a spec's keys in one order
+        executor = self._executors.get(key)
+        if executor is None:
+            executor = self.registry.from_spec(spec)
+            if len(self._executors) >= SPEC_CACHE:
+                del self._executors[next(iter(self._executors))]
+            self._executors[key] = executor
+        return executor
 
     async def _dead_letter(
         self,
@@ -396,7 +503,7 @@ class Worker:
         delay = 0.2
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
-                await self.js.publish(subject, payload, timeout=5.0, headers={MSG_ID: msg_id})
+                await self._acks.publish(subject, payload, {MSG_ID: msg_id}, 5.0)
                 return True
             except Exception as err:
                 log.warning("publishing to %s failed (attempt %d): %s: %s", subject, attempt, type(err).__name__, err)
@@ -435,6 +542,32 @@ def _subject_of(text: str) -> str | None:
 async def _settle(action: Awaitable[None]) -> None:
     """Ack, nak, heartbeat: a lost connection only means the task comes again, which the protocol allows."""
     try:
-        await asyncio.wait_for(action, 5.0)
+        async with asyncio.timeout(5.0):
+            await action
     except Exception as err:
         log.debug("settling a task message failed: %s", err)
+
+
+class _Heartbeat:
+    """``in_progress`` for a running task every ``period`` seconds, on a loop timer (no task per run)."""
+
+    __slots__ = ("_handle", "_msg", "_period", "_sending")
+
+    def __init__(self, msg: Msg, period: float) -> None:
+        self._msg, self._period = msg, period
+        self._sending: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(period, self._beat)
+
+    def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._sending is None or self._sending.done():
+            self._sending = loop.create_task(_settle(self._msg.in_progress()))
+        self._handle = loop.call_later(self._period, self._beat)
+
+    async def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()
+            await asyncio.gather(self._sending, return_exceptions=True)
