@@ -43,6 +43,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, Servi
 from ..config import Settings, StreamSettings
 from ..errors import ConcurrencyError, StoreError, StreamConfigError
 from ..events import Event, parse_event
+from ._acks import AckedPublisher
 from ._embedded import connect_nats
 from ._subjects import EVENT_PREFIX, EVENTS_STREAM, HELLO_SUBJECT, event_filter, event_subject, instance_filter
 
@@ -131,73 +132,6 @@ async def ensure_stream(
     return info
 
 
-class _Acks:
-    """Publishes that wait for JetStream's acknowledgement on one shared reply subscription.
-
-    ``js.publish`` makes a request per message (its own timer and bookkeeping, about twice the cost of the
-    publish itself); ``js.publish_async`` shares a subscription but leaves the future unresolved when the
-    server answers with an error — and a refused expected-sequence check is an everyday answer here.
-    """
-
-    def __init__(self, nc: NATS) -> None:
-        self._nc = nc
-        self._prefix = ""
-        self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._next = 0
-        self._sub: Any = None
-
-    async def start(self) -> None:
-        self._prefix = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
-
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> dict[str, Any]:
-        """The server's answer (``{"stream", "seq", "duplicate"}``); raises APIError, NoStreamResponseError
-        (no stream answers: a leader election) or NatsTimeoutError."""
-        self._next += 1
-        token = str(self._next)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._futures[token] = future
-        expiry = loop.call_later(timeout, _expire, future)
-        try:
-            await self._nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
-            return await future
-        finally:
-            expiry.cancel()
-            self._futures.pop(token, None)
-
-    async def _on_reply(self, msg: Any) -> None:
-        future = self._futures.get(msg.subject[len(self._prefix) + 1 :])
-        if future is None or future.done():
-            return  # an answer after the timeout: the retry finds out whether it landed
-        if msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(NoStreamResponseError())
-            return
-        try:
-            reply = json.loads(msg.data)
-        except ValueError:
-            future.set_exception(StoreError(f"JetStream answered with something that is not JSON: {msg.data[:200]!r}"))
-            return
-        error = reply.get("error")
-        if error is not None:
-            future.set_exception(
-                APIError(code=error.get("code"), err_code=error.get("err_code"), description=error.get("description"))
-            )
-        else:
-            future.set_result(reply)
-
-
-def _expire(future: asyncio.Future[dict[str, Any]]) -> None:
-    if not future.done():
-        future.set_exception(NatsTimeoutError())
-
-
 class JetStreamStore:
     """Events of every instance in one JetStream stream; see the module docstring for the protocol.
 
@@ -235,7 +169,7 @@ class JetStreamStore:
         self._nc: NATS | None = connection
         self._own_connection = connection is None
         self._js: Any = None
-        self._acks: _Acks | None = None
+        self._acks: AckedPublisher | None = None
         # instance id -> (instance seq, stream seq) of the newest event this store saw: the expected-sequence
         # header needs the stream position, the engine speaks in instance versions.
         self._last: dict[str, tuple[int, int]] = {}
@@ -262,7 +196,7 @@ class JetStreamStore:
             # Retries with backoff while NATS is unreachable; errors name the servers, never credentials.
             self._nc = await connect_nats(self._settings, self.servers, **self._connect_options)
         self._js = self._nc.jetstream(timeout=self.publish_timeout)
-        self._acks = _Acks(self._nc)
+        self._acks = AckedPublisher(self._nc)
         await self._acks.start()
         # Right after a server starts or a cluster loses a node, JetStream may not answer for a few seconds
         # (leader elections): keep asking for a while rather than failing the engine's start.
