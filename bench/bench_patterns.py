@@ -24,10 +24,10 @@ from circuit_breaker import Engine, Workflow
 
 def build(max_parallel: int | None) -> Workflow:
     wf = Workflow("scatter_gather")
-    start, todo, done, out = wf.states("start", "todo", "done", "out")
-    split = wf.scatter(start >> todo, "split", items="items", max_parallel=max_parallel)
+    start, queued, done, out = wf.states("start", "queued", "done", "out")
+    split = wf.scatter(start >> queued, "split", items="items", max_parallel=max_parallel)
 
-    @wf.flow(todo >> done, "work")
+    @wf.flow(queued >> done, "work")
     async def work(token):
         return {"square": token.data["item"] ** 2}
 

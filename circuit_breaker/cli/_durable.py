@@ -14,7 +14,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -118,14 +118,6 @@ async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: 
         yield engine
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(default_masker().mask(value), indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    return asyncio.run(coro_fn())
-
-
 # -- serve -------------------------------------------------------------------------------------------------
 def serve(nats_url: NatsUrlOpt = None, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
     """Run an engine for the project's workflows/ on NATS until Ctrl-C or SIGTERM.
@@ -137,7 +129,7 @@ def serve(nats_url: NatsUrlOpt = None, project: ProjectOpt = Path(), as_json: Js
 
     with _errors():
         settings = settings_for(nats_url)
-        _run(lambda: _serve(settings, project, as_json))
+        asyncio.run(_serve(settings, project, as_json))
 
 
 async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
@@ -182,12 +174,12 @@ def inject(
     as_json: JsonOpt = False,
 ) -> None:
     """Start an instance on a serving engine (request/reply on cb.inject.WORKFLOW); prints its id."""
-    from ._app import _errors, _parse_data
+    from ._app import _errors, _parse_data, _print_json
 
     with _errors():
         token_data = _parse_data(data)
         settings = settings_for(nats_url)
-        reply = _run(lambda: _inject(settings, workflow, token_data, dedupe_id, actor, timeout))
+        reply = asyncio.run(_inject(settings, workflow, token_data, dedupe_id, actor, timeout))
     if as_json:
         _print_json(reply.model_dump())
     else:
@@ -225,7 +217,7 @@ def events(
         raise typer.BadParameter("must be start, new or a stream sequence number", param_hint="--since")
     with _errors(), contextlib.suppress(KeyboardInterrupt):
         settings = settings_for(nats_url)
-        _run(lambda: _events(settings, workflow, instance, types, follow, start, as_json))
+        asyncio.run(_events(settings, workflow, instance, types, follow, start, as_json))
 
 
 async def _events(
@@ -271,14 +263,14 @@ def instances(
 ) -> None:
     """List the stored instances of the project's workflows, with status and places."""
     from ..engine import InstanceStatus
-    from ._app import ExitCode, _errors, _Fail
+    from ._app import ExitCode, _errors, _Fail, _print_json
 
     with _errors():
         if status is not None and status not in {s.value for s in InstanceStatus}:
             allowed = ", ".join(s.value for s in InstanceStatus)
             raise _Fail(ExitCode.USAGE, f"--status {status!r} is not a status; use one of {allowed}")
         settings = settings_for(nats_url)
-        found = _run(lambda: _instances(settings, project, workflow, status))
+        found = asyncio.run(_instances(settings, project, workflow, status))
     if as_json:
         _print_json([i.summary() for i in found])
         return
@@ -310,7 +302,7 @@ def status(
 
     with _errors():
         settings = settings_for(nats_url)
-        inst = _run(lambda: _status(settings, project, instance))
+        inst = asyncio.run(_status(settings, project, instance))
     if as_json:
         _print_json(inst.summary())
     else:
@@ -335,11 +327,11 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """The instance's events from the stream, and its marking after event N (default: the last)."""
-    from ._app import _errors
+    from ._app import _errors, _print_json
 
     with _errors():
         settings = settings_for(nats_url)
-        stored, snapshot = _run(lambda: _history(settings, project, instance, at))
+        stored, snapshot = asyncio.run(_history(settings, project, instance, at))
     masker = default_masker()
     if as_json:
         _print_json(
@@ -404,7 +396,7 @@ def fire(
     with _errors():
         extra = _parse_data(data) if data is not None else None
         settings = settings_for(nats_url)
-        inst = _run(lambda: _fire(settings, instance, transition, extra, actor, timeout))
+        inst = asyncio.run(_fire(settings, instance, transition, extra, actor, timeout))
     from ..engine import Instance
 
     fired = Instance.model_validate(inst)

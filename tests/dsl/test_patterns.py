@@ -31,11 +31,11 @@ class Concurrency:
 
 def scatter_gather(max_parallel: int | None = None, **gather_options: object) -> tuple[Workflow, Concurrency]:
     wf = Workflow("sg")
-    start, todo, done, out = wf.states("start", "todo", "done", "out")
-    split = wf.scatter(start >> todo, "split", items="files", max_parallel=max_parallel, carry=["unit"])
+    start, queued, done, out = wf.states("start", "queued", "done", "out")
+    split = wf.scatter(start >> queued, "split", items="files", max_parallel=max_parallel, carry=["unit"])
     seen = Concurrency()
 
-    @wf.flow(todo >> done, "measure")
+    @wf.flow(queued >> done, "measure")
     async def measure(token):
         await seen.run(0.001)
         name = token.data["item"]
@@ -76,9 +76,9 @@ async def test_scatters_of_interleaved_instances_are_gathered_separately(engine:
 
 async def test_batches_carry_lists_of_items(engine: Engine) -> None:
     wf = Workflow("batches")
-    start, todo, done, out = wf.states("start", "todo", "done", "out")
-    split = wf.scatter(start >> todo, "split", items="$.rows", batch_size=4, item_key="batch")
-    wf.flow(todo >> done, "sum", action=lambda token: {"sum": sum(token.data["batch"])})
+    start, queued, done, out = wf.states("start", "queued", "done", "out")
+    split = wf.scatter(start >> queued, "split", items="$.rows", batch_size=4, item_key="batch")
+    wf.flow(queued >> done, "sum", action=lambda token: {"sum": sum(token.data["batch"])})
     wf.gather(done >> out, "collect", of=split)
     inst = await engine.wait((await engine.start(wf, {"rows": list(range(10))})).id, timeout=5)
     assert [r["sum"] for r in inst.tokens[0].data["results"]] == [6, 22, 17]
@@ -86,10 +86,10 @@ async def test_batches_carry_lists_of_items(engine: Engine) -> None:
 
 async def test_a_gather_timeout_goes_on_with_min_results_and_sets_late_items_aside(engine: Engine) -> None:
     wf = Workflow("partial")
-    start, todo, done, out = wf.states("start", "todo", "done", "out")
-    split = wf.scatter(start >> todo, "split", items="delays")
+    start, queued, done, out = wf.states("start", "queued", "done", "out")
+    split = wf.scatter(start >> queued, "split", items="delays")
 
-    @wf.flow(todo >> done, "work")
+    @wf.flow(queued >> done, "work")
     async def work(token):
         await asyncio.sleep(token.data["item"])
         return {"slept": token.data["item"]}
@@ -185,9 +185,9 @@ async def test_a_user_pattern_limits_starts_per_second(engine: Engine) -> None:
         return {"called": token.data["item"]}
 
     wf = Workflow("throttled")
-    start, todo, done, out = wf.states("start", "todo", "done", "out")
-    split = wf.scatter(start >> todo, "split", items="ids")
-    wf.apply(module.rate_limited, todo >> done, "call_api", per_second=10, action=call)
+    start, queued, done, out = wf.states("start", "queued", "done", "out")
+    split = wf.scatter(start >> queued, "split", items="ids")
+    wf.apply(module.rate_limited, queued >> done, "call_api", per_second=10, action=call)
     wf.gather(done >> out, "collect", of=split)
     inst = await engine.wait((await engine.start(wf, {"ids": list(range(25))})).id, timeout=10)
     assert inst.status is InstanceStatus.COMPLETED and len(inst.tokens[0].data["results"]) == 25

@@ -22,9 +22,9 @@ FAST = RetryPolicy(max_attempts=3, initial_delay=0.001, max_delay=0.01, jitter=0
 def flaky_workflow(failures: int, *, retry: RetryPolicy | None = FAST) -> tuple[Workflow, list[int]]:
     calls: list[int] = []
     wf = Workflow("flaky")
-    todo, done = wf.states("todo", "done")
+    queued, done = wf.states("queued", "done")
 
-    @wf.flow(todo >> done, "work", retry=retry)
+    @wf.flow(queued >> done, "work", retry=retry)
     async def work(token):
         calls.append(len(calls) + 1)
         if len(calls) <= failures:
@@ -55,7 +55,7 @@ async def test_when_retries_run_out_the_instance_gets_an_incident_and_can_be_ret
     assert incident.transition == "work" and incident.attempts == 3
     assert "attempt 3 failed" in incident.error.message
     # The token stayed where it was, data untouched.
-    assert [(t.place, t.data) for t in inst.tokens] == [("todo", {"x": 1})]
+    assert [(t.place, t.data) for t in inst.tokens] == [("queued", {"x": 1})]
     last = [e async for e in engine.events(instance=inst.id, types=[EventType.TRANSITION_FAILED])][-1]
     assert last.incident == incident.id and not last.will_retry
     # The fourth call succeeds: a retry by hand resolves the incident and finishes the instance.

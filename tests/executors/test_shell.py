@@ -241,11 +241,8 @@ async def test_the_executor_timeout_and_cancellation_kill_the_program(tmp_path: 
 
 # These rely on Linux (PR_SET_PDEATHSIG, pidfds). CI runs Linux, where they always run: in CI a non-Linux
 # machine makes them fail rather than skip.
-LINUX_ONLY = pytest.mark.skipif(
-    not sys.platform.startswith("linux") and os.environ.get("CI") != "true",
-    reason="PR_SET_PDEATHSIG and pidfds are Linux",
-)
 
+# Linux behaviour (PR_SET_PDEATHSIG, pidfds): the engine and CI run on Linux, so these always run.
 ENGINE = """
 import asyncio, sys
 from circuit_breaker.executors.shell import ShellExecutor
@@ -254,7 +251,6 @@ asyncio.run(ShellExecutor(argv=[sys.executable, "-c", code, sys.argv[1]]).execut
 """
 
 
-@LINUX_ONLY
 async def test_programs_do_not_outlive_an_engine_that_dies(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     engine = await asyncio.create_subprocess_exec(PY, "-c", ENGINE, str(pid_file))
@@ -266,7 +262,6 @@ async def test_programs_do_not_outlive_an_engine_that_dies(tmp_path: Path) -> No
     assert await gone(pid)
 
 
-@LINUX_ONLY
 async def test_a_program_dies_with_its_launcher(tmp_path: Path) -> None:
     # asyncio kills only the process it started (the launcher) when a loop is torn down mid-run.
     ids = tmp_path / "ids"

@@ -92,10 +92,10 @@ def receiving() -> Workflow:
 
 
 def parent(executor: NatsExecutor, *, retry: RetryPolicy | None = None, name: str = "parent") -> Workflow:
-    """``todo --call--> called``, the call being ``executor``."""
+    """``queued --call--> called``, the call being ``executor``."""
     wf = Workflow(name)
-    todo, called = wf.states("todo", "called")
-    wf.flow(todo >> called, "call", retry=retry).action(executor)
+    queued, called = wf.states("queued", "called")
+    wf.flow(queued >> called, "call", retry=retry).action(executor)
     return wf
 
 
@@ -209,7 +209,7 @@ async def test_a_failed_child_fails_the_action_and_the_parent_token_stays_put(
     ex = NatsExecutor(workflow="flaky", nats_url=url, data={"job": 1}, wait=True)
     done = await run_parent(parents, parent(ex), {"job": 1})
     assert done.status is InstanceStatus.FAILED
-    assert done.places == ["todo"] and done.data == {"job": 1}
+    assert done.places == ["queued"] and done.data == {"job": 1}
     (incident,) = done.open_incidents
     assert (incident.error.kind, incident.error.retryable) == ("child_failed", False)
     child_id = incident.error.details["instance_id"]
@@ -244,7 +244,7 @@ async def test_a_timeout_in_a_workflow_becomes_an_incident_of_kind_timeout(url: 
     ex = NatsExecutor(workflow="manual", nats_url=url, wait=True, timeout=0.3)
     async with Engine() as engine:
         done = await run_parent(engine, parent(ex), {})
-    assert done.status is InstanceStatus.FAILED and done.places == ["todo"]
+    assert done.status is InstanceStatus.FAILED and done.places == ["queued"]
     (incident,) = done.open_incidents
     assert (incident.error.kind, incident.error.retryable) == ("timeout", True)
 
@@ -262,8 +262,8 @@ async def test_running_the_same_firing_again_does_not_start_a_second_child(url: 
         return out
 
     wf = Workflow("crashy")
-    todo, called = wf.states("todo", "called")
-    wf.flow(todo >> called, "call", retry=RetryPolicy(max_attempts=2, initial_delay=0.01)).action(call_then_crash)
+    queued, called = wf.states("queued", "called")
+    wf.flow(queued >> called, "call", retry=RetryPolicy(max_attempts=2, initial_delay=0.01)).action(call_then_crash)
     done = await run_parent(parents, wf, {"n": 2})
     assert done.status is InstanceStatus.COMPLETED
     assert len(seen) == 2 and seen[0] == seen[1] == done.data["instance_id"]
