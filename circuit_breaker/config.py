@@ -136,12 +136,27 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".circuit_breaker"), description="Local state; embedded JetStream in data_dir/nats.")
     stream: StreamSettings = Field(default_factory=StreamSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    remote_executors: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Executor kinds whose actions a serving engine hands to workers (comma-separated).",
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="A serving engine's /healthz, /readyz and /metrics port (0: any free one)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the engine's health and metrics server listens on.")
     connect_timeout: float = Field(2.0, gt=0, description="Seconds to wait for one connection attempt.")
     reconnect_time_wait: float = Field(2.0, ge=0, description="Seconds between reconnect attempts to one server.")
     max_reconnect_attempts: int = Field(-1, ge=-1, description="After a connection is lost; -1 retries for ever.")
     connect_attempts: int = Field(
         10, ge=1, description="Attempts, with exponential back-off, to reach NATS when starting up."
     )
+
+    @field_validator("remote_executors", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
     @field_validator("nats_url", mode="before")
     @classmethod

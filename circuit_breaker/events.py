@@ -27,6 +27,7 @@ ProducedTokens = Annotated[list[Token], PlainSerializer(_tokens_without_history,
 
 class EventType(StrEnum):
     TOKEN_INJECTED = "token_injected"
+    TRANSITION_STARTED = "transition_started"
     TRANSITION_FIRED = "transition_fired"
     TRANSITION_REJECTED = "transition_rejected"
     TRANSITION_FAILED = "transition_failed"
@@ -61,13 +62,30 @@ class TokenInjected(_EventBase):
     transition: None = Field(None, description="always null: this event is not about one transition")
 
 
+class TransitionStarted(_EventBase):
+    """A remote action was handed to the workers as task ``task_id``: its input tokens left their places and
+    wait with the task until a ``transition_fired`` (or ``transition_failed`` / ``transition_rejected``) with the
+    same ``task_id`` ends it. A later ``transition_started`` of the same task (``consumed`` empty) records that
+    it was handed out again with a higher ``attempt``."""
+
+    type: Literal[EventType.TRANSITION_STARTED] = EventType.TRANSITION_STARTED
+    transition: str
+    consumed: list[str] = Field(description="ids of the tokens the task took; empty when it is handed out again")
+    task_id: str
+    attempt: int = Field(1, ge=1, description="fencing token: only a result of this attempt (or a later one) counts")
+    executor: str = Field(description="the executor kind: which workers serve the task")
+    data: dict[str, Any] = Field(default_factory=dict, description="the input data the task carries")
+
+
 class TransitionFired(_EventBase):
-    """Tokens were consumed and produced, atomically."""
+    """Tokens were consumed and produced, atomically. For a remote action (``task_id`` set) the tokens were
+    consumed when it started; this event produces the outputs from the task's result."""
 
     type: Literal[EventType.TRANSITION_FIRED] = EventType.TRANSITION_FIRED
     transition: str
     consumed: list[str] = Field(description="ids of the consumed tokens, in the transition's input order")
     produced: ProducedTokens
+    task_id: str | None = Field(None, description="the remote task whose result this is")
 
 
 class TransitionRejected(_EventBase):
@@ -78,6 +96,7 @@ class TransitionRejected(_EventBase):
     tokens: list[str]
     errors: list[str]
     stage: Literal["validations", "rules"] = "rules"
+    task_id: str | None = Field(None, description="a remote task whose result the rules refused: its tokens go back")
 
 
 class TransitionFailed(_EventBase):
@@ -95,6 +114,12 @@ class TransitionFailed(_EventBase):
     incident: str | None = None
     consumed: list[str] = Field(default_factory=list)
     produced: ProducedTokens = Field(default_factory=list)
+    task_id: str | None = Field(
+        None,
+        description="a remote task. With ``consumed`` set it ended: its tokens went to the error place "
+        "(``produced``) or, with nothing produced, back where they were. Without, it stays in flight: it will be "
+        "handed out again (``will_retry``) or, with an ``incident``, waits in the dead-letter queue",
+    )
 
 
 class InstanceCompleted(_EventBase):
@@ -115,7 +140,13 @@ class InstanceStatusChanged(_EventBase):
 
 
 Event = Annotated[
-    TokenInjected | TransitionFired | TransitionRejected | TransitionFailed | InstanceCompleted | InstanceStatusChanged,
+    TokenInjected
+    | TransitionStarted
+    | TransitionFired
+    | TransitionRejected
+    | TransitionFailed
+    | InstanceCompleted
+    | InstanceStatusChanged,
     Field(discriminator="type"),
 ]
 

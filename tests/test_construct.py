@@ -46,6 +46,7 @@ def test_built_models_equal_validated_ones_and_behave_like_them() -> None:
         transition="t",
         consumed=["a1"],
         produced=[token],
+        task_id=None,
     )
     text = event.model_dump_json()
     assert parse_event(text).model_dump_json() == text

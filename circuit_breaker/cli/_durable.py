@@ -61,10 +61,10 @@ class SchemaName(StrEnum):
     event = "event"
 
 
-def settings_for(nats_url: list[str] | None) -> Settings:
+def settings_for(nats_url: list[str] | None, **overrides: Any) -> Settings:
     from ..config import load_settings
 
-    return load_settings(nats_url=nats_url or None)
+    return load_settings(nats_url=nats_url or None, **overrides)
 
 
 @asynccontextmanager
@@ -114,21 +114,39 @@ async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: 
 
     workflows = load_project_workflows(project, strict=drive)
     store = JetStreamStore(connection=nc, settings=settings)
-    async with Engine(store=store, workflows=workflows, drive=drive) as engine:
+    remote = settings.remote_executors if drive else ()
+    async with Engine(store=store, workflows=workflows, drive=drive, remote_executors=remote) as engine:
         yield engine
 
 
 # -- serve -------------------------------------------------------------------------------------------------
-def serve(nats_url: NatsUrlOpt = None, project: ProjectOpt = Path(), as_json: JsonOpt = False) -> None:
+def serve(
+    nats_url: NatsUrlOpt = None,
+    project: ProjectOpt = Path(),
+    remote_executors: Annotated[
+        str | None,
+        typer.Option(metavar="KINDS", help="Run the actions of these executor kinds on workers (comma-separated)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="Serve /healthz, /readyz and /metrics here (0: a free port).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Run an engine for the project's workflows/ on NATS until Ctrl-C or SIGTERM.
 
     It resumes the stored instances, answers injections (``cb.inject.<workflow>`` and the inbox) and manual
-    firings (``circuit-breaker fire``), and publishes every state change as an event.
+    firings (``circuit-breaker fire``), hands remote actions to workers and applies their results, and
+    publishes every state change as an event.
     """
     from ._app import _errors
 
     with _errors():
-        settings = settings_for(nats_url)
+        overrides: dict[str, Any] = {}
+        if remote_executors is not None:
+            overrides["remote_executors"] = remote_executors
+        if metrics_port is not None:
+            overrides["metrics_port"] = metrics_port
+        settings = settings_for(nats_url, **overrides)
         asyncio.run(_serve(settings, project, as_json))
 
 
@@ -145,16 +163,49 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
         control = ControlService(engine, nc)
         await inject.start()
         await control.start()
+        ops, probe = await _start_ops(settings, engine, nc)
         url = nc.connected_url
         where = f"{url.scheme}://{url.hostname}:{url.port}" if url is not None else "NATS"
         if as_json:
-            sys.stdout.write(json.dumps({"url": where, "workflows": engine.workflows}) + "\n")
+            ready = {"url": where, "workflows": engine.workflows, "metrics_port": ops.port if ops else None}
+            sys.stdout.write(json.dumps(ready) + "\n")
         else:
-            typer.echo(f"serving {', '.join(engine.workflows) or 'no workflows'} on {where} (Ctrl-C stops)")
+            extra = f", metrics on port {ops.port}" if ops else ""
+            typer.echo(f"serving {', '.join(engine.workflows) or 'no workflows'} on {where}{extra} (Ctrl-C stops)")
         sys.stdout.flush()
         await stop.wait()
+        if probe is not None:
+            probe.cancel()
+        if ops is not None:
+            ops.stop()
         await control.stop()
         await inject.stop()
+
+
+async def _start_ops(settings: Settings, engine: Engine, nc: NATS) -> tuple[Any, asyncio.Task[None] | None]:
+    """The engine's /healthz, /readyz and /metrics when a metrics port is set; readiness follows NATS."""
+    if settings.metrics_port is None:
+        return None, None
+    from ..engine._metrics import EngineMetrics
+    from ..nats._subjects import EVENTS_STREAM
+    from ..workers import Health, OpsServer
+
+    health, metrics = Health(), EngineMetrics(engine)
+    ops = OpsServer(health, metrics, settings.metrics_host, settings.metrics_port)
+    ops.start()
+    js = nc.jetstream(timeout=2.0)
+
+    async def probe() -> None:
+        while True:
+            health.connected = nc.is_connected
+            try:
+                await js.stream_info(EVENTS_STREAM)
+                health.streams = True
+            except Exception:
+                health.streams = False
+            await asyncio.sleep(2.0)
+
+    return ops, asyncio.get_running_loop().create_task(probe())
 
 
 # -- inject --------------------------------------------------------------------------------------------------

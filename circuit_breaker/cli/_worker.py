@@ -196,10 +196,11 @@ def dlq_show(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
 @dlq_app.command("retry")
 def dlq_retry(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
     """Put the task back on its queue as the next attempt, and remove the dead letter."""
+    from ..nats._subjects import task_subject
     from ..workers import retry_dead_letter
 
     task = _dlq(nats_url, lambda js: retry_dead_letter(js, entry))
-    typer.echo(f"task {task.task_id} queued again as attempt {task.attempt} on cb.task.{task.kind}")
+    typer.echo(f"task {task.task_id} queued again as attempt {task.attempt} on {task_subject(task.kind, task.task_id)}")
 
 
 @dlq_app.command("drop")

@@ -13,6 +13,7 @@ from ..rules._policy import ResolvedPolicy
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from ._remote import RemoteAction
     from ._transition import Action, Trigger
 
 
@@ -43,6 +44,8 @@ class CompiledTransition:
     max_parallel: int | None = None
     rate_limit: tuple[int, float] | None = None
     desc: str = ""
+    # Set when the action runs on a worker: the engine fires in two phases (started, then fired).
+    remote: RemoteAction | None = None
 
     @property
     def is_manual(self) -> bool:

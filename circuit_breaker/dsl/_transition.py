@@ -11,6 +11,7 @@ from ..errors import DefinitionError
 from ..retry import RetryPolicy
 from ..rules import Policy
 from ..rules._policy import PolicyValue
+from ._remote import RemoteAction, remote_action
 
 if TYPE_CHECKING:
     from ..token import Token
@@ -58,6 +59,7 @@ class Transition:
         "name",
         "outputs",
         "rate_limit",
+        "remote",
         "retry_policy",
         "rules",
         "timeout",
@@ -93,6 +95,7 @@ class Transition:
         self.guards = Policy.of(guards, what=f"transition {name!r} guards")
         self.rules = Policy.of(rules, what=f"transition {name!r} rules")
         self.handler: Action | None = None
+        self.remote: RemoteAction | None = None
         if trigger not in TRIGGERS:
             raise DefinitionError(
                 f"transition {name!r}: trigger must be 'auto' or 'manual', got {trigger!r}", workflow=workflow.name
@@ -139,8 +142,13 @@ class Transition:
         self.workflow._changed()
         return self
 
-    def action(self, fn: ActionLike) -> Transition:
-        """Set the action: a function ``(token) -> dict | None``, sync or async, or an executor."""
+    def action(self, fn: ActionLike, *, remote: bool = False, deadline: float | None = None) -> Transition:
+        """Set the action: a function ``(token) -> dict | None``, sync or async, or an executor.
+
+        ``remote=True`` (executors only) runs it on a worker (``circuit-breaker worker``) when the engine has a
+        JetStream store; the embedded engine runs it in-process the same way. ``deadline``: seconds the engine
+        waits for one attempt's result before handing the task out again (``.retry``) or failing it.
+        """
         if inspect.isclass(fn):
             raise DefinitionError(
                 f"transition {self.name!r}: action {fn.__name__} is a class; pass an instance, e.g. {fn.__name__}(...)",
@@ -158,6 +166,9 @@ class Transition:
                 f"transition {self.name!r}: action {getattr(fn, '__name__', fn)!r} must take one argument (the token)",
                 workflow=self.workflow.name,
             )
+        self.remote = (
+            remote_action(fn, deadline=deadline, transition=self.name, workflow=self.workflow.name) if remote else None
+        )
         self.handler = fn
         self.workflow._changed()
         return self

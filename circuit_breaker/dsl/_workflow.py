@@ -284,6 +284,7 @@ class Workflow:
                     collect=t.collect,
                     max_parallel=t.max_parallel or _place_limit(self._place_limits, t),
                     rate_limit=t.rate_limit,
+                    remote=t.remote,
                 )
             )
         if errors:

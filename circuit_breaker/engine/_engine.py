@@ -31,6 +31,7 @@ from ..dsl._firing import (
     produce,
     run_action,
 )
+from ..dsl._remote import RemoteAction, remote_action
 from ..dsl._workflow import _NAME as _PLAIN_NAME
 from ..dsl._workflow import check_name
 from ..errors import (
@@ -69,7 +70,9 @@ from ._context import Firing
 from ._context import _current as _current_firing
 from ._instance import Instance
 from ._lifecycle import TERMINAL, InstanceStatus, next_status
+from ._remote import RemoteActions
 from ._run import NO_LOCK, Run
+from ._tasks import TaskQueue
 
 log = logging.getLogger("circuit_breaker.engine")
 
@@ -94,6 +97,8 @@ class Engine:
         workflows: Iterable[Workflow] = (),
         drive: bool = True,
         follow: bool = True,
+        tasks: TaskQueue | None = None,
+        remote_executors: Iterable[str] = (),
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         # drive=False: an observer (a CLI query, a dashboard) that folds stored instances but never resumes
@@ -107,7 +112,8 @@ class Engine:
         self._shared = isinstance(self.store, SharedStore)
         self._workflows: dict[str, CompiledWorkflow] = {}
         self._runs: dict[str, Run] = {}
-        self._subscribers: list[tuple[Callable[[Event], bool], asyncio.Queue[Event | None]]] = []
+        # (filter, sink): live events go to followers' queues and to listeners (metrics); None means "closed".
+        self._subscribers: list[tuple[Callable[[Event], bool], Callable[[Event | None], None]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starts: dict[tuple[str, str], deque[float]] = {}  # recent action starts, for rate limits
         self._closed = False
@@ -117,6 +123,11 @@ class Engine:
         self._loading: list[asyncio.Task[None]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._open_start = 0
+        # Remote actions: ``tasks`` carries them to workers (default: the store's task queue on JetStream, else
+        # in-process). ``remote_executors`` makes every action of those executor kinds remote.
+        self._remote_kinds = frozenset(remote_executors)
+        self._by_kind: dict[tuple[str, str], RemoteAction] = {}
+        self._remote = RemoteActions(self, tasks)
         for wf in workflows:
             self.register(wf)
 
@@ -159,15 +170,16 @@ class Engine:
         self._closed = True
         await _cancel([t for t in (self._watcher, *self._loading) if t is not None])
         await _cancel(list(self._tasks))
-        for _, queue in self._subscribers:
-            queue.put_nowait(None)
+        await self._remote.close()
+        for _, sink in self._subscribers:
+            sink(None)
         self._subscribers.clear()
         await self.store.close()
 
     # -- workflows -------------------------------------------------------------------------------------
     def register(self, workflow: Workflow) -> CompiledWorkflow:
         """Check and add a workflow; raises DefinitionError naming every problem."""
-        cw = workflow.compile()
+        cw = self._remote_by_kind(workflow.compile())
         known = self._workflows.get(workflow.name)
         if known is not None and known.source is not workflow:
             raise DuplicateNameError(
@@ -180,6 +192,23 @@ class Engine:
             self._schedule_load(cw)
         return cw
 
+    def _remote_by_kind(self, cw: CompiledWorkflow) -> CompiledWorkflow:
+        """Note the executor actions of the kinds this engine runs remotely (``remote_executors``). The compiled
+        workflow is shared (a workflow caches it), so the choice is kept here, not written into it."""
+        if self._remote_kinds:
+            for ct in cw.transitions.values():
+                executor = getattr(ct.handler, "executor", None)
+                if ct.remote is None and getattr(executor, "name", None) in self._remote_kinds:
+                    spec = remote_action(ct.handler, deadline=None, transition=ct.name, workflow=cw.name)
+                    self._by_kind[(cw.name, ct.name)] = spec
+        return cw
+
+    def remote_of(self, workflow: str, ct: CompiledTransition) -> RemoteAction | None:
+        """How ``ct`` runs remotely, or None when its action runs in this process."""
+        if ct.remote is not None or not self._by_kind:
+            return ct.remote
+        return self._by_kind.get((workflow, ct.name))
+
     @property
     def workflows(self) -> list[str]:
         return list(self._workflows)
@@ -189,7 +218,7 @@ class Engine:
             known = self._workflows.get(workflow.name)
             if known is not None and known.source is workflow:
                 # Re-compile in case the definition changed since registration.
-                compiled: CompiledWorkflow = workflow.compile()
+                compiled = self._remote_by_kind(workflow.compile())
                 self._workflows[workflow.name] = compiled
                 return compiled
             return self.register(workflow)
@@ -234,7 +263,10 @@ class Engine:
                     self._loading.pop(0)
 
     async def _load(self, cw: CompiledWorkflow) -> None:
-        """Fold the stored events of ``cw``'s instances; instances still running go on."""
+        """Fold the stored events of ``cw``'s instances; instances still running go on, and their remote tasks
+        in flight are checked (queued, or their result applied)."""
+        if any(self.remote_of(cw.name, ct) is not None for ct in cw.ordered):
+            await self._remote.listen(cw.name)
         atomic = getattr(self.store, "appends_atomically", False)
         runs: dict[str, Run] = {}
         async for event in self.store.replay(workflow=cw.name):
@@ -252,9 +284,10 @@ class Engine:
             run.local = self.drive
             self._runs[iid] = run
             run.update_settled()
+            if run.pending and self.drive:
+                self._spawn(run, self._remote.recover(run))
             if self.drive and (
-                run.status is RUNNING
-                or (run.status is WAITING and (run.all_final() or self._auto_possible(run)))
+                run.status is RUNNING or (run.status is WAITING and (run.all_final() or self._auto_possible(run)))
             ):
                 self._kick(run)  # go on where it stopped (a waiting one whose follow-up was never stored too)
 
@@ -489,19 +522,7 @@ class Engine:
                 raise TransitionRejectedError(run.cw.name, transition, instance_id, list(post.errors))
             await self._commit_fire(run, ct, consumed, view, view.data, actor)
         else:
-            run.reserve(consumed)
-            try:
-                data = await self._run_action(run, ct, view, actor, raise_on_failure=True, consumed=consumed)
-                if data is None:  # another engine moved the instance on while the action ran
-                    raise ConcurrencyError(run.id, run.seq)
-                after = view.model_copy(update={"data": data})
-                post = post_check(ct, after)
-                if not post.valid:
-                    await self._reject(run, ct, consumed, list(post.errors), "rules", actor)
-                    raise TransitionRejectedError(run.cw.name, transition, instance_id, list(post.errors))
-                await self._commit_fire(run, ct, consumed, after, data, actor)
-            finally:
-                run.release(consumed)
+            await self._fire_action(run, ct, consumed, view, actor)
         if ct.feeds_auto or run.status is RUNNING or (ct.outputs_final and run.all_final()):
             try:
                 await self._after_fire(run, ct)
@@ -514,12 +535,37 @@ class Engine:
                 raise
         return run.snapshot()
 
+    async def _fire_action(
+        self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token, actor: str | None
+    ) -> None:
+        """A manual firing's action: run here, or on a worker (returning once its result is applied)."""
+        if self.remote_of(run.cw.name, ct) is not None:
+            waiter = await self._remote.dispatch(run, ct, consumed, view, actor, wait=True)
+            assert waiter is not None
+            await asyncio.shield(waiter)  # a caller giving up does not stop the task; its result still counts
+            return
+        run.reserve(consumed)
+        try:
+            data = await self._run_action(run, ct, view, actor, raise_on_failure=True, consumed=consumed)
+            if data is None:  # another engine moved the instance on while the action ran
+                raise ConcurrencyError(run.id, run.seq)
+            after = view.model_copy(update={"data": data})
+            post = post_check(ct, after)
+            if not post.valid:
+                await self._reject(run, ct, consumed, list(post.errors), "rules", actor)
+                raise TransitionRejectedError(run.cw.name, ct.name, run.id, list(post.errors))
+            await self._commit_fire(run, ct, consumed, after, data, actor)
+        finally:
+            run.release(consumed)
+
     async def retry(self, instance_id: str, actor: str | None = None) -> Instance:
         """Try again: a failed instance gets its incidents resolved; a waiting one has the automatic
         transitions its policies refused reconsidered (after the world they depend on changed)."""
         run = await self._change_status(
             instance_id, lambda r: "proceed" if r.status is WAITING else "retry", actor, "retried by hand", retry=True
         )
+        if any(p.dead for p in run.pending.values()):
+            await self._remote.redispatch_dead(run, actor)
         self._kick(run)
         return run.snapshot()
 
@@ -561,6 +607,16 @@ class Engine:
                     raise
         raise AssertionError("unreachable")
 
+    def add_listener(self, listener: Callable[[Event | None], None]) -> Callable[[], None]:
+        """Call ``listener`` with every event this engine stores or follows from now on (None when the engine
+        closes); returns the function that removes it. It runs on the hot path: keep it to counting."""
+        self._subscribers.append((_always, listener))
+
+        def remove() -> None:
+            self._subscribers[:] = [s for s in self._subscribers if s[1] is not listener]
+
+        return remove
+
     def events(
         self,
         *,
@@ -592,7 +648,8 @@ class Engine:
         queue: asyncio.Queue[Event | None] | None = None
         if follow and not self._closed:
             queue = asyncio.Queue()
-            self._subscribers.append((match, queue))
+            sink = queue.put_nowait
+            self._subscribers.append((match, sink))
         seen: dict[str, int] = {}
         try:
             async for event in self.store.replay(workflow=workflow, instance_id=instance):
@@ -610,7 +667,7 @@ class Engine:
                 yield item
         finally:
             if queue is not None:
-                self._subscribers[:] = [s for s in self._subscribers if s[1] is not queue]
+                self._subscribers[:] = [s for s in self._subscribers if s[1] is not sink]
 
     # -- committing events -----------------------------------------------------------------------------
     async def _append(
@@ -637,9 +694,9 @@ class Engine:
             self._notify(event)
 
     def _notify(self, event: Event) -> None:
-        for match, queue in self._subscribers:
+        for match, sink in self._subscribers:
             if match(event):
-                queue.put_nowait(event)
+                sink(event)
 
     async def _commit_fire(
         self,
@@ -696,6 +753,7 @@ class Engine:
             transition=ct.name,
             consumed=consumed_ids,
             produced=produced_list,
+            task_id=None,
         )
         return event, consumed, produced, entry
 
@@ -717,6 +775,7 @@ class Engine:
                 tokens=[t.id for ts in consumed.values() for t in ts],
                 errors=[default_masker().mask_text(e) for e in errors],
                 stage=stage,
+                task_id=None,
             )
             await self._append(run, event)
 
@@ -729,6 +788,8 @@ class Engine:
         details: dict[str, Any] | None = None,
     ) -> None:
         async with run.lock:
+            if trigger == "complete" and run.status is InstanceStatus.COMPLETED:
+                return  # completed meanwhile (a manual firing and the scheduler both saw the last token land)
             status = next_status(run.id, run.status, trigger)
             if trigger == "complete":
                 event: Event = _next_event(
@@ -831,8 +892,10 @@ class Engine:
 
     async def _settle(self, run: Run) -> None:
         """No automatic firing is possible now: completed when every token rests in a final place, else waiting."""
-        if run.inflight or run.wake_at is not None:
-            return  # something will still happen by itself: an action finishing, a timer (timeout, rate limit)
+        if run.inflight or run.wake_at is not None or (run.pending and run.tasks_running()):
+            # Something will still happen by itself: an action or a remote task finishing, a timer (timeout,
+            # rate limit).
+            return
         if run.status is RUNNING or run.status is WAITING:
             if run.all_final():
                 await self._set_status(run, "complete", None)
@@ -884,23 +947,43 @@ class Engine:
                     await self._reject(run, ct, consumed, list(pre.errors), "validations", None)
                     continue
                 if ct.handler is None:
-                    post = post_check(ct, view)
-                    if not post.valid:
-                        await self._reject(run, ct, consumed, list(post.errors), "rules", None)
-                        continue
-                    expanded = None
-                    if ct.expand is not None:
-                        try:
-                            expanded = ct.expand(view, consumed)
-                        except CircuitBreakerError as err:
-                            await self._reject(run, ct, consumed, [str(err)], "rules", None)
-                            continue
-                    await self._commit_fire(run, ct, consumed, view, view.data, None, expanded)
+                    if await self._fire_plain(run, ct, consumed, view):
+                        return True
+                    continue
+                if await self._start_action(run, ct, consumed, view):
                     return True
-                run.reserve(consumed)
-                run.inflight += 1
-                run.running[ct.name] = run.running.get(ct.name, 0) + 1
-                self._spawn(run, self._fire_with_action(run, ct, consumed, view))
+        return False
+
+    async def _fire_plain(
+        self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token
+    ) -> bool:
+        """Fire a transition without an action at once; False when its rules (or its expansion) refused."""
+        post = post_check(ct, view)
+        if not post.valid:
+            await self._reject(run, ct, consumed, list(post.errors), "rules", None)
+            return False
+        expanded = None
+        if ct.expand is not None:
+            try:
+                expanded = ct.expand(view, consumed)
+            except CircuitBreakerError as err:
+                await self._reject(run, ct, consumed, [str(err)], "rules", None)
+                return False
+        await self._commit_fire(run, ct, consumed, view, view.data, None, expanded)
+        return True
+
+    async def _start_action(
+        self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token
+    ) -> bool:
+        """Start ``ct``'s action with ``consumed``. A remote one is dispatched (the marking changed: returns True);
+        a local one runs in its own task, its tokens reserved meanwhile."""
+        if ct.remote is not None or (self._by_kind and self.remote_of(run.cw.name, ct) is not None):
+            await self._remote.dispatch(run, ct, consumed, view, None)
+            return True
+        run.reserve(consumed)
+        run.inflight += 1
+        run.running[ct.name] = run.running.get(ct.name, 0) + 1
+        self._spawn(run, self._fire_with_action(run, ct, consumed, view))
         return False
 
     def _selections(self, run: Run, ct: CompiledTransition) -> Iterator[dict[str, tuple[Token, ...]]]:
@@ -942,8 +1025,12 @@ class Engine:
 
     def _may_start(self, run: Run, ct: CompiledTransition) -> bool:
         """Whether another action of ``ct`` may start now (its max_parallel and rate limit)."""
-        if ct.max_parallel is not None and run.running.get(ct.name, 0) >= ct.max_parallel:
-            return False
+        if ct.max_parallel is not None:
+            running = run.running.get(ct.name, 0)
+            if run.pending:
+                running += sum(1 for p in run.pending.values() if p.transition == ct.name)
+            if running >= ct.max_parallel:
+                return False
         if ct.rate_limit is not None:
             count, window = ct.rate_limit
             starts = self._starts.setdefault((run.cw.name, ct.name), deque())
@@ -1092,6 +1179,7 @@ class Engine:
                 incident=None,
                 consumed=[],
                 produced=[],
+                task_id=None,
             )
             await self._append(run, event)
 
@@ -1143,6 +1231,7 @@ class Engine:
                 incident=None if handled else new_id(),
                 consumed=token_ids if produced else [],
                 produced=produced,
+                task_id=None,
             )
             await self._append(run, event)
         if not handled and run.status in (RUNNING, WAITING):
@@ -1154,6 +1243,10 @@ E = TypeVar("E", bound=BaseModel)
 
 def _ignore(_: int) -> None:
     return None
+
+
+def _always(_: Event) -> bool:
+    return True
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

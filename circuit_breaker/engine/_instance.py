@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..events import ErrorInfo
 from ..token import History, Token
 from ._lifecycle import InstanceStatus
+from ._tasks import InFlightTask
 
 
 class Incident(BaseModel):
@@ -42,6 +43,9 @@ class Instance(BaseModel):
     incidents: list[Incident] = Field(default_factory=list)
     history: History = Field(default_factory=History, description="the instance's audit trail, oldest first")
     enabled_manual: list[str] = Field(default_factory=list, description="manual transitions that could fire now")
+    tasks: list[InFlightTask] = Field(
+        default_factory=list, description="remote actions in flight; the tokens they took are not in ``tokens``"
+    )
 
     def tokens_in(self, place: str) -> list[Token]:
         return [t for t in self.tokens if t.place == place]
@@ -88,5 +92,6 @@ class Instance(BaseModel):
             "tokens": [{"id": t.id, "place": t.place, "data": t.data} for t in self.tokens],
             "incidents": [i.model_dump(mode="json") for i in self.incidents],
             "enabled_manual": list(self.enabled_manual),
+            "tasks": [t.model_dump(mode="json") for t in self.tasks],
             "history": self.history.to_records(),
         }

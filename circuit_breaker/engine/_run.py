@@ -20,11 +20,13 @@ from ..events import (
     TransitionFailed,
     TransitionFired,
     TransitionRejected,
+    TransitionStarted,
 )
 from ..net import Marking, fire, is_enabled
 from ..token import History, HistoryEntry, Token
 from ._instance import Incident, Instance
 from ._lifecycle import SETTLED, InstanceStatus
+from ._tasks import PendingTask
 
 
 class _NoLock:
@@ -55,6 +57,7 @@ class Run:
         "local",
         "lock",
         "marking",
+        "pending",
         "rejected",
         "reserved",
         "reserved_in",
@@ -90,6 +93,7 @@ class Run:
         self.running: dict[str, int] = {}  # actions in flight per transition (for max_parallel)
         self.wake_at: float | None = None  # loop time of the next timed scheduler pass, if any
         self.local = False  # this engine drives it (started, loaded or fired it here), not just follows it
+        self.pending: dict[str, PendingTask] = {}  # remote tasks in flight, by task id (their tokens wait there)
 
     # -- reservations ------------------------------------------------------------------------------------
     def reserve(self, consumed: Mapping[str, tuple[Token, ...]]) -> None:
@@ -131,13 +135,20 @@ class Run:
         """Apply one event. ``consumed`` and ``produced`` (tokens by place) are hints from the live path that
         save regrouping the event's tokens; replay goes without them."""
         if isinstance(event, TransitionFired):
-            self._apply_fired(event, consumed, produced, entry)
+            if event.task_id is not None:
+                self._apply_task_done(event, entry)
+            else:
+                self._apply_fired(event, consumed, produced, entry)
+        elif isinstance(event, TransitionStarted):
+            self._apply_started(event)
         elif isinstance(event, TokenInjected):
             tok = event.token
             self.marking = self.marking.add(tok.place or self.cw.initial_place, tok)
             self.created_at = event.time
             self._record(event, "created", None, (), (tok.place or "",), {"token": tok.id})
         elif isinstance(event, TransitionRejected):
+            if event.task_id is not None:
+                self._restore(event.task_id)
             self.rejected.add((event.transition, tuple(event.tokens)))
             self._record(event, "rejected", event.transition, (), (), {"errors": event.errors, "stage": event.stage})
         elif isinstance(event, TransitionFailed):
@@ -194,14 +205,98 @@ class Run:
             from_places = ct.input_places if ct is not None else ()
             self._record(event, "fired", event.transition, from_places, tuple(produced))
 
+    def _apply_started(self, event: TransitionStarted) -> None:
+        known = self.pending.get(event.task_id)
+        if known is not None:  # handed out again: a new attempt of the same task
+            known.attempt = event.attempt
+            known.since = event.time
+            known.dead = False
+            self._record(
+                event, "dispatched", event.transition, (), (), {"task": event.task_id, "attempt": event.attempt}
+            )
+            return
+        ids = set(event.consumed)
+        taken: dict[str, tuple[Token, ...]] = {}
+        places: dict[str, tuple[Token, ...]] = {}
+        for place, toks in self.marking.items():
+            kept = tuple(t for t in toks if t.id not in ids)
+            if len(kept) != len(toks):
+                taken[place] = tuple(t for t in toks if t.id in ids)
+            if kept:
+                places[place] = kept
+        self.marking = Marking(places)
+        self.pending[event.task_id] = PendingTask(
+            task_id=event.task_id,
+            transition=event.transition,
+            tokens=taken,
+            attempt=event.attempt,
+            executor=event.executor,
+            data=event.data,
+            since=event.time,
+        )
+        self._record(
+            event, "started", event.transition, tuple(taken), (), {"task": event.task_id, "attempt": event.attempt}
+        )
+
+    def _apply_task_done(self, event: TransitionFired, entry: HistoryEntry | None) -> None:
+        """A remote action's result produced the outputs; its tokens were consumed when it started."""
+        assert event.task_id is not None
+        task = self.pending.pop(event.task_id, None)
+        if task is not None and task.timer is not None:
+            task.timer.cancel()
+        ct = self.cw.transitions.get(event.transition)
+        tokens = event.produced
+        if tokens and not tokens[0].history:
+            entry = HistoryEntry(
+                time=event.time,
+                kind="fired",
+                transition=event.transition,
+                from_places=ct.input_places if ct is not None else (),
+                to_places=ct.output_places if ct is not None else tuple(dict.fromkeys(t.place or "" for t in tokens)),
+                actor=event.actor,
+            )
+            tokens = self._with_history(tokens, event.consumed, entry, task)
+        produced = _by_place(tokens)
+        self.marking = self._move([], produced)
+        from_places = ct.input_places if ct is not None else ()
+        self._record(event, "fired", event.transition, from_places, tuple(produced), {"task": event.task_id})
+
+    def _restore(self, task_id: str) -> PendingTask | None:
+        """A remote action ended without producing: its tokens go back where they were."""
+        task = self.pending.pop(task_id, None)
+        if task is None:
+            return None
+        if task.timer is not None:
+            task.timer.cancel()
+        self.marking = self._move([], task.tokens)
+        return task
+
     def _apply_failed(self, event: TransitionFailed) -> None:
+        task: PendingTask | None = None
+        restored = False
+        if event.task_id is not None and event.task_id in self.pending:
+            task = self.pending[event.task_id]
+            if event.consumed and not event.produced:  # it ended: its tokens go back where they were
+                self._restore(event.task_id)
+                restored = True
+            elif event.consumed:  # it ended: its tokens go to the error place
+                self.pending.pop(event.task_id)
+                if task.timer is not None:
+                    task.timer.cancel()
+            elif event.incident is not None:  # dead-lettered: it stays in flight until someone retries it
+                task.dead = True
         details: dict[str, Any] = {"attempt": event.attempt, "error": event.error.model_dump()}
+        if event.task_id is not None:
+            details["task"] = event.task_id
         if event.incident is None and not event.consumed:
             details["will_retry"] = event.will_retry
             self._record(event, "failed", event.transition, (), (), details)
             return
         to_places: tuple[str, ...] = ()
-        if event.consumed:
+        if restored:
+            assert task is not None
+            to_places = tuple(task.tokens)
+        elif event.consumed:
             tokens = event.produced
             if tokens and not tokens[0].history:
                 ct = self.cw.transitions.get(event.transition)
@@ -214,7 +309,7 @@ class Run:
                     actor=event.actor,
                     details={"error": event.error.model_dump()},
                 )
-                tokens = self._with_history(tokens, event.consumed, entry)
+                tokens = self._with_history(tokens, event.consumed, entry, task)
             moved = _by_place(tokens)
             self.marking = self._move(event.consumed, moved)
             to_places = tuple(moved)
@@ -235,12 +330,15 @@ class Run:
         details["incident"] = event.incident
         self._record(event, "failed", event.transition, (), to_places, details)
 
-    def _with_history(self, tokens: list[Token], consumed_ids: list[str], entry: HistoryEntry) -> list[Token]:
+    def _with_history(
+        self, tokens: list[Token], consumed_ids: list[str], entry: HistoryEntry, task: PendingTask | None = None
+    ) -> list[Token]:
         """Produced tokens with the history firing gave them: the first consumed token's history plus ``entry``."""
         base = History()
         if consumed_ids:
             wanted = consumed_ids[0]
-            for tok in self.marking.tokens():
+            waiting = [t for ts in task.tokens.values() for t in ts] if task is not None else []
+            for tok in (*self.marking.tokens(), *waiting):
                 if tok.id == wanted:
                     base = tok.history
                     break
@@ -282,7 +380,7 @@ class Run:
     # -- views ---------------------------------------------------------------------------------------------
     def all_final(self) -> bool:
         finals = self.cw.final_places
-        return all(place in finals for place in self.marking)
+        return not self.pending and all(place in finals for place in self.marking)
 
     def enabled_manual(self) -> list[str]:
         """Manual transitions with enough unreserved tokens (their validations are checked when fired)."""
@@ -297,9 +395,18 @@ class Run:
                     out.append(ct.name)
         return out
 
+    def tasks_running(self) -> bool:
+        """Whether a remote task is in flight and not parked in the dead-letter queue."""
+        return any(not p.dead for p in self.pending.values())
+
     def update_settled(self) -> None:
-        # Not while a scheduler pass is pending: it may still move the instance on.
-        if self.status in SETTLED and not self.inflight and not self.advancing:
+        # Not while a scheduler pass is pending (it may still move the instance on), nor while a remote task runs.
+        if (
+            self.status in SETTLED
+            and not self.inflight
+            and not self.advancing
+            and not (self.pending and self.tasks_running())
+        ):
             self.settled.set()
         else:
             self.settled.clear()
@@ -318,6 +425,7 @@ class Run:
             incidents=list(self.incidents),
             history=self.history,
             enabled_manual=self.enabled_manual(),
+            tasks=[t.view() for t in self.pending.values()],
         )
 
 

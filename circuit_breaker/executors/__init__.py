@@ -18,6 +18,7 @@ from ._breaker import (
     default_breakers,
     set_default_breakers,
 )
+from ._local_tasks import LocalTaskQueue, run_task
 from ._params import ParamSpec, param
 from ._registry import BUILTINS, ENTRY_POINT_GROUP, ExecutorRegistry, default_registry
 from ._result import ExecutionResult
@@ -57,6 +58,8 @@ def __getattr__(attr: str) -> Any:
 
 
 __all__ = [
+    "LocalTaskQueue",
+    "run_task",
     "BUILTINS",
     "ENTRY_POINT_GROUP",
     "BreakerRegistry",

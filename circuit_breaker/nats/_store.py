@@ -217,6 +217,12 @@ class JetStreamStore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    def task_queue(self) -> Any:
+        """The engine's task queue for remote actions: tasks and results on this store's NATS connection."""
+        from ._dispatch import NatsTaskQueue
+
+        return NatsTaskQueue(self.connection, stream=self.settings, publish_timeout=self.publish_timeout)
+
     async def close(self) -> None:
         self._js = None
         if self._hello_sub is not None:

@@ -9,15 +9,18 @@ Any NATS client can use these names; they are part of the public protocol (see d
                                                 by the ``Nats-Msg-Id`` header
 ``cb.ctl.<workflow>.<verb>``                    request/reply to a serving engine: ``fire``, ``retry``,
                                                 ``pause``, ``resume``, ``cancel`` an instance
-``cb.task.<executor kind>``                     a task for the workers serving that executor, stream ``CB_TASKS``
-                                                (work queue); results on ``cb.result.<workflow>.<instance>``
-                                                (``CB_RESULTS``), dead letters on ``cb.dlq.<kind>`` (``CB_DLQ``)
+``cb.task.<executor kind>.<task id>``           a task for the workers serving that executor, stream ``CB_TASKS``
+                                                (work queue; the workers of a kind filter ``cb.task.<kind>.>``)
+``cb.result.<workflow>.<instance>.<task id>``   a task's outcome, stream ``CB_RESULTS``
+``cb.dlq.<executor kind>``                      dead letters: tasks no worker could finish, malformed task
+                                                messages, stream ``CB_DLQ``
 =============================================  ==================================================================
 
 Workflow and instance names are plain tokens (letters, digits, ``_`` and ``-``), checked when a workflow is
 defined and when an instance id is given, so they can never add a level to a subject or act as a wildcard.
 Filters: ``cb.ev.data_pipeline.>`` (one workflow), ``cb.ev.*.<instance>.*`` (one instance),
-``cb.ev.*.*.transition_fired`` (one event type).
+``cb.ev.*.*.transition_fired`` (one event type). Task ids are plain tokens too: the task and its results can be
+read by subject (the last message on ``cb.task.<kind>.<task id>`` or ``cb.result.<wf>.<instance>.<task id>``).
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ __all__ = [
     "inject_subject",
     "instance_filter",
     "instance_id_for",
+    "result_filter",
     "result_subject",
+    "task_filter",
     "task_subject",
     "worker_durable",
 ]
@@ -107,14 +112,31 @@ RESULT_PREFIX = "cb.result"
 DLQ_PREFIX = "cb.dlq"
 
 
-def task_subject(kind: str) -> str:
-    """Where tasks for one executor kind wait for a worker (one durable consumer per kind filters on it)."""
-    return f"{TASK_PREFIX}.{kind}"
+def task_subject(kind: str, task_id: str) -> str:
+    """Where one task waits for a worker of its executor kind (its last token is the task id, so the task can be
+    looked up in ``CB_TASKS`` by subject)."""
+    return f"{TASK_PREFIX}.{kind}.{task_id}"
 
 
-def result_subject(workflow: str, instance_id: str) -> str:
-    """Where a task's outcome goes: per instance, so an engine can read one instance's results in order."""
-    return f"{RESULT_PREFIX}.{workflow}.{instance_id}"
+def task_filter(kind: str) -> str:
+    """Every task of one executor kind: the filter of the kind's shared durable consumer."""
+    return f"{TASK_PREFIX}.{kind}.>"
+
+
+def result_subject(workflow: str, instance_id: str, task_id: str) -> str:
+    """Where a task's outcome goes: per instance and task, so an engine can read one instance's results in order
+    and look up the newest result of one task by subject."""
+    return f"{RESULT_PREFIX}.{workflow}.{instance_id}.{task_id}"
+
+
+def result_filter(workflow: str | None = None, instance_id: str | None = None) -> str:
+    """A subject filter for results; None means any (``cb.result.>``, ``cb.result.<wf>.>``,
+    ``cb.result.<wf or *>.<instance>.*``)."""
+    if instance_id is not None:
+        return f"{RESULT_PREFIX}.{workflow or '*'}.{instance_id}.*"
+    if workflow is not None:
+        return f"{RESULT_PREFIX}.{workflow}.>"
+    return f"{RESULT_PREFIX}.>"
 
 
 def dlq_subject(kind: str) -> str:

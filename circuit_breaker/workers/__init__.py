@@ -3,11 +3,13 @@
     from circuit_breaker.workers import Task, Worker, submit_task
 
 The engine side publishes a :class:`Task` with :func:`submit_task` and reads :class:`TaskResult` messages from
-``CB_RESULTS``; ``circuit-breaker worker`` runs a :class:`Worker`. The protocol is in docs/nats-protocol.md.
+``CB_RESULTS``; on recovery it looks one task up with :func:`task_queued` and :func:`stored_result`.
+``circuit-breaker worker`` runs a :class:`Worker`. The protocol models live in :mod:`circuit_breaker.tasks`
+(no NATS import) and are re-exported here; the protocol is in docs/nats-protocol.md.
 """
 
+from ..tasks import DeadLetter, DeadLetterReason, Task, TaskResult, parse_task, result_msg_id, task_msg_id
 from ._ops import Health, Metrics, OpsServer, setup_logging
-from ._protocol import DeadLetter, Task, TaskResult, parse_task, result_msg_id, task_msg_id
 from ._queue import (
     drop_dead_letter,
     ensure_task_streams,
@@ -16,12 +18,15 @@ from ._queue import (
     pending_tasks,
     results,
     retry_dead_letter,
+    stored_result,
     submit_task,
+    task_queued,
 )
 from ._worker import Worker, backoff_delay
 
 __all__ = [
     "DeadLetter",
+    "DeadLetterReason",
     "Health",
     "Metrics",
     "OpsServer",
@@ -39,6 +44,8 @@ __all__ = [
     "results",
     "retry_dead_letter",
     "setup_logging",
+    "stored_result",
     "submit_task",
     "task_msg_id",
+    "task_queued",
 ]

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["Health", "JsonFormatter", "Metrics", "OpsServer", "setup_logging"]
 
@@ -93,6 +93,15 @@ class Metrics:
         return bytes(prom.generate_latest(self.registry))
 
 
+class MetricsSource(Protocol):
+    """What /metrics serves: a worker's :class:`Metrics` or an engine's ``EngineMetrics``."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def render(self) -> bytes: ...
+
+
 class Health:
     """What the probes answer, written by the worker's loop: ``ready`` once subscribed with NATS connected."""
 
@@ -113,7 +122,7 @@ class OpsServer:
     """``/healthz`` (the process answers), ``/readyz`` (NATS connected, streams present; 503 otherwise) and
     ``/metrics`` (Prometheus text) on ``host:port`` (port 0: a free one; read ``.port`` after ``start()``)."""
 
-    def __init__(self, health: Health, metrics: Metrics, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, health: Health, metrics: MetricsSource, host: str = "127.0.0.1", port: int = 0) -> None:
         self.health = health
         self.metrics = metrics
         self._server = ThreadingHTTPServer((host, port), self._handler())

@@ -1,15 +1,21 @@
 """The task streams and what engines, operators and tests do with them: submit, read results, count what waits,
-and handle dead letters (list, show, retry, drop).
+look one task up (still queued? its newest result?), and handle dead letters (list, show, retry, drop).
 
 ``CB_TASKS`` is a work queue (a task is deleted once a worker acknowledged it; discard-new, so a full stream
 refuses a task instead of dropping one); ``CB_RESULTS`` and ``CB_DLQ`` keep messages (``stream.max_age``
 applies) so an engine can read results durably and an operator can inspect dead letters.
+
+Tasks and results carry the task id as their last subject token, so :func:`task_queued` and
+:func:`stored_result` are one request each: the stream's last message on that subject (``allow_direct`` is on
+for every stream, see :func:`~circuit_breaker.nats._store.ensure_stream`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections import Counter
 from typing import Any
 
 import nats.errors
@@ -26,10 +32,11 @@ from ..nats._subjects import (
     RESULTS_STREAM,
     TASK_PREFIX,
     TASKS_STREAM,
+    result_filter,
     result_subject,
     task_subject,
 )
-from ._protocol import DeadLetter, Task, TaskResult, task_msg_id
+from ..tasks import DeadLetter, Task, TaskResult, task_msg_id
 
 __all__ = [
     "drop_dead_letter",
@@ -39,11 +46,14 @@ __all__ = [
     "pending_tasks",
     "results",
     "retry_dead_letter",
+    "stored_result",
     "submit_task",
+    "task_queued",
 ]
 
 MSG_ID = "Nats-Msg-Id"
 PUBLISH_TIMEOUT = 5.0
+STREAM_NOT_FOUND = 10059  # JetStream error code: the stream itself is missing (not just the message)
 
 
 async def ensure_task_streams(js: Any, settings: StreamSettings) -> None:
@@ -65,7 +75,7 @@ async def submit_task(js: Any, task: Task, *, timeout: float = PUBLISH_TIMEOUT) 
     """Publish ``task`` for the workers of its kind; False when the stream already had this attempt (a retried
     publish within the duplicate window), True when it is new."""
     ack = await js.publish(
-        task_subject(task.kind),
+        task_subject(task.kind, task.task_id),
         task.model_dump_json().encode(),
         timeout=timeout,
         headers={MSG_ID: task_msg_id(task.task_id, task.attempt)},
@@ -78,18 +88,61 @@ async def results(
 ) -> list[TaskResult]:
     """Every stored result (of one workflow or instance), in the order stored; for tests and scripts (an engine
     reads them with a durable consumer instead)."""
-    subject = result_subject(workflow or "*", instance_id or "*")
+    subject = result_filter(workflow, instance_id)
     return [TaskResult.model_validate_json(data) for _, data in await _read_all(js, RESULTS_STREAM, subject, timeout)]
 
 
 async def pending_tasks(js: Any) -> dict[str, int]:
-    """Tasks waiting (or in a worker's hands) per executor kind: a kind no worker serves shows up here."""
+    """Tasks waiting (or in a worker's hands) per executor kind: a kind no worker serves shows up here.
+
+    An operator's call: it reads the stream's count per subject, one subject per task, so it costs O(pending)."""
+    counts: Counter[str] = Counter()
+    offset = 0
+    while True:
+        try:
+            page = await js._api_request(
+                f"{js._prefix}.STREAM.INFO.{TASKS_STREAM}",
+                json.dumps({"subjects_filter": f"{TASK_PREFIX}.>", "offset": offset}).encode(),
+                timeout=PUBLISH_TIMEOUT,
+            )
+        except NotFoundError:
+            return {}
+        subjects: dict[str, int] = page.get("state", {}).get("subjects") or {}
+        for subject, count in subjects.items():
+            counts[subject[len(TASK_PREFIX) + 1 :].split(".", 1)[0]] += int(count)
+        offset += len(subjects)
+        if not subjects or offset >= int(page.get("total") or 0):
+            break  # the server sends at most 100,000 subjects per answer; "total" says how many there are
+    return dict(sorted(counts.items()))
+
+
+async def task_queued(js: Any, kind: str, task_id: str, *, direct: bool = True) -> bool:
+    """Whether a message of this task is still in ``CB_TASKS``: waiting, or in a worker's hands (a worker
+    acknowledges it only after its result, or its dead letter, is stored). One request.
+
+    ``direct`` reads through the stream's direct-get API, which any replica may answer; with replicated streams
+    pass ``direct=False`` to ask the stream leader (read-after-write, one JetStream API request). A missing
+    stream, or any other NATS error, is raised."""
+    return await _last_msg(js, TASKS_STREAM, task_subject(kind, task_id), direct) is not None
+
+
+async def stored_result(
+    js: Any, workflow: str, instance_id: str, task_id: str, *, direct: bool = True
+) -> TaskResult | None:
+    """The newest result stored in ``CB_RESULTS`` for this task (any attempt), or None. One request; ``direct``
+    as for :func:`task_queued`."""
+    msg = await _last_msg(js, RESULTS_STREAM, result_subject(workflow, instance_id, task_id), direct)
+    return None if msg is None else TaskResult.model_validate_json(msg.data or b"{}")
+
+
+async def _last_msg(js: Any, stream: str, subject: str, direct: bool) -> Any:
+    """The stream's last message on ``subject``, None when it has none; other errors (the stream missing) raise."""
     try:
-        info = await js.stream_info(TASKS_STREAM, subjects_filter=f"{TASK_PREFIX}.>")
-    except NotFoundError:
-        return {}
-    subjects = info.state.subjects or {}
-    return {subject[len(TASK_PREFIX) + 1 :]: int(count) for subject, count in sorted(subjects.items())}
+        return await js.get_last_msg(stream, subject, direct=direct)
+    except NotFoundError as err:
+        if err.err_code == STREAM_NOT_FOUND:
+            raise
+        return None  # a direct get answers 404 with no code; the API answers 10037 "no message found"
 
 
 async def list_dead_letters(js: Any, *, timeout: float = 2.0) -> list[tuple[int, DeadLetter]]:

@@ -2,7 +2,7 @@
 
 Delivery rules (docs/nats-protocol.md, "Tasks and workers"):
 
-- one durable pull consumer per kind, ``cb-workers-<kind>`` filtering ``cb.task.<kind>``, shared by every
+- one durable pull consumer per kind, ``cb-workers-<kind>`` filtering ``cb.task.<kind>.>``, shared by every
   worker process (a consumer group); a worker fetches no more tasks than it has free slots (``concurrency``),
   because each fetched task's ``ack_wait`` clock runs from delivery;
 - a running task is kept with ``in_progress`` heartbeats every ``ack_wait / 3``; a worker that dies (kill -9)
@@ -11,9 +11,11 @@ Delivery rules (docs/nats-protocol.md, "Tasks and workers"):
   ``<task_id>:<attempt>:result``), then ack. A crash between the two runs the task again, but no second
   result is stored (within the results stream's duplicate window);
 - a retryable failure: nak with ``backoff_initial * 2^(deliveries-1)`` (capped at ``backoff_max``), until
-  ``max_deliver`` deliveries: then a :class:`DeadLetter` and ack; a task delivered more than ``max_deliver``
-  times (its workers kept dying) goes to the dead letters without running again;
-- a message that is not a valid task: a dead letter with the reason, then ack (it can never succeed).
+  ``max_deliver`` deliveries: then a :class:`DeadLetter`, then a :class:`TaskResult` with status
+  ``dead_lettered`` (same result id, so the engine learns of it from ``CB_RESULTS``), then ack; a task
+  delivered more than ``max_deliver`` times (its workers kept dying) goes the same way without running again;
+- a message that is not a valid task (or not on its own subject ``cb.task.<kind>.<task_id>``): a dead letter
+  with the reason, then ack (it can never succeed); no result, since there is no task to answer.
 
 The consumer itself has no ``max_deliver``: the server would then keep an exhausted task in the work queue
 for ever, invisible; the worker counts deliveries and moves it to ``CB_DLQ`` instead.
@@ -45,10 +47,10 @@ from ..events import ErrorInfo
 from ..executors import Executor, ExecutorRegistry, default_registry
 from ..executors._base import _DATA
 from ..nats._acks import AckedPublisher
-from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_subject, worker_durable
+from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_filter, task_subject, worker_durable
+from ..tasks import DeadLetter, Task, TaskResult, parse_task, result_msg_id
 from ..token import utcnow
 from ._ops import Health, Metrics
-from ._protocol import DeadLetter, Task, TaskResult, parse_task, result_msg_id
 from ._queue import MSG_ID, ensure_task_streams
 
 __all__ = ["Worker", "backoff_delay"]
@@ -183,7 +185,7 @@ class Worker:
         """Create or update the kind's shared durable (the last worker started sets ``ack_wait``) and bind."""
         config = ConsumerConfig(
             durable_name=worker_durable(kind),
-            filter_subject=task_subject(kind),
+            filter_subject=task_filter(kind),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait,
             max_deliver=-1,
@@ -194,7 +196,7 @@ class Worker:
         except APIError as err:
             raise WorkerError(
                 f"cannot create consumer {worker_durable(kind)!r} on {TASKS_STREAM}: {err.description}",
-                subject=task_subject(kind),
+                subject=task_filter(kind),
             ) from err
         return await self.js.pull_subscribe_bind(durable=worker_durable(kind), stream=TASKS_STREAM)
 
@@ -291,10 +293,16 @@ class Worker:
         deliveries = int(msg.metadata.num_delivered or 1)
         try:
             task = parse_task(msg.data)
-            if task.kind != kind:
-                raise ValueError(f"the task's executor {task.kind!r} does not match its subject {msg.subject!r}")
+            if task.kind != kind or msg.subject != task_subject(task.kind, task.task_id):
+                # The consumer filters cb.task.<kind>.>: the kind is checked against the consumer's, the whole
+                # subject against the task, so a lookup by subject (task_queued) always finds this very task.
+                raise ValueError(
+                    f"the task's executor {task.kind!r} and id {task.task_id!r} do not match its subject "
+                    f"{msg.subject!r} (expected {task_subject(task.kind, task.task_id)!r})"
+                )
         except ValueError as err:
-            await self._dead_letter(kind, msg, None, "malformed", f"not a valid task: {err}", deliveries, None)
+            message = f"not a valid task: {err}"
+            await self._dead_letter(kind, msg, None, "malformed", message, deliveries, None, None)
             return
         extra = _log_fields(task, self.worker_id)
         if self._stopping:
@@ -303,7 +311,7 @@ class Worker:
         if deliveries > self.settings.max_deliver:
             orphaned = ErrorInfo(kind="orphaned", message="the workers running it kept stopping (no ack in time)")
             message = f"delivered {deliveries} times (max_deliver {self.settings.max_deliver}) without finishing"
-            await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, orphaned)
+            await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, orphaned, None)
             return
         self.metrics.running(kind, 1)
         try:
@@ -320,7 +328,7 @@ class Worker:
             if deliveries >= self.settings.max_deliver:
                 message = f"failed {deliveries} times (max_deliver {self.settings.max_deliver}): {error.message}"
                 self.metrics.finished(kind, "dead_letter", outcome.duration)
-                await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, error)
+                await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, error, outcome)
                 return
             delay = backoff_delay(deliveries, self.settings.backoff_initial, self.settings.backoff_max)
             log.info("task %s failed (%s); retry in %.1fs", task.task_id, error.message, delay, extra=extra)
@@ -345,7 +353,7 @@ class Worker:
             duration=outcome.duration,
             traceparent=task.traceparent,
         )
-        subject = result_subject(task.workflow, task.instance_id)
+        subject = result_subject(task.workflow, task.instance_id, task.task_id)
         if not await self._publish(
             subject, result.model_dump_json().encode(), result_msg_id(task.task_id, task.attempt)
         ):
@@ -403,7 +411,11 @@ class Worker:
         message: str,
         deliveries: int,
         error: ErrorInfo | None,
+        outcome: _Outcome | None,
     ) -> None:
+        """Publish the dead letter; for a task (not a malformed message) then a ``dead_lettered`` result on the
+        task's result subject with the attempt's result id; then ack. A publish that fails naks the message: the
+        next delivery publishes again under the same ids (the streams drop what they already have)."""
         raw = None if task is not None else msg.data[:RAW_LIMIT].decode("utf-8", errors="replace")
         letter = DeadLetter.model_validate(
             {
@@ -424,6 +436,29 @@ class Worker:
         if not await self._publish(dlq_subject(kind), letter.model_dump_json().encode(), msg_id):
             await _settle(msg.nak(delay=1.0))
             return
+        if task is not None:
+            started = outcome.started if outcome is not None else utcnow()
+            result = TaskResult(
+                task_id=task.task_id,
+                attempt=task.attempt,
+                workflow=task.workflow,
+                instance_id=task.instance_id,
+                transition=task.transition,
+                status="dead_lettered",
+                error=error or ErrorInfo(kind="dead_lettered", message=message, retryable=False),
+                worker=self.worker_id,
+                deliveries=deliveries,
+                started=started,
+                finished=utcnow(),
+                duration=outcome.duration if outcome is not None else 0.0,
+                traceparent=task.traceparent,
+            )
+            subject = result_subject(task.workflow, task.instance_id, task.task_id)
+            if not await self._publish(
+                subject, result.model_dump_json().encode(), result_msg_id(task.task_id, task.attempt)
+            ):
+                await _settle(msg.nak(delay=1.0))
+                return
         await _settle(msg.ack())
         self.metrics.dead_lettered(kind, reason)
         log.warning("task message %s dead-lettered (%s): %s", _seq(msg), reason, message, extra=extra)

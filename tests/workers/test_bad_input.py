@@ -11,8 +11,10 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from circuit_breaker.nats._server import NatsServer
-from circuit_breaker.workers import list_dead_letters, pending_tasks, results
+from circuit_breaker.workers import list_dead_letters, pending_tasks, results, stored_result, task_queued
 
 from .conftest import CLI, make_task, submit_task, wait_results
 
@@ -48,7 +50,14 @@ async def test_a_poison_task_is_retried_on_the_backoff_schedule_then_dead_letter
     assert letter.reason == "max_deliver" and letter.deliveries == 3
     assert letter.task == task
     assert letter.last_error is not None and letter.last_error.kind == "exit_code" and letter.last_error.retryable
-    assert await results(js) == []  # no result: the engine waits (or watches CB_DLQ) until retried or dropped
+    # The engine learns of it from CB_RESULTS: a dead_lettered result of the attempt, with the last error.
+    got = await results(js)
+    assert [(r.task_id, r.attempt, r.status, r.deliveries, r.output) for r in got] == [
+        (task.task_id, 1, "dead_lettered", 3, {})
+    ]
+    assert got[0].error == letter.last_error and got[0].transition == task.transition
+    assert await stored_result(js, task.workflow, task.instance_id, task.task_id) == got[0]
+    assert await task_queued(js, task.kind, task.task_id) is False  # acked after the DLQ entry and the result
 
     # Two naks: after 0.5 s, then after 1 s; the third failure goes to the DLQ.
     times = [
@@ -71,9 +80,17 @@ async def test_a_poison_task_is_retried_on_the_backoff_schedule_then_dead_letter
     retried = cli(fresh_nats, "dlq", "retry", str(entry))
     assert retried.returncode == 0, retried.stderr
     assert "attempt 2" in retried.stdout
+    assert f"on cb.task.shell.{task.task_id}" in retried.stdout
     letters = await wait_letters(js, 1)  # the old entry is gone; the retried attempt fails again and is back
     assert [(lt.task.attempt if lt.task else None) for _, lt in letters] == [2]
     assert letters[0][0] != entry
+    for _ in range(50):  # the result follows its dead letter
+        newest = await stored_result(js, task.workflow, task.instance_id, task.task_id)
+        if newest is not None and newest.attempt == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert newest is not None and (newest.attempt, newest.status) == (2, "dead_lettered")
+    assert [(r.attempt, r.status) for r in await results(js)] == [(1, "dead_lettered"), (2, "dead_lettered")]
 
     dropped = cli(fresh_nats, "dlq", "drop", str(letters[0][0]))
     assert dropped.returncode == 0, dropped.stderr
@@ -84,16 +101,27 @@ async def test_a_poison_task_is_retried_on_the_backoff_schedule_then_dead_letter
 
 async def test_malformed_task_messages_go_to_the_dlq_with_the_reason(spawn, js) -> None:
     spawn("--executors", "set")
-    await js.publish("cb.task.set", b"this is not json", timeout=5)
-    await js.publish("cb.task.set", json.dumps({"task_id": "t1"}).encode(), timeout=5)  # fields missing
-    mismatched = make_task({"executor": "wait", "params": {"duration": 0}})
-    await js.publish("cb.task.set", mismatched.model_dump_json().encode(), timeout=5)
-    letters = await wait_letters(js, 3)
-    assert [lt.reason for _, lt in letters] == ["malformed"] * 3
+    await js.publish("cb.task.set.t0", b"this is not json", timeout=5)
+    await js.publish("cb.task.set.t1", json.dumps({"task_id": "t1"}).encode(), timeout=5)  # fields missing
+    other_kind = make_task({"executor": "wait", "params": {"duration": 0}})
+    await js.publish(f"cb.task.set.{other_kind.task_id}", other_kind.model_dump_json().encode(), timeout=5)
+    other_id = make_task({"executor": "set", "params": {"values": {}}})
+    await js.publish("cb.task.set.someone-else", other_id.model_dump_json().encode(), timeout=5)
+    letters = await wait_letters(js, 4)
+    assert [lt.reason for _, lt in letters] == ["malformed"] * 4
     assert letters[0][1].raw == "this is not json" and "not a valid task" in letters[0][1].message
     assert "workflow" in letters[1][1].message  # names a missing field
-    assert "does not match its subject" in letters[2][1].message
+    assert "do not match its subject" in letters[2][1].message
+    assert f"expected 'cb.task.set.{other_id.task_id}'" in letters[3][1].message
+    assert [lt.subject for _, lt in letters][-1] == "cb.task.set.someone-else"
     assert await pending_tasks(js) == {}  # none is redelivered
+    assert await results(js) == []  # malformed messages answer no task: CB_DLQ only
+
+
+def test_a_task_id_must_be_a_subject_token() -> None:
+    for bad in ("a.b", "a*", ">", "a b", "a:1"):
+        with pytest.raises(ValueError, match="task id"):
+            make_task({"executor": "set", "params": {}}, task_id=bad)
 
 
 async def test_a_non_retryable_failure_is_a_failed_result_at_once(spawn, js) -> None:
@@ -107,12 +135,14 @@ async def test_a_non_retryable_failure_is_a_failed_result_at_once(spawn, js) -> 
 
 async def test_a_task_for_a_kind_no_worker_serves_waits_visibly(spawn, js, fresh_nats) -> None:
     spawn("--executors", "set")
-    await submit_task(js, make_task({"executor": "docker", "params": {"image": "x", "command": ["true"]}}))
+    for n in range(3):  # one subject per task: counted per kind
+        await submit_task(js, make_task({"executor": "docker", "params": {"image": "x", "command": ["true"]}}, n))
+    await submit_task(js, make_task({"executor": "http", "params": {"url": "http://127.0.0.1:9/"}}))
     await asyncio.sleep(1.0)
-    assert await pending_tasks(js) == {"docker": 1}
+    assert await pending_tasks(js) == {"docker": 3, "http": 1}
     status = cli(fresh_nats, "worker", "--status", "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout) == {"pending": {"docker": 1}, "dead_letters": 0}
+    assert json.loads(status.stdout) == {"pending": {"docker": 3, "http": 1}, "dead_letters": 0}
 
 
 async def test_metrics_and_health_endpoints(spawn, js) -> None:

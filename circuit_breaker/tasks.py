@@ -1,12 +1,19 @@
 """The task protocol between engines and workers: what is published, where, with which de-duplication id.
 
 Every model here crosses a process boundary (and a language one: docs/nats-protocol.md documents the JSON), so
-each is strict (``extra="forbid"``) and versioned by its fields only.
+each is strict (``extra="forbid"``) and versioned by its fields only. The engine and the workers both import
+this module; it imports no NATS client (the subjects are spelled in :mod:`circuit_breaker.nats._subjects`).
 
-- :class:`Task` on ``cb.task.<kind>`` (stream ``CB_TASKS``, work queue), ``Nats-Msg-Id: <task_id>:<attempt>``;
-- :class:`TaskResult` on ``cb.result.<workflow>.<instance>`` (``CB_RESULTS``),
+- :class:`Task` on ``cb.task.<kind>.<task_id>`` (stream ``CB_TASKS``, work queue),
+  ``Nats-Msg-Id: <task_id>:<attempt>``;
+- :class:`TaskResult` on ``cb.result.<workflow>.<instance>.<task_id>`` (``CB_RESULTS``),
   ``Nats-Msg-Id: <task_id>:<attempt>:result``: one per attempt, however often the task was delivered;
 - :class:`DeadLetter` on ``cb.dlq.<kind>`` (``CB_DLQ``): a task no worker could finish, or a malformed message.
+  A task that parsed is also answered by a result with status ``dead_lettered``, so the engine learns of it
+  from ``CB_RESULTS`` alone.
+
+The task id is the last subject token of both the task and its result, so one task's message and its newest
+result can be read directly by subject (``task_queued``, ``stored_result`` in :mod:`circuit_breaker.workers`).
 
 ``attempt`` is the fencing token: the engine raises it whenever it hands the same task out again (a timeout, a
 retry from the dead-letter queue), and applies a result only if its attempt is the one it last recorded for
@@ -23,12 +30,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..events import ErrorInfo
-from ..token import utcnow
+from .events import ErrorInfo
+from .token import utcnow
 
 __all__ = [
     "DeadLetter",
     "DeadLetterReason",
+    "ResultStatus",
     "Task",
     "TaskResult",
     "parse_task",
@@ -40,6 +48,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")  # a plain subject token: no '.', '*',
 _KIND = re.compile(r"^[a-z][a-z0-9_\-]*$")  # an executor's registered name
 
 DeadLetterReason = Literal["max_deliver", "malformed"]
+ResultStatus = Literal["succeeded", "failed", "dead_lettered"]
 
 
 def _token(value: str, what: str) -> str:
@@ -68,6 +77,11 @@ class Task(BaseModel):
     created: datetime = Field(default_factory=utcnow)
     traceparent: str | None = Field(None, description="W3C trace context, passed through to logs and the result")
 
+    @field_validator("task_id")
+    @classmethod
+    def _task_id_token(cls, value: str) -> str:
+        return _token(value, "task id")
+
     @field_validator("workflow", "instance_id")
     @classmethod
     def _subject_token(cls, value: str) -> str:
@@ -85,7 +99,7 @@ class Task(BaseModel):
 
     @property
     def kind(self) -> str:
-        """The executor kind: which workers serve this task (``cb.task.<kind>``)."""
+        """The executor kind: which workers serve this task (``cb.task.<kind>.<task_id>``)."""
         return str(self.executor["executor"])
 
     @classmethod
@@ -113,9 +127,13 @@ class TaskResult(BaseModel):
     workflow: str
     instance_id: str
     transition: str
-    status: Literal["succeeded", "failed"]
+    status: ResultStatus = Field(
+        description="succeeded; failed (final: retryable failures were retried); dead_lettered (in CB_DLQ)"
+    )
     output: dict[str, Any] = Field(default_factory=dict, description="the executor's output (succeeded only)")
-    error: ErrorInfo | None = Field(None, description="why it failed: kind, message, retryable, details")
+    error: ErrorInfo | None = Field(
+        None, description="why it failed or was dead-lettered: kind, message, retryable, details"
+    )
     worker: str = Field(description="which worker ran it (host:pid)")
     deliveries: int = Field(1, ge=1, description="how often the queue delivered this attempt (retries + 1)")
     started: datetime
@@ -131,7 +149,7 @@ class DeadLetter(BaseModel):
 
     reason: DeadLetterReason
     message: str
-    subject: str = Field(description="where the message came from (cb.task.<kind>)")
+    subject: str = Field(description="where the message came from (cb.task.<kind>.<task_id>)")
     task: Task | None = Field(None, description="the task; None when the message was malformed")
     raw: str | None = Field(None, description="a malformed message's payload (UTF-8, cut at 64 KiB)")
     deliveries: int = Field(ge=1)

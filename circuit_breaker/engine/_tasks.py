@@ -1,0 +1,91 @@
+"""Remote actions from the engine's side: the tasks an instance has in flight, and the queue that carries them.
+
+A :class:`TaskQueue` hands tasks to workers and brings their results back. On a JetStream store it is
+``circuit_breaker.nats.NatsTaskQueue`` (work-queue streams, any number of worker processes); the embedded engine
+uses :class:`circuit_breaker.executors.LocalTaskQueue`, which runs the same tasks in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from ..tasks import Task, TaskResult
+    from ..token import Token
+
+__all__ = ["InFlightTask", "PendingTask", "ResultHandler", "TaskQueue"]
+
+# Called with each result; returns once it is applied (or found moot). Raising hands the result back for later.
+ResultHandler = Callable[["TaskResult"], Awaitable[None]]
+
+
+@runtime_checkable
+class TaskQueue(Protocol):
+    """Where an engine sends remote actions, and whence their results come."""
+
+    async def open(self, deliver: ResultHandler) -> None:
+        """Start delivering results (of the workflows later passed to :meth:`listen`) to ``deliver``."""
+        ...
+
+    async def listen(self, workflow: str) -> None:
+        """Deliver the results of ``workflow``'s tasks from now on (and those stored while nobody listened)."""
+        ...
+
+    async def submit(self, task: Task) -> None:
+        """Hand ``task`` to the workers; a repeated submit of the same task and attempt must not run it twice."""
+        ...
+
+    async def recover(self, task: Task) -> None:
+        """After a restart: make sure ``task`` (in flight according to the store) is queued or its result known,
+        submitting it again only when it was lost."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class InFlightTask(BaseModel):
+    """A remote action an instance waits for (``Instance.tasks``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str
+    transition: str
+    attempt: int
+    executor: str
+    since: datetime
+    tokens: list[str]
+    dead_lettered: bool = False
+
+
+@dataclass(slots=True)
+class PendingTask:
+    """A task in flight, as the fold keeps it: the tokens it took wait here until its result ends it."""
+
+    task_id: str
+    transition: str
+    tokens: dict[str, tuple[Token, ...]]  # by the place they came from
+    attempt: int
+    executor: str
+    data: dict[str, Any]
+    since: datetime  # when this attempt was handed out
+    dead: bool = False  # its attempt is in the dead-letter queue: nothing happens until someone retries it
+    timer: Any = field(default=None, repr=False)  # the engine's deadline timer handle, if any
+
+    def token_ids(self) -> list[str]:
+        return [t.id for ts in self.tokens.values() for t in ts]
+
+    def view(self) -> InFlightTask:
+        return InFlightTask(
+            task_id=self.task_id,
+            transition=self.transition,
+            attempt=self.attempt,
+            executor=self.executor,
+            since=self.since,
+            tokens=self.token_ids(),
+            dead_lettered=self.dead,
+        )

@@ -1,0 +1,128 @@
+"""The in-process task queue: remote actions of an embedded engine run here, through the same protocol.
+
+An engine without a JetStream store has no workers to hand tasks to, so it runs them itself: the executor is
+rebuilt from the task's spec (as a worker would), rendered from the task's data and run in a background task,
+and its outcome comes back as a :class:`TaskResult`. The workflow behaves the same embedded and distributed
+(two-phase events, fencing, deadlines), which is also what lets the engine's remote path be tested in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from ..events import ErrorInfo
+from ..tasks import Task, TaskResult
+from ..token import utcnow
+from ._base import _DATA, Executor
+from ._registry import ExecutorRegistry, default_registry
+
+__all__ = ["LocalTaskQueue", "run_task"]
+
+log = logging.getLogger("circuit_breaker.engine")
+
+CACHE = 256  # executors built from specs (one per distinct spec, like a worker's)
+
+
+async def run_task(executor: Executor, task: Task) -> tuple[dict[str, Any], ErrorInfo | None]:
+    """Run ``task`` on ``executor`` (built from its spec): render the templates from the task's data, apply the
+    task's timeout when the spec sets none, and return the output and the error (None on success)."""
+    if task.deadline is not None and task.deadline <= utcnow():
+        return {}, ErrorInfo(kind="expired", message=f"the task's deadline {task.deadline} had passed", retryable=False)
+    runnable = executor.render(task.data)
+    if task.timeout is not None and runnable.execution_timeout is None:
+        if runnable is executor:  # never change a shared executor: the next task may set no timeout
+            runnable = copy.copy(executor)
+        runnable.with_timeout(task.timeout)
+    reset = _DATA.set(task.data)
+    try:
+        result = await runnable.execute_detailed()
+    finally:
+        _DATA.reset(reset)
+    return result.output, result.error
+
+
+class LocalTaskQueue:
+    """``Engine(tasks=LocalTaskQueue())``: the default of an engine whose store is not JetStream."""
+
+    def __init__(self, registry: ExecutorRegistry | None = None, *, concurrency: int = 64) -> None:
+        self.registry = registry or default_registry()
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:local"
+        self._slots = asyncio.Semaphore(concurrency)
+        self._deliver: Any = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._executors: dict[str, Executor] = {}
+
+    async def open(self, deliver: Any) -> None:
+        self._deliver = deliver
+
+    async def listen(self, workflow: str) -> None:
+        return None  # every result goes to the one engine that owns this queue
+
+    async def submit(self, task: Task) -> None:
+        job = asyncio.get_running_loop().create_task(self._run(task))
+        self._running.add(job)
+        job.add_done_callback(self._running.discard)
+
+    async def recover(self, task: Task) -> None:
+        await self.submit(task)  # nothing of an in-process run outlives the process
+
+    async def close(self) -> None:
+        for job in list(self._running):
+            job.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=5.0)
+
+    async def _run(self, task: Task) -> None:
+        async with self._slots:
+            started, t0 = utcnow(), time.perf_counter()
+            try:
+                output, error = await run_task(self._executor(task.executor), task)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # a spec the registry cannot build, a template the data cannot fill
+                output, error = (
+                    {},
+                    ErrorInfo(kind=getattr(err, "kind", None) or "config", message=str(err), retryable=False),
+                )
+            result = TaskResult(
+                task_id=task.task_id,
+                attempt=task.attempt,
+                workflow=task.workflow,
+                instance_id=task.instance_id,
+                transition=task.transition,
+                status="succeeded" if error is None else "failed",
+                output=output if error is None else {},
+                error=error,
+                worker=self.worker,
+                started=started,
+                finished=utcnow(),
+                duration=time.perf_counter() - t0,
+            )
+        delay = 0.1
+        while True:
+            try:
+                await self._deliver(result)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the store is down: the result must not be lost
+                log.warning("applying the result of task %s failed (%s); retrying in %.1fs", task.task_id, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _executor(self, spec: dict[str, Any]) -> Executor:
+        key = json.dumps(spec, sort_keys=True, default=str)
+        executor = self._executors.get(key)
+        if executor is None:
+            executor = self.registry.from_spec(spec)
+            if len(self._executors) >= CACHE:
+                del self._executors[next(iter(self._executors))]
+            self._executors[key] = executor
+        return executor

@@ -1,0 +1,188 @@
+"""The engine's task queue on JetStream: publish tasks for the workers, read their results durably.
+
+- a task goes to ``cb.task.<kind>.<task id>`` in ``CB_TASKS`` with ``Nats-Msg-Id: <task id>:<attempt>``, so a
+  repeated publish of the same attempt (a retry, a recovery) is dropped within the duplicate window;
+- results of a workflow's tasks are read through the durable pull consumer ``cb-engine-<workflow>`` on
+  ``CB_RESULTS`` (filter ``cb.result.<workflow>.>``), shared by every engine running the workflow; a result is
+  acknowledged once applied (or found moot), and handed back (nak) when applying it failed;
+- recovery looks a task up by subject: still in ``CB_TASKS`` (waiting or running) means leave it; a stored
+  result means apply it; neither means it was never published, so publish it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from ..config import StreamSettings
+from ..engine._tasks import ResultHandler
+from ..tasks import Task, TaskResult, task_msg_id
+from ..workers._queue import MSG_ID, ensure_task_streams, stored_result, task_queued
+from ._acks import AckedPublisher
+from ._subjects import RESULTS_STREAM, result_filter, task_subject
+
+__all__ = ["NatsTaskQueue", "engine_durable"]
+
+log = logging.getLogger("circuit_breaker.engine")
+
+
+def engine_durable(workflow: str) -> str:
+    """The durable consumer of ``workflow``'s results, shared by every engine running it."""
+    return f"cb-engine-{workflow}"
+
+
+class NatsTaskQueue:
+    """``Engine(JetStreamStore(...), tasks=NatsTaskQueue(nc))``; a JetStream store makes one by itself."""
+
+    def __init__(
+        self,
+        connection: NATS,
+        *,
+        stream: StreamSettings | None = None,
+        batch: int = 256,
+        concurrency: int = 512,
+        ack_wait: float = 30.0,
+        poll: float = 1.0,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self.connection = connection
+        self.stream = stream or StreamSettings()
+        self.batch = batch
+        self.ack_wait = ack_wait
+        self.poll = poll
+        self.publish_timeout = publish_timeout
+        self._js: Any = None
+        self._acks = AckedPublisher(connection)
+        self._deliver: ResultHandler | None = None
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._subs: dict[str, Any] = {}
+        self._handling: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def open(self, deliver: ResultHandler) -> None:
+        self._deliver = deliver
+        self._js = self.connection.jetstream(timeout=self.publish_timeout)
+        await ensure_task_streams(self._js, self.stream)
+        await self._acks.start()
+
+    async def listen(self, workflow: str) -> None:
+        if workflow in self._pumps:
+            return
+        sub = self._subs[workflow] = await self._subscribe(workflow)
+        self._pumps[workflow] = asyncio.get_running_loop().create_task(self._pump(workflow, sub))
+
+    async def submit(self, task: Task) -> None:
+        await self._acks.publish(
+            task_subject(task.kind, task.task_id),
+            task.model_dump_json().encode(),
+            {MSG_ID: task_msg_id(task.task_id, task.attempt)},
+            self.publish_timeout,
+        )
+
+    async def recover(self, task: Task) -> None:
+        if await task_queued(self._js, task.kind, task.task_id):
+            return  # waiting for a worker, or in one's hands
+        result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
+        if result is not None and result.attempt >= task.attempt:
+            assert self._deliver is not None
+            await self._deliver(result)
+            return
+        await self.submit(task)
+
+    async def close(self) -> None:
+        self._closed = True
+        pumps = list(self._pumps.values())
+        for pump in pumps:
+            pump.cancel()
+        handling = list(self._handling)
+        if handling:
+            await asyncio.wait(handling, timeout=5.0)
+        while pumps:  # cancelled again until they end: nats-py swallows a cancellation while it writes
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.wait(pumps, timeout=0.1)
+            pumps = [p for p in pumps if not p.done()]
+        self._pumps.clear()
+        for sub in self._subs.values():  # a pull request left open would hold up the connection's drain
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+        self._subs.clear()
+        await self._acks.stop()
+
+    # -- results -----------------------------------------------------------------------------------------------
+    async def _subscribe(self, workflow: str) -> Any:
+        config = ConsumerConfig(
+            durable_name=engine_durable(workflow),
+            filter_subject=result_filter(workflow),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=100_000,
+        )
+        return await self._js.pull_subscribe(
+            result_filter(workflow), durable=engine_durable(workflow), stream=RESULTS_STREAM, config=config
+        )
+
+    async def _pump(self, workflow: str, sub: Any) -> None:
+        delay = 0.2
+        while not self._closed:
+            try:
+                msgs = await sub.fetch(self.batch, timeout=self.poll)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning(
+                    "reading results of %s failed (%s: %s); again in %.1fs", workflow, type(err).__name__, err, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                with contextlib.suppress(Exception):
+                    sub = self._subs[workflow] = await self._subscribe(workflow)  # the consumer may be gone
+                continue
+            delay = 0.2
+            for msg in msgs:
+                await self._slots.acquire()
+                job = asyncio.get_running_loop().create_task(self._handle(msg))
+                self._handling.add(job)
+                job.add_done_callback(self._handled)
+
+    def _handled(self, job: asyncio.Task[None]) -> None:
+        self._handling.discard(job)
+        self._slots.release()
+
+    async def _handle(self, msg: Any) -> None:
+        try:
+            result = TaskResult.model_validate_json(msg.data)
+        except ValidationError as err:
+            log.warning("dropping a malformed result on %s: %s", msg.subject, err)
+            await _settle(msg.ack())
+            return
+        assert self._deliver is not None
+        try:
+            await self._deliver(result)
+        except asyncio.CancelledError:
+            await _settle(msg.nak(delay=1.0))
+            raise
+        except Exception as err:
+            log.warning(
+                "applying the result of task %s failed (%s: %s); handed back", result.task_id, type(err).__name__, err
+            )
+            await _settle(msg.nak(delay=1.0))
+            return
+        await _settle(msg.ack())
+
+
+async def _settle(action: Any) -> None:
+    """Ack or nak; a lost acknowledgement only means the result comes again, and applying it is idempotent."""
+    with contextlib.suppress(Exception):
+        await action
