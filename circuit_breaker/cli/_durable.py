@@ -153,7 +153,9 @@ def serve(
 async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     from ..nats import InjectService
     from ..nats._control import ControlService
+    from ..workers import setup_logging
 
+    setup_logging()  # JSON lines when stderr is not a terminal, with workflow, instance and task fields
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

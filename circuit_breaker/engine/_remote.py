@@ -131,12 +131,11 @@ class RemoteActions:
             raise
         except Exception as err:
             log.warning(
-                "could not publish task %s of %s/%s (%s: %s); trying again",
+                "could not publish task %s (%s: %s); trying again",
                 task.task_id,
-                run.cw.name,
-                run.id,
                 type(err).__name__,
                 err,
+                extra=_fields(run, pending),
             )
             self.engine._spawn(run, self._send_later(run, pending.task_id, pending.attempt))
 
@@ -155,7 +154,10 @@ class RemoteActions:
                 raise
             except Exception as err:
                 delay = min(delay * 2, 30.0)
-                log.warning("publishing task %s failed again (%s); next try in %.0fs", task_id, err, delay)
+                log.warning(
+                    "publishing task %s failed again (%s); next try in %.0fs", task_id, err, delay,
+                    extra=_fields(run, pending),
+                )  # fmt: skip
 
     def _task(self, run: Run, pending: PendingTask) -> Task:
         from ..tasks import Task
@@ -250,7 +252,7 @@ class RemoteActions:
         except ConcurrencyError:
             pass  # another engine acted on the instance; its state was read back, and its timers are its own
         except Exception:
-            log.exception("handling the deadline of task %s failed", task_id)
+            log.exception("handling the deadline of task %s failed", task_id, extra=_fields(run, pending))
 
     # -- results ---------------------------------------------------------------------------------------------
     async def on_result(self, result: TaskResult) -> None:
@@ -258,7 +260,10 @@ class RemoteActions:
         try:
             run = await self.engine._find(result.instance_id)
         except UnknownInstanceError:
-            log.info("result of task %s for unknown instance %s dropped", result.task_id, result.instance_id)
+            log.info(
+                "result of task %s for unknown instance %s dropped", result.task_id, result.instance_id,
+                extra={"task_id": result.task_id, "workflow": result.workflow, "instance": result.instance_id},
+            )  # fmt: skip
             return
         for _ in range(APPLY_ATTEMPTS):
             try:
@@ -435,6 +440,18 @@ class RemoteActions:
             waiter.set_result(None)
         else:
             waiter.set_exception(error)
+
+
+def _fields(run: Run, pending: PendingTask) -> dict[str, Any]:
+    """The structured log fields of a task (JSON logs carry them as keys)."""
+    return {
+        "task_id": pending.task_id,
+        "attempt": pending.attempt,
+        "workflow": run.cw.name,
+        "instance": run.id,
+        "transition": pending.transition,
+        "executor": pending.executor,
+    }
 
 
 def _header(run: Run, actor: str | None, time: Any = None) -> dict[str, Any]:

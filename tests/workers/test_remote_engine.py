@@ -239,3 +239,69 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+async def test_nats_restarted_under_load_the_engine_and_workers_reconnect_and_finish(tmp_path) -> None:
+    from circuit_breaker.testing.nats import nats_server
+
+    from .conftest import WorkerProc
+
+    total = 300
+    async with nats_server(tmp_path / "nats") as server:
+        workers = [WorkerProc(server.url, tmp_path, "--executors", "wait", "--concurrency", "8") for _ in range(2)]
+        try:
+            wf = Workflow("restarted")
+            a, b = wf.states("a", "b")
+            wf.flow(a >> b, "run").action(default_registry().create("wait", duration=0.05), remote=True)
+            async with Engine(JetStreamStore(servers=[server.url])) as engine:
+                ids = [i.id for i in await asyncio.gather(*(engine.start(wf, {"n": n}) for n in range(total)))]
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 20
+                while loop.time() < deadline:  # restart once some are done and most are not
+                    done = [i for i in await engine.instances("restarted") if i.status is InstanceStatus.COMPLETED]
+                    if len(done) >= 30:
+                        break
+                    await asyncio.sleep(0.05)
+                assert 30 <= len(done) < total, "the restart came under load"
+                await server.stop()
+                await asyncio.sleep(1.0)
+                await server.start()
+                finished = await asyncio.gather(*(engine.wait(i, timeout=90) for i in ids))
+                assert all(i.status is InstanceStatus.COMPLETED for i in finished)
+                fired = Counter([e.instance_id async for e in engine.events(types=[EventType.TRANSITION_FIRED])])
+                assert len(fired) == total and set(fired.values()) == {1}
+            assert all(w.proc.poll() is None for w in workers), "a worker exited when the server went away"
+        finally:
+            for worker in workers:
+                worker.close()
+
+
+async def test_a_late_result_of_an_overdue_attempt_cannot_complete_the_newer_one(spawn, fresh_nats, tmp_path) -> None:
+    flag = tmp_path / "first_run_started"
+    script = (
+        "import os, sys, time\n"
+        f"flag = {str(flag)!r}\n"
+        "if os.path.exists(flag):\n    print('fast')\nelse:\n"
+        "    open(flag, 'w').close(); time.sleep(3); print('slow')\n"
+    )
+    spawn("--executors", "shell", "--concurrency", "4")
+    wf = Workflow("fenced")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "run").action(ShellExecutor(argv=["python3", "-c", script]), remote=True, deadline=1.0).retry(3)
+    async with Engine(JetStreamStore(servers=[fresh_nats])) as engine:
+        inst = await engine.start(wf, {})
+        done = await engine.wait(inst.id, timeout=30)
+        assert done.status is InstanceStatus.COMPLETED and done.tokens[0].data["stdout"] == "fast\n"
+        await asyncio.sleep(3)  # attempt 1 answers now, too late
+        nc = await nats.connect(fresh_nats)
+        try:
+            stored = {r.attempt: r for r in await results(nc.jetstream(), instance_id=inst.id)}
+        finally:
+            await nc.close()
+        assert stored[1].output["stdout"] == "slow\n" and stored[2].output["stdout"] == "fast\n"
+        after = await engine.get(inst.id)
+        assert after.version == done.version and after.tokens[0].data["stdout"] == "fast\n"
+        events = [e async for e in engine.events(instance=inst.id)]
+        assert [e.type for e in events if e.type is EventType.TRANSITION_FIRED] == [EventType.TRANSITION_FIRED]
+        started = [e.attempt for e in events if e.type is EventType.TRANSITION_STARTED]
+        assert started == [1, 2]
