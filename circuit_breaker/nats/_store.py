@@ -255,15 +255,17 @@ class JetStreamStore:
             stream_seq = known[1]
         # Unique per append (its own retries reuse it), so a landed earlier publish is recognised for sure.
         msg_id = f"{iid}:{event.seq}:{os.urandom(6).hex()}"
-        headers = {
-            "Nats-Msg-Id": msg_id,
-            "Nats-Expected-Last-Subject-Sequence": str(stream_seq),
-            # Any workflow: an instance id is one instance across workflows, as in the in-memory store.
-            "Nats-Expected-Last-Subject-Sequence-Subject": instance_filter(iid),
-            "Cb-Origin": self.origin,
-        }
-        subject = event_subject(event.workflow, iid, event.type.value)
-        payload = event.model_dump_json().encode()
+        # The headers in their wire form (what nats-py would encode from a dict, at a sixth of the cost). The
+        # names in them are subject tokens (no whitespace: AckedPublisher checks the subject), so no CR or LF.
+        # Any workflow in the ...-Subject filter: an instance id is one instance across workflows, as in the
+        # in-memory store.
+        header_block = (
+            f"NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\nNats-Expected-Last-Subject-Sequence: {stream_seq}\r\n"
+            f"Nats-Expected-Last-Subject-Sequence-Subject: {instance_filter(iid)}\r\nCb-Origin: {self.origin}\r\n\r\n"
+        ).encode()
+        subject = event_subject(event.workflow, iid, event.type)  # a StrEnum: formats as its value
+        # The bytes of model_dump_json().encode(), without its str round trip.
+        payload = type(event).__pydantic_serializer__.to_json(event)
         acks = self._acks
         if acks is None:
             raise StoreError("the JetStream store is not open")
@@ -273,7 +275,7 @@ class JetStreamStore:
         while True:
             attempt += 1
             try:
-                ack = await acks.publish(subject, payload, headers, self.publish_timeout)
+                stored_at = await acks.publish_encoded(subject, header_block, payload, self.publish_timeout)
             except APIError as err:
                 if isinstance(err, ServiceUnavailableError):
                     pass  # transient: handled below with the other transient failures
@@ -290,7 +292,7 @@ class JetStreamStore:
             except _TRANSIENT as err:
                 failure = err
             else:
-                self._last[iid] = (event.seq, int(ack["seq"]))
+                self._last[iid] = (event.seq, stored_at)
                 return
             if loop.time() + delay > deadline:
                 raise StoreError(
