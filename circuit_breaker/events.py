@@ -75,6 +75,10 @@ class TransitionStarted(_EventBase):
     attempt: int = Field(1, ge=1, description="fencing token: only a result of this attempt (or a later one) counts")
     executor: str = Field(description="the executor kind: which workers serve the task")
     data: dict[str, Any] = Field(default_factory=dict, description="the input data the task carries")
+    spec: dict[str, Any] = Field(
+        default_factory=dict, description="the executor spec the task carries (registered name, parameters)"
+    )
+    into: str | None = Field(None, description="the result goes under this key of the token data")
 
 
 class TransitionFired(_EventBase):

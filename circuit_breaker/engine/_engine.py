@@ -265,8 +265,8 @@ class Engine:
     async def _load(self, cw: CompiledWorkflow) -> None:
         """Fold the stored events of ``cw``'s instances; instances still running go on, and their remote tasks
         in flight are checked (queued, or their result applied)."""
-        if any(self.remote_of(cw.name, ct) is not None for ct in cw.ordered):
-            await self._remote.listen(cw.name)
+        if self.drive and any(self.remote_of(cw.name, ct) is not None for ct in cw.ordered):
+            await self._remote.listen(cw.name)  # an observer (drive=False) never takes results off the queue
         atomic = getattr(self.store, "appends_atomically", False)
         runs: dict[str, Run] = {}
         async for event in self.store.replay(workflow=cw.name):
@@ -284,7 +284,7 @@ class Engine:
             run.local = self.drive
             self._runs[iid] = run
             run.update_settled()
-            if run.pending and self.drive:
+            if run.pending and self.drive and run.status not in TERMINAL:
                 self._spawn(run, self._remote.recover(run))
             if self.drive and (
                 run.status is RUNNING or (run.status is WAITING and (run.all_final() or self._auto_possible(run)))
@@ -575,6 +575,11 @@ class Engine:
 
     async def resume(self, instance_id: str, actor: str | None = None) -> Instance:
         run = await self._change_status(instance_id, lambda _: "resume", actor)
+        open_incidents = [i for i in run.incidents if not i.resolved]
+        if open_incidents:  # an action failed for good while it was paused: it fails now, as it would have
+            last = open_incidents[-1]
+            await self._change_status(instance_id, lambda _: "fail", None, f"{last.transition}: {last.error.message}")
+            return run.snapshot()
         self._kick(run)
         return run.snapshot()
 
@@ -788,8 +793,8 @@ class Engine:
         details: dict[str, Any] | None = None,
     ) -> None:
         async with run.lock:
-            if trigger == "complete" and run.status is InstanceStatus.COMPLETED:
-                return  # completed meanwhile (a manual firing and the scheduler both saw the last token land)
+            if (trigger, run.status) in _ALREADY:
+                return  # done meanwhile by another path (a manual firing and the scheduler both settling it)
             status = next_status(run.id, run.status, trigger)
             if trigger == "complete":
                 event: Event = _next_event(
@@ -1247,6 +1252,10 @@ def _ignore(_: int) -> None:
 
 def _always(_: Event) -> bool:
     return True
+
+
+# Status changes that are no-ops when another path made them first.
+_ALREADY = frozenset({("complete", InstanceStatus.COMPLETED), ("wait", WAITING), ("proceed", RUNNING)})
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -91,7 +91,7 @@ class EngineMetrics:
         iid = event.instance_id
         previous = self._last.get(iid)
         if isinstance(event, InstanceCompleted) or (
-            isinstance(event, InstanceStatusChanged) and event.status == "cancelled"
+            isinstance(event, InstanceStatusChanged) and event.status in ("cancelled", "failed")
         ):
             self._last.pop(iid, None)
         else:

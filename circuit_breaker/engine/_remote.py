@@ -17,20 +17,38 @@ import asyncio
 import logging
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._construct import build
 from ..dsl import CompiledTransition
 from ..dsl._firing import fired_entry, input_token, merge_result, post_check, produce
-from ..errors import ActionError, CircuitBreakerError, ConcurrencyError, TransitionRejectedError, UnknownInstanceError
-from ..events import ErrorInfo, TransitionFailed, TransitionFired, TransitionRejected, TransitionStarted
+from ..errors import (
+    ActionError,
+    CircuitBreakerError,
+    ConcurrencyError,
+    InstanceStateError,
+    StoreError,
+    TransitionRejectedError,
+    UnknownInstanceError,
+)
+from ..events import (
+    ErrorInfo,
+    Event,
+    InstanceStatusChanged,
+    TransitionFailed,
+    TransitionFired,
+    TransitionRejected,
+    TransitionStarted,
+)
 from ..retry import NO_RETRY
+from ..secrets import default_masker
 from ..token import HistoryEntry, Token, new_id, utcnow
 from ._context import Firing
-from ._lifecycle import InstanceStatus
+from ._lifecycle import TERMINAL, InstanceStatus
 from ._tasks import PendingTask, TaskQueue
 
 if TYPE_CHECKING:
+    from ..dsl._remote import RemoteAction
     from ..tasks import Task, TaskResult
     from ._engine import Engine
     from ._run import Run
@@ -39,7 +57,6 @@ log = logging.getLogger("circuit_breaker.engine")
 
 APPLY_ATTEMPTS = 8  # a result that keeps losing to other engines' writes is handed back to the queue
 FAILED = InstanceStatus.FAILED
-ENDED = (InstanceStatus.COMPLETED, InstanceStatus.CANCELLED)
 
 
 class RemoteActions:
@@ -50,7 +67,10 @@ class RemoteActions:
         self.queue = queue
         self._opened = False
         self._listening: set[str] = set()
-        self._waiters: dict[str, asyncio.Future[None]] = {}  # task id -> a manual fire() waiting for the outcome
+        # task id -> (instance id, future) of a manual fire() waiting for the task's outcome. Settled from the
+        # events (whichever engine applies the result), so a caller learns what the instance recorded.
+        self._waiters: dict[str, tuple[str, asyncio.Future[None]]] = {}
+        self._unlisten: Any = None
 
     # -- life cycle ------------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -76,9 +96,13 @@ class RemoteActions:
             self._listening.add(workflow)
 
     async def close(self) -> None:
-        for waiter in self._waiters.values():
+        for _, waiter in self._waiters.values():
             if not waiter.done():
                 waiter.cancel()
+        self._waiters.clear()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         if self.queue is not None and self._opened:
             await self.queue.close()
 
@@ -95,16 +119,19 @@ class RemoteActions:
     ) -> asyncio.Future[None] | None:
         """Record the start (the tokens leave their places) and publish the task. Raises ConcurrencyError when
         another engine moved the instance first (nothing was started). With ``wait``, returns a future that ends
-        when the result is applied (raising ActionError or TransitionRejectedError as a local firing would)."""
-        await self.listen(run.cw.name)
-        task_id = uuid.uuid4().hex
+        when the task does (raising ActionError or TransitionRejectedError as a local firing would)."""
         remote = self.engine.remote_of(run.cw.name, ct)
         assert remote is not None
+        await self.listen(run.cw.name)
+        task_id = uuid.uuid4().hex
         ids = [t.id for ts in consumed.values() for t in ts]
-        event = _started(run, ct, task_id, 1, ids, view.data, actor, remote.kind)
+        event = _started(run, ct, task_id, 1, ids, view.data, actor, remote.kind, remote)
         waiter: asyncio.Future[None] | None = None
         if wait:
-            waiter = self._waiters[task_id] = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[task_id] = (run.id, waiter)
+            if self._unlisten is None:
+                self._unlisten = self.engine.add_listener(self._on_event)
         try:
             async with run.lock:
                 if self.engine._shared and not run.holds(consumed):
@@ -145,7 +172,7 @@ class RemoteActions:
         while True:
             await asyncio.sleep(delay)
             pending = run.pending.get(task_id)
-            if pending is None or pending.attempt != attempt or pending.dead:
+            if pending is None or pending.attempt != attempt or pending.dead or run.status in TERMINAL:
                 return
             try:
                 await self.queue.recover(self._task(run, pending))  # it may have gone out after all
@@ -155,55 +182,67 @@ class RemoteActions:
             except Exception as err:
                 delay = min(delay * 2, 30.0)
                 log.warning(
-                    "publishing task %s failed again (%s); next try in %.0fs", task_id, err, delay,
+                    "publishing task %s failed again (%s); next try in %.0fs",
+                    task_id,
+                    err,
+                    delay,
                     extra=_fields(run, pending),
-                )  # fmt: skip
+                )
 
     def _task(self, run: Run, pending: PendingTask) -> Task:
+        """The task as the workers get it, from what the start recorded (not from today's configuration)."""
         from ..tasks import Task
 
-        ct = run.cw.transitions[pending.transition]
-        remote = self.engine.remote_of(run.cw.name, ct)
-        assert remote is not None
-        deadline = pending.since + timedelta(seconds=remote.deadline) if remote.deadline is not None else None
-        key = Firing(run.cw.name, run.id, ct.name, tuple(pending.token_ids()), pending.attempt).idempotency_key
+        ct = run.cw.transitions.get(pending.transition)
+        remote = self.engine.remote_of(run.cw.name, ct) if ct is not None else None
+        seconds = remote.deadline if remote is not None else None
+        key = Firing(run.cw.name, run.id, pending.transition, tuple(pending.token_ids()), pending.attempt)
         return build(
             Task,
             task_id=pending.task_id,
             attempt=pending.attempt,
             workflow=run.cw.name,
             instance_id=run.id,
-            transition=ct.name,
-            idempotency_key=key,
-            executor=remote.executor,
+            transition=pending.transition,
+            idempotency_key=key.idempotency_key,
+            executor=pending.spec,
             data=pending.data,
-            timeout=ct.timeout,
-            deadline=deadline,
+            timeout=ct.timeout if ct is not None else None,
+            deadline=pending.since + timedelta(seconds=seconds) if seconds is not None else None,
             created=pending.since,
             traceparent=None,
         )
 
     async def recover(self, run: Run) -> None:
         """After a load: every task in flight (not dead-lettered) is queued, or its stored result is applied."""
+        if run.status in TERMINAL:
+            return
+        await self.listen(run.cw.name)
         for pending in list(run.pending.values()):
             if not pending.dead:
                 await self._send(run, pending, recovering=True)
 
     async def redispatch_dead(self, run: Run, actor: str | None) -> None:
         """A retried instance: hand each dead-lettered task out again as its next attempt."""
-        for pending in [p for p in run.pending.values() if p.dead]:
-            try:
-                await self._again(run, pending.task_id, pending.attempt, actor)
-            except ConcurrencyError:
-                continue  # another engine did it
+        for task_id in [p.task_id for p in run.pending.values() if p.dead]:
+            for _ in range(APPLY_ATTEMPTS):
+                pending = run.pending.get(task_id)
+                if pending is None or not pending.dead:
+                    break  # another engine handed it out (or it ended)
+                try:
+                    await self._again(run, task_id, pending.attempt, actor)
+                    break
+                except ConcurrencyError:
+                    continue  # another write came first: judge again on the new state
 
     async def _again(self, run: Run, task_id: str, attempt: int, actor: str | None) -> None:
         async with run.lock:
             pending = run.pending.get(task_id)
-            if pending is None or pending.attempt != attempt:
+            if pending is None or pending.attempt != attempt or run.status in TERMINAL:
                 return
-            ct = run.cw.transitions[pending.transition]
-            event = _started(run, ct, task_id, attempt + 1, [], pending.data, actor, pending.executor)
+            ct = run.cw.transitions.get(pending.transition)
+            event = _started(run, ct, task_id, attempt + 1, [], pending.data, actor, pending.executor, None)
+            event = event.model_copy(update={"spec": pending.spec, "into": pending.into})
             await self.engine._append(run, event)
         await self._send(run, run.pending[task_id])
 
@@ -225,116 +264,135 @@ class RemoteActions:
 
         pending.timer = loop.call_later(max(left, 0.0), expired)
 
-    async def _expired(self, run: Run, task_id: str, attempt: int) -> None:
-        """No result for ``attempt`` within the deadline: hand the task out again (``.retry``) or fail it."""
-        pending = run.pending.get(task_id)
-        if pending is None or pending.attempt != attempt or pending.dead or run.status in ENDED:
-            return
-        ct = run.cw.transitions[pending.transition]
-        remote = self.engine.remote_of(run.cw.name, ct)
-        assert remote is not None and remote.deadline is not None
-        info = ErrorInfo(
-            kind="deadline",
-            message=f"no result for task {task_id} (attempt {attempt}) within {remote.deadline:g}s",
-            retryable=True,
-        )
-        policy = ct.retry or NO_RETRY
-        try:
-            if attempt < policy.max_attempts:
-                async with run.lock:
-                    if run.pending.get(task_id) is not pending or pending.attempt != attempt:
-                        return
-                    failed = _failed(run, ct, pending, info, will_retry=True)
-                    await self.engine._append(run, failed)
-                await self._again(run, task_id, attempt, None)
-            else:
-                await self._end_failed(run, task_id, attempt, info)
-        except ConcurrencyError:
-            pass  # another engine acted on the instance; its state was read back, and its timers are its own
-        except Exception:
-            log.exception("handling the deadline of task %s failed", task_id, extra=_fields(run, pending))
+    async def _expired(self, run: Run, task_id: str, attempt: int, info: ErrorInfo | None = None) -> None:
+        """No result for ``attempt`` in time: hand the task out again (``.retry``) or fail it."""
+        for _ in range(APPLY_ATTEMPTS):
+            pending = run.pending.get(task_id)
+            if pending is None or pending.attempt != attempt or pending.dead or run.status in TERMINAL:
+                return
+            ct = run.cw.transitions[pending.transition]
+            if info is None:
+                remote = self.engine.remote_of(run.cw.name, ct)
+                seconds = remote.deadline if remote is not None and remote.deadline is not None else 0.0
+                info = ErrorInfo(
+                    kind="deadline",
+                    message=f"no result for task {task_id} (attempt {attempt}) within {seconds:g}s",
+                    retryable=True,
+                )
+            policy = ct.retry or NO_RETRY
+            try:
+                if attempt < policy.max_attempts:
+                    async with run.lock:
+                        if run.pending.get(task_id) is not pending or pending.attempt != attempt:
+                            return
+                        await self.engine._append(run, _failed(run, ct, pending, info, will_retry=True))
+                    await self._again(run, task_id, attempt, None)
+                else:
+                    await self._end_failed(run, task_id, attempt, info)
+                return
+            except ConcurrencyError:
+                continue  # another write came first (brought up to date): judge again
+            except Exception:
+                log.exception("handling the deadline of task %s failed", task_id, extra=_fields(run, pending))
+                return
 
     # -- results ---------------------------------------------------------------------------------------------
     async def on_result(self, result: TaskResult) -> None:
-        """Apply one result (at most once); raising hands it back to the queue for later (the store is down)."""
+        """Apply one result (at most once). Raises only when the store could not be reached: the queue hands the
+        result back for later. A result the engine cannot apply (a bug, a broken workflow) fails its instance."""
         try:
             run = await self.engine._find(result.instance_id)
         except UnknownInstanceError:
             log.info(
-                "result of task %s for unknown instance %s dropped", result.task_id, result.instance_id,
+                "result of task %s for unknown instance %s dropped",
+                result.task_id,
+                result.instance_id,
                 extra={"task_id": result.task_id, "workflow": result.workflow, "instance": result.instance_id},
-            )  # fmt: skip
+            )
             return
-        for _ in range(APPLY_ATTEMPTS):
-            try:
-                await self._apply(run, result)
-                break
-            except ConcurrencyError:
-                await asyncio.sleep(0)  # brought up to date by the failed append: judge again
-        else:
-            raise ConcurrencyError(run.id, run.seq)
+        try:
+            for _ in range(APPLY_ATTEMPTS):
+                try:
+                    await self._apply(run, result)
+                    break
+                except ConcurrencyError:
+                    await asyncio.sleep(0)  # brought up to date by the failed append: judge again
+            else:
+                raise ConcurrencyError(run.id, run.seq)
+            await self._fail_if_incident(run)
+        except (StoreError, ConcurrencyError):
+            raise
+        except Exception as err:
+            log.exception("applying the result of task %s failed", result.task_id, extra={"task_id": result.task_id})
+            await self.engine._fail_internal(run, err)
+            return
         if run.local and not self.engine._closed:
             self.engine._kick(run)
 
     async def _apply(self, run: Run, result: TaskResult) -> None:
         pending = run.pending.get(result.task_id)
-        if pending is None or result.attempt < pending.attempt or run.status in ENDED:
-            self._settle_waiter(result.task_id, None)  # applied before, late, or moot
-            return
+        if pending is None and self.engine._shared:
+            # Another engine may have started the task after this one last read the instance: read it again
+            # before calling the result moot (the start is stored before the task is published).
+            async with run.lock:
+                await self.engine._catch_up(run)
+            pending = run.pending.get(result.task_id)
+        if pending is None or result.attempt < pending.attempt or run.status in TERMINAL:
+            return  # applied before, superseded by a newer attempt, or the instance ended
         run.local = True
         ct = run.cw.transitions.get(pending.transition)
         if ct is None:
             return
+        error = result.error or ErrorInfo(kind="failed", message="the worker reported a failure", retryable=False)
         if result.status == "succeeded":
-            output = result.output
-            remote = self.engine.remote_of(run.cw.name, ct)
-            if remote is not None and remote.into:
-                output = {remote.into: output}
+            output = {pending.into: result.output} if pending.into else result.output
             try:
                 data = merge_result(run.cw, ct, pending.data, output)
             except CircuitBreakerError as err:
                 await self._end_failed(run, result.task_id, result.attempt, _error_of(err, retryable=False))
                 return
-            errors = await self._complete(run, ct, result.task_id, result.attempt, data)
-            if errors is None:
-                await self._resume_if_retried(run, ct, pending)
-                self._settle_waiter(result.task_id, None)
-            else:
-                self._settle_waiter(result.task_id, TransitionRejectedError(run.cw.name, ct.name, run.id, list(errors)))
-            return
-        error = result.error or ErrorInfo(kind="failed", message="the worker reported a failure", retryable=False)
-        if result.status == "dead_lettered" and ct.error_place is None:
+            await self._complete(run, ct, result.task_id, result.attempt, data)
+            await self._resume_if_retried(run, ct, pending)
+        elif result.status == "failed" and error.kind == "expired":
+            await self._expired(run, result.task_id, result.attempt, error)  # the worker saw the deadline pass
+        elif result.status == "dead_lettered" and ct.error_place is None and not ct.is_manual:
             await self._dead_lettered(run, ct, result.task_id, result.attempt, error)
         else:
             await self._end_failed(run, result.task_id, result.attempt, error)
 
     async def _complete(
         self, run: Run, ct: CompiledTransition, task_id: str, attempt: int, data: dict[str, Any]
-    ) -> list[str] | None:
-        """Produce the outputs (or, when the rules refuse the result, put the tokens back); returns the errors."""
+    ) -> None:
+        """Produce the outputs; when the rules (or a stage's expansion) refuse the result, the tokens go back."""
         async with run.lock:
             pending = run.pending.get(task_id)
-            if pending is None or attempt < pending.attempt:
-                return None
+            if pending is None or attempt < pending.attempt or run.status in TERMINAL:
+                return
             view = input_token(ct, pending.tokens).model_copy(update={"data": data})
             post = post_check(ct, view)
+            errors = None if post.valid else list(post.errors)
+            expanded = None
+            if errors is None and ct.expand is not None:
+                try:
+                    expanded = ct.expand(view, pending.tokens)
+                except CircuitBreakerError as err:
+                    errors = [str(err)]
             ids = pending.token_ids()
-            if not post.valid:
+            if errors is not None:
                 rejected = build(
                     TransitionRejected,
                     **_header(run, None),
                     type=TransitionRejected.model_fields["type"].default,
                     transition=ct.name,
                     tokens=ids,
-                    errors=list(post.errors),
+                    errors=[default_masker().mask_text(e) for e in errors],
                     stage="rules",
                     task_id=task_id,
                 )
                 await self.engine._append(run, rejected)
-                return list(post.errors)
+                return
             now = utcnow()
             entry = fired_entry(ct, now, None)
-            expanded = ct.expand(view, pending.tokens) if ct.expand is not None else None
             if expanded is None:
                 produced = produce(ct, view, data, entry)
             else:
@@ -349,16 +407,17 @@ class RemoteActions:
                 task_id=task_id,
             )
             await self.engine._append(run, fired, None, produced, entry)
-        return None
 
     async def _end_failed(self, run: Run, task_id: str, attempt: int, info: ErrorInfo) -> None:
-        """The task failed for good: its tokens go to the error place, or back where they were with an incident."""
+        """The task failed for good: its tokens go to the error place, or back where they were. An automatic
+        transition opens an incident (unless its error place handles the failure); a manual one does not: the
+        person who fired it is told, and nothing moved."""
         async with run.lock:
             pending = run.pending.get(task_id)
-            if pending is None or attempt < pending.attempt:
+            if pending is None or attempt < pending.attempt or run.status in TERMINAL:
                 return
             ct = run.cw.transitions[pending.transition]
-            handled = ct.error_place is not None and ct.error_place not in run.cw.final_places
+            handled = ct.is_manual or (ct.error_place is not None and ct.error_place not in run.cw.final_places)
             produced: list[Token] = []
             now = utcnow()
             if ct.error_place is not None:
@@ -376,8 +435,7 @@ class RemoteActions:
                 data = {**pending.data, "_error": info.model_dump()}
                 moved = produce(ct, view, data, entry, places=(ct.error_place,))
                 produced = [t for ts in moved.values() for t in ts]
-            event = _failed(run, ct, pending, info, will_retry=False, now=now)
-            event = event.model_copy(
+            event = _failed(run, ct, pending, info, will_retry=False, now=now).model_copy(
                 update={
                     "consumed": pending.token_ids(),
                     "produced": produced,
@@ -385,17 +443,7 @@ class RemoteActions:
                 }
             )
             await self.engine._append(run, event)
-        failure = ActionError(
-            f"action of transition {ct.name!r} in workflow {run.cw.name!r} failed on a worker: {info.message}",
-            workflow=run.cw.name,
-            transition=ct.name,
-            attempts=attempt,
-            retryable=info.retryable,
-        )
-        failure.instance_id = run.id
-        self._settle_waiter(task_id, failure)
-        if not handled and run.status in (InstanceStatus.RUNNING, InstanceStatus.WAITING):
-            await self.engine._set_status(run, "fail", None, reason=f"{ct.name}: {info.message}")
+        await self._fail_if_incident(run)
 
     async def _dead_lettered(
         self, run: Run, ct: CompiledTransition, task_id: str, attempt: int, info: ErrorInfo
@@ -404,21 +452,26 @@ class RemoteActions:
         the instance fails with an incident naming it."""
         async with run.lock:
             pending = run.pending.get(task_id)
-            if pending is None or attempt < pending.attempt or pending.dead:
+            if pending is None or attempt < pending.attempt or pending.dead or run.status in TERMINAL:
                 return
             event = _failed(run, ct, pending, info, will_retry=False).model_copy(update={"incident": new_id()})
             await self.engine._append(run, event)
-        failure = ActionError(
-            f"task {task_id} of transition {ct.name!r} is in the dead-letter queue: {info.message}",
-            workflow=run.cw.name,
-            transition=ct.name,
-            attempts=attempt,
-            retryable=True,
-        )
-        failure.instance_id = run.id
-        self._settle_waiter(task_id, failure)
-        if run.status in (InstanceStatus.RUNNING, InstanceStatus.WAITING):
-            await self.engine._set_status(run, "fail", None, reason=f"{ct.name}: task {task_id} dead-lettered")
+        await self._fail_if_incident(run)
+
+    async def _fail_if_incident(self, run: Run) -> None:
+        """An instance with an open incident is failed (also when setting it lost to another write once)."""
+        for _ in range(APPLY_ATTEMPTS):
+            if run.status not in (InstanceStatus.RUNNING, InstanceStatus.WAITING):
+                return  # failed already, or paused (resume fails it), or ended
+            open_incidents = [i for i in run.incidents if not i.resolved]
+            if not open_incidents:
+                return
+            last = open_incidents[-1]
+            try:
+                await self.engine._set_status(run, "fail", None, reason=f"{last.transition}: {last.error.message}")
+                return
+            except ConcurrencyError:
+                continue
 
     async def _resume_if_retried(self, run: Run, ct: CompiledTransition, pending: PendingTask) -> None:
         """A dead-lettered task retried from the queue completed: if its incident was all that failed the
@@ -432,14 +485,48 @@ class RemoteActions:
                 run, "retry", None, reason=f"task {pending.task_id} completed", details={"retry": True}
             )
 
-    def _settle_waiter(self, task_id: str, error: BaseException | None) -> None:
-        waiter = self._waiters.pop(task_id, None)
-        if waiter is None or waiter.done():
+    # -- telling manual firings how their task ended ----------------------------------------------------------
+    def _on_event(self, event: Event | None) -> None:
+        if event is None or not self._waiters:
+            return
+        task_id = getattr(event, "task_id", None)
+        if task_id is not None and task_id in self._waiters:
+            error = _outcome(event)
+            if error is not False:
+                self._settle(task_id, error)
+        elif isinstance(event, InstanceStatusChanged) and event.status == InstanceStatus.CANCELLED.value:
+            for tid, (iid, _) in list(self._waiters.items()):
+                if iid == event.instance_id:
+                    self._settle(tid, InstanceStateError(iid, "cancelled", "finish a task of"))
+
+    def _settle(self, task_id: str, error: BaseException | None) -> None:
+        _, waiter = self._waiters.pop(task_id)
+        if waiter.done():
             return
         if error is None:
             waiter.set_result(None)
         else:
             waiter.set_exception(error)
+
+
+def _outcome(event: Event) -> BaseException | Literal[False] | None:
+    """How an event with a task id ends a manual firing: None (fired), an error, or False (not ended yet)."""
+    if isinstance(event, TransitionFired):
+        return None
+    if isinstance(event, TransitionRejected):
+        return TransitionRejectedError(event.workflow, event.transition, event.instance_id, list(event.errors))
+    if isinstance(event, TransitionFailed) and (event.consumed or event.incident is not None):
+        failure = ActionError(
+            f"action of transition {event.transition!r} in workflow {event.workflow!r} failed on a worker: "
+            f"{event.error.message}",
+            workflow=event.workflow,
+            transition=event.transition,
+            attempts=event.attempt,
+            retryable=event.error.retryable,
+        )
+        failure.instance_id = event.instance_id
+        return failure
+    return False
 
 
 def _fields(run: Run, pending: PendingTask) -> dict[str, Any]:
@@ -466,24 +553,27 @@ def _header(run: Run, actor: str | None, time: Any = None) -> dict[str, Any]:
 
 def _started(
     run: Run,
-    ct: CompiledTransition,
+    ct: CompiledTransition | None,
     task_id: str,
     attempt: int,
     consumed: list[str],
     data: dict[str, Any],
     actor: str | None,
     kind: str,
+    remote: RemoteAction | None,
 ) -> TransitionStarted:
     return build(
         TransitionStarted,
         **_header(run, actor),
         type=TransitionStarted.model_fields["type"].default,
-        transition=ct.name,
+        transition=ct.name if ct is not None else "",
         consumed=consumed,
         task_id=task_id,
         attempt=attempt,
         executor=kind,
         data=data,
+        spec=remote.executor if remote is not None else {},
+        into=remote.into if remote is not None else None,
     )
 
 

@@ -25,7 +25,7 @@ from ..events import (
 from ..net import Marking, fire, is_enabled
 from ..token import History, HistoryEntry, Token
 from ._instance import Incident, Instance
-from ._lifecycle import SETTLED, InstanceStatus
+from ._lifecycle import SETTLED, TERMINAL, InstanceStatus
 from ._tasks import PendingTask
 
 
@@ -216,15 +216,22 @@ class Run:
             )
             return
         ids = set(event.consumed)
-        taken: dict[str, tuple[Token, ...]] = {}
+        found: dict[str, tuple[str, Token]] = {}
         places: dict[str, tuple[Token, ...]] = {}
         for place, toks in self.marking.items():
             kept = tuple(t for t in toks if t.id not in ids)
             if len(kept) != len(toks):
-                taken[place] = tuple(t for t in toks if t.id in ids)
+                found.update((t.id, (place, t)) for t in toks if t.id in ids)
             if kept:
                 places[place] = kept
         self.marking = Marking(places)
+        # Held in the order the event names them (the transition's input order), as the live firing saw them:
+        # the produced tokens' history comes from the first.
+        taken: dict[str, tuple[Token, ...]] = {}
+        for tid in event.consumed:
+            if tid in found:
+                place, tok = found[tid]
+                taken[place] = taken.get(place, ()) + (tok,)
         self.pending[event.task_id] = PendingTask(
             task_id=event.task_id,
             transition=event.transition,
@@ -233,6 +240,8 @@ class Run:
             executor=event.executor,
             data=event.data,
             since=event.time,
+            spec=event.spec,
+            into=event.into,
         )
         self._record(
             event, "started", event.transition, tuple(taken), (), {"task": event.task_id, "attempt": event.attempt}
@@ -324,7 +333,7 @@ class Run:
                 error=event.error,
                 attempts=event.attempt,
                 time=event.time,
-                error_place=to_places[0] if to_places else None,
+                error_place=to_places[0] if to_places and not restored else None,
             )
         )
         details["incident"] = event.incident
@@ -400,12 +409,13 @@ class Run:
         return any(not p.dead for p in self.pending.values())
 
     def update_settled(self) -> None:
-        # Not while a scheduler pass is pending (it may still move the instance on), nor while a remote task runs.
+        # Not while a scheduler pass is pending (it may still move the instance on), nor while a remote task runs
+        # (unless the instance ended: its tasks' results no longer count).
         if (
             self.status in SETTLED
             and not self.inflight
             and not self.advancing
-            and not (self.pending and self.tasks_running())
+            and not (self.pending and self.status not in TERMINAL and self.tasks_running())
         ):
             self.settled.set()
         else:

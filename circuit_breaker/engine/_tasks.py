@@ -73,6 +73,8 @@ class PendingTask:
     executor: str
     data: dict[str, Any]
     since: datetime  # when this attempt was handed out
+    spec: dict[str, Any] = field(default_factory=dict)  # the executor spec the task carries
+    into: str | None = None  # the output goes under this key of the token data
     dead: bool = False  # its attempt is in the dead-letter queue: nothing happens until someone retries it
     timer: Any = field(default=None, repr=False)  # the engine's deadline timer handle, if any
 

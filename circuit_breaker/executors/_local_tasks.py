@@ -28,6 +28,7 @@ __all__ = ["LocalTaskQueue", "run_task"]
 log = logging.getLogger("circuit_breaker.engine")
 
 CACHE = 256  # executors built from specs (one per distinct spec, like a worker's)
+DELIVERY_ATTEMPTS = 100  # of one result, 5 s apart at most, while the store cannot be reached
 
 
 async def run_task(executor: Executor, task: Task) -> tuple[dict[str, Any], ErrorInfo | None]:
@@ -106,16 +107,17 @@ class LocalTaskQueue:
                 duration=time.perf_counter() - t0,
             )
         delay = 0.1
-        while True:
+        for _ in range(DELIVERY_ATTEMPTS):
             try:
                 await self._deliver(result)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # the store is down: the result must not be lost
+            except Exception as err:  # the store is down: try again for a while
                 log.warning("applying the result of task %s failed (%s); retrying in %.1fs", task.task_id, err, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        log.error("giving up on the result of task %s; the task stays in flight (its instance shows it)", task.task_id)
 
     def _executor(self, spec: dict[str, Any]) -> Executor:
         key = json.dumps(spec, sort_keys=True, default=str)

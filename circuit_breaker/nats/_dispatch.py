@@ -24,13 +24,15 @@ from pydantic import ValidationError
 from ..config import StreamSettings
 from ..engine._tasks import ResultHandler
 from ..tasks import Task, TaskResult, task_msg_id
-from ..workers._queue import MSG_ID, ensure_task_streams, stored_result, task_queued
+from ..workers._queue import MSG_ID, ensure_task_streams, queued_task, stored_result
 from ._acks import AckedPublisher
 from ._subjects import RESULTS_STREAM, result_filter, task_subject
 
 __all__ = ["NatsTaskQueue", "engine_durable"]
 
 log = logging.getLogger("circuit_breaker.engine")
+
+MAX_DELIVERIES = 100  # of one result to this engine's consumer (naks 1 s apart while the store is down)
 
 
 def engine_durable(workflow: str) -> str:
@@ -88,7 +90,8 @@ class NatsTaskQueue:
         )
 
     async def recover(self, task: Task) -> None:
-        if await task_queued(self._js, task.kind, task.task_id):
+        queued = await queued_task(self._js, task.kind, task.task_id)
+        if queued is not None and queued.attempt >= task.attempt:
             return  # waiting for a worker, or in one's hands
         result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
         if result is not None and result.attempt >= task.attempt:
@@ -147,6 +150,8 @@ class NatsTaskQueue:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sub.unsubscribe(), 2.0)
+                with contextlib.suppress(Exception):
                     sub = self._subs[workflow] = await self._subscribe(workflow)  # the consumer may be gone
                 continue
             delay = 0.2
@@ -166,6 +171,17 @@ class NatsTaskQueue:
         except ValidationError as err:
             log.warning("dropping a malformed result on %s: %s", msg.subject, err)
             await _settle(msg.ack())
+            return
+        deliveries = int(msg.metadata.num_delivered or 1)
+        if deliveries > MAX_DELIVERIES:  # the store has been failing for a long while: stop going round
+            log.error(
+                "giving up on the result of task %s after %d deliveries; the task stays in flight (its instance "
+                "shows it) and recovery applies the result when the engine restarts",
+                result.task_id,
+                deliveries,
+                extra={"task_id": result.task_id, "workflow": result.workflow, "instance": result.instance_id},
+            )
+            await _settle(msg.term())
             return
         assert self._deliver is not None
         try:

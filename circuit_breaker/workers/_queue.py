@@ -36,7 +36,7 @@ from ..nats._subjects import (
     result_subject,
     task_subject,
 )
-from ..tasks import DeadLetter, Task, TaskResult, task_msg_id
+from ..tasks import DeadLetter, Task, TaskResult, parse_task, task_msg_id
 
 __all__ = [
     "drop_dead_letter",
@@ -124,6 +124,12 @@ async def task_queued(js: Any, kind: str, task_id: str, *, direct: bool = True) 
     pass ``direct=False`` to ask the stream leader (read-after-write, one JetStream API request). A missing
     stream, or any other NATS error, is raised."""
     return await _last_msg(js, TASKS_STREAM, task_subject(kind, task_id), direct) is not None
+
+
+async def queued_task(js: Any, kind: str, task_id: str, *, direct: bool = True) -> Task | None:
+    """The task's message still in ``CB_TASKS`` (its newest attempt), or None; as :func:`task_queued`."""
+    msg = await _last_msg(js, TASKS_STREAM, task_subject(kind, task_id), direct)
+    return None if msg is None else parse_task(msg.data or b"{}")
 
 
 async def stored_result(

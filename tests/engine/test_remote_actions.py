@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from circuit_breaker import Engine, EventType, InstanceStatus, RetryPolicy, RuleSet, Workflow
-from circuit_breaker.errors import ActionError, DefinitionError, TransitionRejectedError
+from circuit_breaker.errors import ActionError, DefinitionError, InstanceStateError, TransitionRejectedError
 from circuit_breaker.executors import Executor, ExecutorRegistry, LocalTaskQueue, ShellExecutor, default_registry, param
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.store import MemoryStore
@@ -390,3 +390,143 @@ async def test_a_retry_policy_does_not_hand_out_again_a_task_whose_deadline_is_n
         await queue.next_task()
         await asyncio.sleep(0.3)
         assert queue.submitted == [] and (await engine.get(inst.id)).tasks[0].attempt == 1
+
+
+# -- regressions found in review ----------------------------------------------------------------------------
+
+
+async def test_a_late_result_does_not_end_a_manual_firing_waiting_for_the_newer_attempt() -> None:
+    queue = ControlledQueue()
+    wf = Workflow("manual_deadline")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "approve").action(Echo(value=1), remote=True, deadline=0.2).retry(3).manual()
+    async with Engine(tasks=queue) as engine:
+        inst = await engine.wait((await engine.start(wf, {})).id, timeout=10)
+        firing = asyncio.ensure_future(engine.fire(inst.id, "approve"))
+        first = await queue.next_task()
+        second = await queue.next_task()
+        await queue.deliver(result_for(first, output={"echo": "late"}))
+        await asyncio.sleep(0.05)
+        assert not firing.done(), "a superseded attempt's result must not answer the caller"
+        await queue.deliver(result_for(second, output={"echo": "now"}))
+        done = await asyncio.wait_for(firing, 10)
+        assert done.tokens[0].data["echo"] == "now"
+
+
+async def test_cancelling_with_a_task_in_flight_settles_the_instance_and_ignores_the_result(
+    stores: Callable[[], Any],
+) -> None:
+    queue = ControlledQueue()
+    wf = echo_flow("cancelled_mid_task")
+    async with Engine(stores(), tasks=queue) as engine:
+        inst = await engine.start(wf, {"x": 1})
+        task = await queue.next_task()
+        await engine.cancel(inst.id)
+        cancelled = await engine.wait(inst.id, timeout=5)
+        assert cancelled.status is InstanceStatus.CANCELLED
+        await queue.deliver(result_for(task, output={"echo": 1}))
+        after = await engine.get(inst.id)
+        assert after.status is InstanceStatus.CANCELLED and after.version == cancelled.version
+    again = ControlledQueue()
+    async with Engine(stores(), workflows=[echo_flow("cancelled_mid_task")], tasks=again) as engine:
+        await asyncio.sleep(0.2)
+        assert again.recovered == [] and again.submitted == [], "a cancelled instance's task is not handed out"
+
+
+async def test_a_manual_firing_waiting_on_a_task_hears_of_a_cancel() -> None:
+    queue = ControlledQueue()
+    wf = Workflow("manual_cancelled")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "approve").action(Echo(value=1), remote=True).manual()
+    async with Engine(tasks=queue) as engine:
+        inst = await engine.wait((await engine.start(wf, {})).id, timeout=10)
+        firing = asyncio.ensure_future(engine.fire(inst.id, "approve"))
+        await queue.next_task()
+        await engine.cancel(inst.id)
+        with pytest.raises(InstanceStateError):
+            await asyncio.wait_for(firing, 5)
+
+
+async def test_a_task_failing_while_the_instance_is_paused_fails_it_on_resume() -> None:
+    queue = ControlledQueue()
+    async with Engine(tasks=queue) as engine:
+        inst = await engine.start(echo_flow("paused_failure"), {"x": 1})
+        task = await queue.next_task()
+        await engine.pause(inst.id)
+        await queue.deliver(result_for(task, "failed", error={"kind": "k", "message": "boom", "retryable": False}))
+        paused = await engine.get(inst.id)
+        assert paused.status is InstanceStatus.PAUSED and len(paused.open_incidents) == 1
+        resumed = await engine.resume(inst.id)
+        assert resumed.status is InstanceStatus.FAILED
+        await asyncio.sleep(0.1)
+        assert queue.submitted == [], "the failed token is not handed out again behind the incident"
+
+
+async def test_a_worker_reporting_the_deadline_passed_gets_the_next_attempt_not_an_incident() -> None:
+    queue = ControlledQueue()
+    wf = echo_flow("worker_expired", deadline=30)
+    wf.transition("run").retry(3)
+    async with Engine(tasks=queue) as engine:
+        inst = await engine.start(wf, {"x": 1})
+        first = await queue.next_task()
+        expired = {"kind": "expired", "message": "the task's deadline had passed", "retryable": False}
+        await queue.deliver(result_for(first, "failed", error=expired))
+        second = await queue.next_task()
+        assert (second.task_id, second.attempt) == (first.task_id, 2)
+        await queue.deliver(result_for(second, output={"echo": 1}))
+        assert (await engine.wait(inst.id, timeout=10)).status is InstanceStatus.COMPLETED
+
+
+async def test_a_result_a_stage_cannot_expand_puts_the_token_back_instead_of_coming_back_for_ever() -> None:
+    queue = ControlledQueue()
+    wf = Workflow("remote_scatter")
+    a, b, c = wf.states("a", "b", "c")
+    wf.scatter(a >> b, "split", items="items").action(Echo(value=[]), remote=True)
+    async with Engine(tasks=queue) as engine:
+        inst = await engine.start(wf, {})
+        task = await queue.next_task()
+        await queue.deliver(result_for(task, output={"items": "not a list"}))
+        stalled = await engine.wait(inst.id, timeout=5)
+        assert stalled.status is InstanceStatus.WAITING and [t.place for t in stalled.tokens] == ["a"]
+        (rejected,) = [e async for e in engine.events(instance=inst.id, types=[EventType.TRANSITION_REJECTED])]
+        assert rejected.task_id == task.task_id and rejected.errors
+
+
+async def test_a_restart_without_the_remote_setting_still_finishes_the_tasks_in_flight() -> None:
+    store = MemoryStore()
+    wf = Workflow("by_kind_restart")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "run").action(Echo(value="{{ x }}"))
+    first = ControlledQueue()
+    async with Engine(store, tasks=first, remote_executors=["echo"]) as engine:
+        inst = await engine.start(wf, {"x": 4})
+        task = await first.next_task()
+    second = ControlledQueue()
+    async with Engine(store, workflows=[wf], tasks=second) as engine:  # remote_executors not given this time
+        for _ in range(100):
+            if second.recovered:
+                break
+            await asyncio.sleep(0.02)
+        (recovered,) = second.recovered
+        assert recovered.executor == {"executor": "echo", "params": {"value": "{{ x }}"}}
+        await second.deliver(result_for(task, output={"echo": 4}))
+        assert (await engine.wait(inst.id, timeout=10)).tokens[0].data == {"x": 4, "echo": 4}
+
+
+async def test_a_join_rebuilt_from_the_store_equals_the_live_instance(stores: Callable[[], Any]) -> None:
+    queue = ControlledQueue()
+    wf = Workflow("remote_join")
+    s, a, b, b2, c = wf.states("s", "a", "b", "b2", "c")
+    wf.flow(s >> (b, a), "fork")
+    wf.flow(b >> b2, "stepb")
+    wf.flow((b2, a) >> c, "join").action(Echo(value=1), remote=True)
+    async with Engine(stores(), tasks=queue) as engine:
+        inst = await engine.start(wf, {"x": 1})
+        task = await queue.next_task()
+        assert task.data == {"x": 1}
+        await queue.deliver(result_for(task, output={"echo": 1}))
+        live = await engine.wait(inst.id, timeout=10)
+    async with Engine(stores(), workflows=[wf], drive=False) as observer:
+        rebuilt = await observer.get(inst.id)
+    assert rebuilt.model_dump(mode="json") == live.model_dump(mode="json")
+    assert [h.transition for h in live.tokens[0].history] == [None, "fork", "stepb", "join"]

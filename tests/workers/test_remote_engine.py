@@ -166,14 +166,14 @@ async def until(engine: Engine, instance_id: str, status: InstanceStatus, timeou
         await asyncio.sleep(0.05)
 
 
-WORKFLOW_FILE = '''
+WORKFLOW_FILE = """
 from circuit_breaker import Workflow
 from circuit_breaker.executors import default_registry
 
 wf = Workflow("served_remote")
 queued, done = wf.states("queued", "done")
 wf.flow(queued >> done, "stamp").action(default_registry().create("set", values={"stamped": "{{ n }}"}))
-'''
+"""
 
 
 async def test_serve_hands_actions_of_a_kind_to_workers_and_reports_metrics(spawn, fresh_nats, tmp_path) -> None:
