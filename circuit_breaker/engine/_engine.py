@@ -551,10 +551,11 @@ class Engine:
                 raise ConcurrencyError(run.id, run.seq)
             after = view.model_copy(update={"data": data})
             post = post_check(ct, after)
-            if not post.valid:
-                await self._reject(run, ct, consumed, list(post.errors), "rules", actor)
-                raise TransitionRejectedError(run.cw.name, ct.name, run.id, list(post.errors))
-            await self._commit_fire(run, ct, consumed, after, data, actor)
+            expanded, errors = _expand(ct, after, consumed) if post.valid else (None, list(post.errors))
+            if errors is not None:
+                await self._reject(run, ct, consumed, errors, "rules", actor)
+                raise TransitionRejectedError(run.cw.name, ct.name, run.id, errors)
+            await self._commit_fire(run, ct, consumed, after, data, actor, expanded)
         finally:
             run.release(consumed)
 
@@ -1073,10 +1074,11 @@ class Engine:
                 return  # an incident was recorded
             after = view.model_copy(update={"data": data})
             post = post_check(ct, after)
-            if post.valid:
-                await self._commit_fire(run, ct, consumed, after, data, None)
+            expanded, errors = _expand(ct, after, consumed) if post.valid else (None, list(post.errors))
+            if errors is None:
+                await self._commit_fire(run, ct, consumed, after, data, None, expanded)
             else:
-                await self._reject(run, ct, consumed, list(post.errors), "rules", None)
+                await self._reject(run, ct, consumed, errors, "rules", None)
         except asyncio.CancelledError:
             raise
         except ConcurrencyError:
@@ -1248,6 +1250,18 @@ E = TypeVar("E", bound=BaseModel)
 
 def _ignore(_: int) -> None:
     return None
+
+
+def _expand(
+    ct: CompiledTransition, after: Token, consumed: dict[str, tuple[Token, ...]]
+) -> tuple[dict[str, list[dict[str, Any]]] | None, list[str] | None]:
+    """A stage's expansion of an action's result (scatter: one token per item); errors refuse the firing."""
+    if ct.expand is None:
+        return None, None
+    try:
+        return ct.expand(after, consumed), None
+    except CircuitBreakerError as err:
+        return None, [str(err)]
 
 
 def _always(_: Event) -> bool:

@@ -530,3 +530,15 @@ async def test_a_join_rebuilt_from_the_store_equals_the_live_instance(stores: Ca
         rebuilt = await observer.get(inst.id)
     assert rebuilt.model_dump(mode="json") == live.model_dump(mode="json")
     assert [h.transition for h in live.tokens[0].history] == [None, "fork", "stepb", "join"]
+
+
+async def test_a_scatter_expands_its_action_result_whether_the_action_runs_here_or_on_a_worker() -> None:
+    for remote in (False, True):
+        wf = Workflow(f"scatter_result_{remote}")
+        a, b = wf.states("a", "b")
+        wf.scatter(a >> b, "split", items="echo").action(Echo(value=[1, 2, 3]), remote=remote)
+        async with Engine(tasks=LocalTaskQueue(registry())) as engine:
+            inst = await engine.start(wf, {})
+            await asyncio.sleep(0.3)
+            now = await engine.get(inst.id)
+            assert sorted(t.data.get("item") for t in now.tokens if t.place == "b") == [1, 2, 3], remote
