@@ -94,6 +94,10 @@ class ExecutorDoc(_Doc):
     retry: RetryPolicy | None = None
     timeout: float | None = Field(default=None, gt=0)
     into: str | None = None
+    remote: bool = Field(False, description="run on a worker (circuit-breaker worker) instead of in the engine")
+    deadline: float | None = Field(
+        default=None, gt=0, description="seconds the engine waits for one remote attempt before handing it out again"
+    )
 
     @field_validator("retry", mode="before")
     @classmethod
@@ -408,7 +412,7 @@ class _Builder:
         declared = {p.name: wf.state(p.name, review=p.review, desc=p.desc) for p in doc.places}
         for t, action in zip(doc.transitions, actions):
             flow = Flow(_arcs(declared, t.sources), _arcs(declared, t.targets))
-            wf.flow(
+            made = wf.flow(
                 flow,
                 t.name,
                 validations=t.validations.policy() if t.validations else None,
@@ -421,6 +425,8 @@ class _Builder:
                 error_place=declared[t.error_place] if t.error_place is not None else None,
                 desc=t.desc,
             )
+            if t.executor is not None and t.executor.remote and action is not None:
+                made.action(action, remote=True, deadline=t.executor.deadline)
         return wf
 
     def _check_transition(
@@ -541,6 +547,10 @@ def _transition(t: Transition, problems: list[str], reveal_secrets: bool) -> dic
     if t.handler is not None:
         executor = _executor_doc(t.handler, where, problems, reveal_secrets)
         if executor is not None:
+            if t.remote is not None:
+                executor["remote"] = True
+                if t.remote.deadline is not None:
+                    executor["deadline"] = _number(t.remote.deadline)
             out["executor"] = executor
     if t.retry_policy is not None:
         out["retry"] = _retry_doc(t.retry_policy)

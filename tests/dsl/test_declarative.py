@@ -286,3 +286,20 @@ def test_secret_parameters_are_not_written_unless_asked(registry: ExecutorRegist
     text = dump_workflow(wf, reveal_secrets=True)
     assert "api_key: s3cret" in text
     assert load_workflow(text, registry=registry).spec() == wf.spec()
+
+
+async def test_remote_actions_round_trip_and_run_through_the_task_queue(registry: ExecutorRegistry) -> None:
+    from circuit_breaker import EventType
+    from circuit_breaker.executors import LocalTaskQueue
+
+    wf = Workflow("remote_scores")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "score").action(Score(amount="{{ n }}").as_action(into="scored"), remote=True, deadline=30)
+    text = dump_workflow(wf)
+    assert "remote: true" in text and "deadline: 30" in text
+    loaded = load_workflow(text, registry=registry)
+    assert dump_workflow(loaded) == text
+    async with Engine(tasks=LocalTaskQueue(registry)) as engine:
+        inst = await engine.wait((await engine.start(loaded, {"n": 2})).id, timeout=WAIT)
+        assert inst.tokens[0].data == {"n": 2, "scored": {"score": 2.0}}
+        assert EventType.TRANSITION_STARTED in [e.type async for e in engine.events(instance=inst.id)]
