@@ -143,3 +143,22 @@ def produce(
             n = (weights or {}).get(place, 1)
             out[place] = tuple(source.moved(place, data, entry) for _ in range(n))
     return out
+
+
+def to_error_place(
+    ct: CompiledTransition, view: Token, data: dict[str, Any], error: dict[str, Any], now: datetime
+) -> list[Token]:
+    """The tokens a failed firing puts in ``ct``'s error place: the input data with ``_error`` added."""
+    assert ct.error_place is not None
+    entry = build(
+        HistoryEntry,
+        time=now,
+        kind="failed",
+        transition=ct.name,
+        from_places=ct.input_places,
+        to_places=(ct.error_place,),
+        actor=None,
+        details={"error": error},
+    )
+    moved = produce(ct, view, {**data, "_error": error}, entry, places=(ct.error_place,))
+    return [t for ts in moved.values() for t in ts]

@@ -30,6 +30,7 @@ from ..dsl._firing import (
     pre_check,
     produce,
     run_action,
+    to_error_place,
 )
 from ..dsl._remote import RemoteAction, remote_action
 from ..dsl._workflow import _NAME as _PLAIN_NAME
@@ -1213,18 +1214,7 @@ class Engine:
             now = utcnow()
             produced: list[Token] = []
             if ct.error_place is not None:
-                entry = build(
-                    HistoryEntry,
-                    time=now,
-                    kind="failed",
-                    transition=ct.name,
-                    from_places=ct.input_places,
-                    to_places=(ct.error_place,),
-                    actor=None,
-                    details={"error": info.model_dump()},
-                )
-                moved = produce(ct, view, {**view.data, "_error": info.model_dump()}, entry, places=(ct.error_place,))
-                produced = [t for ts in moved.values() for t in ts]
+                produced = to_error_place(ct, view, view.data, info.model_dump(), now)
             event = _next_event(
                 TransitionFailed,
                 run,

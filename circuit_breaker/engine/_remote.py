@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._construct import build
 from ..dsl import CompiledTransition
-from ..dsl._firing import fired_entry, input_token, merge_result, post_check, produce
+from ..dsl._firing import fired_entry, input_token, merge_result, post_check, produce, to_error_place
 from ..errors import (
     ActionError,
     CircuitBreakerError,
@@ -42,7 +42,7 @@ from ..events import (
 )
 from ..retry import NO_RETRY
 from ..secrets import default_masker
-from ..token import HistoryEntry, Token, new_id, utcnow
+from ..token import Token, new_id, utcnow
 from ._context import Firing
 from ._lifecycle import TERMINAL, InstanceStatus
 from ._tasks import PendingTask, TaskQueue
@@ -421,20 +421,7 @@ class RemoteActions:
             produced: list[Token] = []
             now = utcnow()
             if ct.error_place is not None:
-                entry = build(
-                    HistoryEntry,
-                    time=now,
-                    kind="failed",
-                    transition=ct.name,
-                    from_places=ct.input_places,
-                    to_places=(ct.error_place,),
-                    actor=None,
-                    details={"error": info.model_dump()},
-                )
-                view = input_token(ct, pending.tokens)
-                data = {**pending.data, "_error": info.model_dump()}
-                moved = produce(ct, view, data, entry, places=(ct.error_place,))
-                produced = [t for ts in moved.values() for t in ts]
+                produced = to_error_place(ct, input_token(ct, pending.tokens), pending.data, info.model_dump(), now)
             event = _failed(run, ct, pending, info, will_retry=False, now=now).model_copy(
                 update={
                     "consumed": pending.token_ids(),

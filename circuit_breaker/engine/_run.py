@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from .._construct import build
-from ..dsl import CompiledWorkflow
+from ..dsl import CompiledTransition, CompiledWorkflow
 from ..events import (
     Event,
     InstanceCompleted,
@@ -179,16 +179,7 @@ class Run:
             tokens = event.produced
             if tokens and not tokens[0].history:
                 # Replayed from JSON, where produced tokens travel without history: rebuild it as firing did.
-                entry = HistoryEntry(
-                    time=event.time,
-                    kind="fired",
-                    transition=event.transition,
-                    from_places=ct.input_places if ct is not None else (),
-                    to_places=ct.output_places
-                    if ct is not None
-                    else tuple(dict.fromkeys(t.place or "" for t in tokens)),
-                    actor=event.actor,
-                )
+                entry = _replayed_entry(event, ct, tokens)
                 tokens = self._with_history(tokens, event.consumed, entry)
             produced = _by_place(tokens)
         if consumed is not None and ct is not None:
@@ -256,14 +247,7 @@ class Run:
         ct = self.cw.transitions.get(event.transition)
         tokens = event.produced
         if tokens and not tokens[0].history:
-            entry = HistoryEntry(
-                time=event.time,
-                kind="fired",
-                transition=event.transition,
-                from_places=ct.input_places if ct is not None else (),
-                to_places=ct.output_places if ct is not None else tuple(dict.fromkeys(t.place or "" for t in tokens)),
-                actor=event.actor,
-            )
+            entry = _replayed_entry(event, ct, tokens)
             tokens = self._with_history(tokens, event.consumed, entry, task)
         produced = _by_place(tokens)
         self.marking = self._move([], produced)
@@ -437,6 +421,18 @@ class Run:
             enabled_manual=self.enabled_manual(),
             tasks=[t.view() for t in self.pending.values()],
         )
+
+
+def _replayed_entry(event: TransitionFired, ct: CompiledTransition | None, tokens: list[Token]) -> HistoryEntry:
+    """The history entry a firing gave the tokens it produced, rebuilt for an event read back from JSON."""
+    return HistoryEntry(
+        time=event.time,
+        kind="fired",
+        transition=event.transition,
+        from_places=ct.input_places if ct is not None else (),
+        to_places=ct.output_places if ct is not None else tuple(dict.fromkeys(t.place or "" for t in tokens)),
+        actor=event.actor,
+    )
 
 
 def _by_place(tokens: list[Token]) -> dict[str, tuple[Token, ...]]:

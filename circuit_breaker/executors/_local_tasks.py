@@ -17,13 +17,15 @@ import socket
 import time
 from typing import Any
 
+from ..errors import CircuitBreakerError
 from ..events import ErrorInfo
 from ..tasks import Task, TaskResult
 from ..token import utcnow
 from ._base import _DATA, Executor
 from ._registry import ExecutorRegistry, default_registry
+from ._result import ExecutionResult
 
-__all__ = ["LocalTaskQueue", "run_task"]
+__all__ = ["ExecutorCache", "LocalTaskQueue", "execute_task", "expired_error", "prepare_task", "run_task"]
 
 log = logging.getLogger("circuit_breaker.engine")
 
@@ -31,21 +33,66 @@ CACHE = 256  # executors built from specs (one per distinct spec, like a worker'
 DELIVERY_ATTEMPTS = 100  # of one result, 5 s apart at most, while the store cannot be reached
 
 
-async def run_task(executor: Executor, task: Task) -> tuple[dict[str, Any], ErrorInfo | None]:
-    """Run ``task`` on ``executor`` (built from its spec): render the templates from the task's data, apply the
-    task's timeout when the spec sets none, and return the output and the error (None on success)."""
+class ExecutorCache:
+    """Executors built from task specs, one per distinct spec (``render`` makes each task's own copy of a
+    templated one), as the engine runs one executor object for every firing of a transition."""
+
+    def __init__(self, registry: ExecutorRegistry, size: int = CACHE) -> None:
+        self.registry = registry
+        self.size = size
+        self._built: dict[str, Executor] = {}
+
+    def get(self, spec: dict[str, Any]) -> Executor:
+        """The executor of ``spec``; raises ExecutorConfigError (or another CircuitBreakerError) when the registry
+        cannot build it."""
+        key = json.dumps(spec, sort_keys=True, default=str)
+        executor = self._built.get(key)
+        if executor is None:
+            executor = self.registry.from_spec(spec)
+            if len(self._built) >= self.size:
+                del self._built[next(iter(self._built))]
+            self._built[key] = executor
+        return executor
+
+
+def expired_error(task: Task) -> ErrorInfo | None:
+    """Why ``task`` must not run any more (its deadline passed), or None."""
     if task.deadline is not None and task.deadline <= utcnow():
-        return {}, ErrorInfo(kind="expired", message=f"the task's deadline {task.deadline} had passed", retryable=False)
-    runnable = executor.render(task.data)
+        return ErrorInfo(kind="expired", message=f"the task's deadline {task.deadline} had passed", retryable=False)
+    return None
+
+
+def prepare_task(cache: ExecutorCache, task: Task) -> Executor:
+    """The executor that runs ``task``: built from its spec, templates filled from its data, and the task's
+    timeout applied when the spec sets none. Raises CircuitBreakerError when the spec or data do not fit."""
+    shared = cache.get(task.executor)
+    runnable = shared.render(task.data)
     if task.timeout is not None and runnable.execution_timeout is None:
-        if runnable is executor:  # never change a shared executor: the next task may set no timeout
-            runnable = copy.copy(executor)
+        if runnable is shared:  # never change a cached executor: the next task may set no timeout
+            runnable = copy.copy(shared)
         runnable.with_timeout(task.timeout)
+    return runnable
+
+
+async def execute_task(runnable: Executor, task: Task) -> ExecutionResult:
+    """Run a prepared executor with the task's data in context (what ``ExecutorAction`` does in the engine)."""
     reset = _DATA.set(task.data)
     try:
-        result = await runnable.execute_detailed()
+        return await runnable.execute_detailed()
     finally:
         _DATA.reset(reset)
+
+
+async def run_task(cache: ExecutorCache, task: Task) -> tuple[dict[str, Any], ErrorInfo | None]:
+    """Run ``task`` and return its output and error (None on success); failures are never raised."""
+    expired = expired_error(task)
+    if expired is not None:
+        return {}, expired
+    try:
+        runnable = prepare_task(cache, task)
+    except CircuitBreakerError as err:
+        return {}, ErrorInfo(kind="config", message=str(err), retryable=False)
+    result = await execute_task(runnable, task)
     return result.output, result.error
 
 
@@ -58,7 +105,7 @@ class LocalTaskQueue:
         self._slots = asyncio.Semaphore(concurrency)
         self._deliver: Any = None
         self._running: set[asyncio.Task[None]] = set()
-        self._executors: dict[str, Executor] = {}
+        self._executors = ExecutorCache(self.registry)
 
     async def open(self, deliver: Any) -> None:
         self._deliver = deliver
@@ -83,15 +130,7 @@ class LocalTaskQueue:
     async def _run(self, task: Task) -> None:
         async with self._slots:
             started, t0 = utcnow(), time.perf_counter()
-            try:
-                output, error = await run_task(self._executor(task.executor), task)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # a spec the registry cannot build, a template the data cannot fill
-                output, error = (
-                    {},
-                    ErrorInfo(kind=getattr(err, "kind", None) or "config", message=str(err), retryable=False),
-                )
+            output, error = await run_task(self._executors, task)
             result = TaskResult(
                 task_id=task.task_id,
                 attempt=task.attempt,
@@ -118,13 +157,3 @@ class LocalTaskQueue:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         log.error("giving up on the result of task %s; the task stays in flight (its instance shows it)", task.task_id)
-
-    def _executor(self, spec: dict[str, Any]) -> Executor:
-        key = json.dumps(spec, sort_keys=True, default=str)
-        executor = self._executors.get(key)
-        if executor is None:
-            executor = self.registry.from_spec(spec)
-            if len(self._executors) >= CACHE:
-                del self._executors[next(iter(self._executors))]
-            self._executors[key] = executor
-        return executor

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import json
 import logging
 import os
 import socket
@@ -44,8 +42,8 @@ from nats.js.errors import APIError
 from ..config import StreamSettings, WorkerSettings
 from ..errors import CircuitBreakerError, WorkerError
 from ..events import ErrorInfo
-from ..executors import Executor, ExecutorRegistry, default_registry
-from ..executors._base import _DATA
+from ..executors import ExecutorRegistry, default_registry
+from ..executors._local_tasks import ExecutorCache, execute_task, expired_error, prepare_task
 from ..nats._acks import AckedPublisher
 from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_filter, task_subject, worker_durable
 from ..tasks import DeadLetter, Task, TaskResult, parse_task, result_msg_id
@@ -114,7 +112,7 @@ class Worker:
         self._stopping = False
         self._nats_errors: list[str] = []
         self._acks = AckedPublisher(connection)
-        self._executors: dict[str, Executor] = {}  # canonical spec JSON -> the executor built from it
+        self._executors = ExecutorCache(self.registry, SPEC_CACHE)
 
     # -- life cycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -366,41 +364,20 @@ class Worker:
     async def _run(self, task: Task, msg: Msg) -> _Outcome:
         """Run the task's executor with heartbeats; every failure becomes an ErrorInfo (cancellation is raised)."""
         started, t0 = utcnow(), time.perf_counter()
-        if task.deadline is not None and task.deadline <= started:
-            error = ErrorInfo(
-                kind="expired", message=f"the task's deadline {task.deadline} had passed", retryable=False
-            )
-            return _Outcome({}, error, started, 0.0)
+        expired = expired_error(task)
+        if expired is not None:
+            return _Outcome({}, expired, started, 0.0)
         try:
-            shared = self._executor(task.executor)
-            executor = shared.render(task.data)
-            if task.timeout is not None and executor.execution_timeout is None:
-                if executor is shared:  # never change the cached one: the next task may set no timeout
-                    executor = copy.copy(shared)
-                executor.with_timeout(task.timeout)
+            executor = prepare_task(self._executors, task)
         except CircuitBreakerError as err:
             error = ErrorInfo(kind="config", message=str(err), retryable=False)
             return _Outcome({}, error, started, time.perf_counter() - t0)
         heartbeat = _Heartbeat(msg, self.settings.ack_wait / 3)
-        reset = _DATA.set(task.data)
         try:
-            result = await executor.execute_detailed()
+            result = await execute_task(executor, task)
         finally:
-            _DATA.reset(reset)
             await heartbeat.stop()
         return _Outcome(result.output, result.error, started, time.perf_counter() - t0)
-
-    def _executor(self, spec: dict[str, Any]) -> Executor:
-        """The executor for a spec, built once per distinct spec (``render`` makes the per-task copy of a
-        templated one; the engine, too, runs one executor object for every firing of a transition)."""
-        key = json.dumps(spec, default=str)  # the engine writes a spec's keys in one order
-        executor = self._executors.get(key)
-        if executor is None:
-            executor = self.registry.from_spec(spec)
-            if len(self._executors) >= SPEC_CACHE:
-                del self._executors[next(iter(self._executors))]
-            self._executors[key] = executor
-        return executor
 
     async def _dead_letter(
         self,
