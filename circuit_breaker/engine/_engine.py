@@ -44,6 +44,7 @@ from ..errors import (
     InstanceExistsError,
     InstanceStateError,
     StoreError,
+    TokenDataError,
     TransitionNotEnabledError,
     TransitionRejectedError,
     UnknownInstanceError,
@@ -882,6 +883,10 @@ class Engine:
             # NATS unreachable for longer than the store retries: nothing is lost, try again later.
             log.warning("instance %s of workflow %s: the store failed (%s); retrying in 5s", run.id, run.cw.name, err)
             self._wake(run, 5.0)
+        except TokenDataError as err:
+            # Data the store cannot take (an event larger than NATS allows): the instance fails, saying why.
+            log.warning("instance %s of workflow %s: %s", run.id, run.cw.name, err)
+            await self._fail_internal(run, err, reason=str(err))
         except Exception as err:
             # A bug must not leave waiters hanging or stop other instances.
             log.exception("scheduler pass failed for instance %s of workflow %s", run.id, run.cw.name)
@@ -890,10 +895,11 @@ class Engine:
             run.advancing = False
             run.update_settled()
 
-    async def _fail_internal(self, run: Run, err: BaseException) -> None:
+    async def _fail_internal(self, run: Run, err: BaseException, reason: str | None = None) -> None:
         try:
             if run.status in (RUNNING, WAITING):
-                await self._set_status(run, "fail", None, reason=f"internal error: {type(err).__name__}: {err}")
+                why = reason or f"internal error: {type(err).__name__}: {err}"
+                await self._set_status(run, "fail", None, reason=why)
         except Exception:
             log.exception("could not record the failure of instance %s", run.id)
 

@@ -118,8 +118,8 @@ class ControlService:
             reply = _error("internal", f"{type(err).__name__}: {err}")
         if msg.reply:
             try:
-                await msg.respond(json.dumps(reply, default=str).encode())
-            except Exception:  # the caller is gone, or the reply is larger than the server takes
+                await msg.respond(_fitted(reply, self.connection.max_payload))
+            except Exception:  # the caller is gone
                 log.warning("could not answer the control request on %s", msg.subject, exc_info=True)
 
     async def _answer(self, verb: Verb, payload: bytes) -> dict[str, Any]:
@@ -159,6 +159,25 @@ def _error(code: str, message: str, details: dict[str, Any] | None = None) -> di
     if details:
         body["details"] = details
     return {"error": body}
+
+
+def _fitted(reply: dict[str, Any], limit: int) -> bytes:
+    """The reply as JSON within the server's ``max_payload``: an instance too large to send loses its history,
+    then its tokens' data (``"truncated"`` names what is left out; ``circuit-breaker status`` shows it all)."""
+    body = json.dumps(reply, default=str).encode()
+    instance = reply.get("instance")
+    if len(body) <= limit or not isinstance(instance, dict):
+        return body
+    slim = {**instance, "history": []}
+    body = json.dumps({"instance": slim, "truncated": ["history"]}, default=str).encode()
+    if len(body) <= limit:
+        return body
+    slim["tokens"] = [{k: v for k, v in t.items() if k != "data"} for t in instance.get("tokens", [])]
+    body = json.dumps({"instance": slim, "truncated": ["history", "token data"]}, default=str).encode()
+    if len(body) <= limit:
+        return body
+    message = f"the instance is too large to send ({len(body)} bytes); read it with `circuit-breaker status`"
+    return json.dumps(_error("reply_too_large", message, {"instance_id": instance.get("id")}), default=str).encode()
 
 
 async def workflow_of(connection: NATS, instance_id: str) -> str:

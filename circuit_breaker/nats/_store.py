@@ -41,7 +41,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from ..config import Settings, StreamSettings
-from ..errors import ConcurrencyError, StoreError, StreamConfigError
+from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataError
 from ..events import Event, parse_event
 from ._acks import AckedPublisher
 from ._embedded import connect_nats
@@ -238,6 +238,17 @@ class JetStreamStore:
                 await nc.drain()
 
     # -- writing -------------------------------------------------------------------------------------------
+    def _check_size(self, event: Event, size: int) -> None:
+        """An event larger than the server takes in one message can never be stored: say so, naming it."""
+        limit = self.connection.max_payload
+        if size > limit:
+            raise TokenDataError(
+                f"event {event.type.value} of instance {event.instance_id} (workflow {event.workflow!r}) is {size} "
+                f"bytes, more than the NATS server takes in one message (max_payload {limit}); keep large data out "
+                "of tokens (store it elsewhere and keep a reference in the token)",
+                workflow=event.workflow,
+            )
+
     async def append(self, event: Event, expected_seq: int) -> None:
         iid = event.instance_id
         if event.seq != expected_seq + 1:
@@ -269,6 +280,7 @@ class JetStreamStore:
         acks = self._acks
         if acks is None:
             raise StoreError("the JetStream store is not open")
+        self._check_size(event, len(payload) + len(header_block))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_retry_for
         delay, attempt = 0.05, 0

@@ -89,3 +89,39 @@ async def test_a_slow_action_does_not_hold_up_other_requests(served: tuple[Engin
     )
     assert all(r["instance"]["status"] == "completed" for r in replies)
     assert time.monotonic() - started < 1.5, "four 0.5 s signatures ran side by side"
+
+
+async def test_an_instance_too_large_for_one_message_is_answered_without_its_bulk(nats_url: str) -> None:
+    await drop_streams(nats_url)
+    wf = Workflow("bulky")
+    s, x, y, x2, z, done = wf.states("s", "x", "y", "x2", "z", "done")
+    wf.flow(s >> (x, y), "fork")  # each event carries two copies of the data: 800 KB, under 1 MB
+    wf.flow(x >> (x2, z), "more")
+    wf.flow(x2 >> done, "touch", trigger="manual")
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf]) as engine:
+        nc = await nats.connect(nats_url)
+        control = ControlService(engine, nc)
+        await control.start()
+        try:
+            blob = "x" * 400_000  # three tokens carry it at the end: 1.2 MB, above the server's 1 MB max_payload
+            inst = await engine.wait((await engine.start("bulky", {"blob": blob})).id, timeout=10)
+            assert inst.status.value == "waiting", inst.status
+            msg = await nc.request(
+                "cb.ctl.bulky.fire", json.dumps({"instance_id": inst.id, "transition": "touch"}).encode(), timeout=10
+            )
+            reply = json.loads(msg.data)
+            assert reply["truncated"] == ["history", "token data"]
+            assert reply["instance"]["id"] == inst.id and reply["instance"]["status"] == "completed"
+            assert sorted(t["place"] for t in reply["instance"]["tokens"]) == ["done", "y", "z"]
+            after = await engine.get(inst.id)
+            assert all(t.data["blob"] == blob for t in after.tokens), "nothing was cut from the state"
+
+            too_big = await engine.start("bulky", {"blob": "y" * 600_000})  # its fork would be a 1.2 MB event
+            failed = await engine.wait(too_big.id, timeout=10)
+            assert failed.status.value == "failed"
+            reason = failed.history.to_records()[-1]["details"]["reason"]
+            assert "max_payload" in reason and "transition_fired" in reason
+        finally:
+            await control.stop()
+            await nc.close()
+    await drop_streams(nats_url)
