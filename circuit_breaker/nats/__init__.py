@@ -1,6 +1,7 @@
 """NATS wiring: the JetStream store, the embedded server, the subject layout, and the client for services."""
 
 from ._client import Client, Published
+from ._dispatch import NatsTaskQueue
 from ._events import EventStream
 from ._inbox import ensure_inbox_stream
 from ._inject import InjectService
@@ -22,6 +23,7 @@ __all__ = [
     "JetStreamStore",
     "NatsCluster",
     "NatsServer",
+    "NatsTaskQueue",
     "Published",
     "ensure_inbox_stream",
     "ensure_stream",

@@ -21,6 +21,7 @@ EXPECTED = {
     "seed_style.py": "submit rejected:",
     "events.py": "3 completions seen live, 1 approval replayed",
     "retries_and_incidents.py": "after retry: completed, token in ['stored']",
+    "remote_workers.py": "each of the 6 results applied once: True",
 }
 
 
