@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -72,9 +72,11 @@ from ._context import Firing
 from ._context import _current as _current_firing
 from ._instance import Instance
 from ._lifecycle import TERMINAL, InstanceStatus, next_status
-from ._remote import RemoteActions
 from ._run import NO_LOCK, Run
 from ._tasks import TaskQueue
+
+if TYPE_CHECKING:
+    from ._remote import RemoteActions
 
 log = logging.getLogger("circuit_breaker.engine")
 
@@ -129,7 +131,8 @@ class Engine:
         # in-process). ``remote_executors`` makes every action of those executor kinds remote.
         self._remote_kinds = frozenset(remote_executors)
         self._by_kind: dict[tuple[str, str], RemoteAction] = {}
-        self._remote = RemoteActions(self, tasks)
+        self._tasks_queue = tasks
+        self._remote_actions: RemoteActions | None = None  # made on first use (most engines never need it)
         for wf in workflows:
             self.register(wf)
 
@@ -172,7 +175,8 @@ class Engine:
         self._closed = True
         await _cancel([t for t in (self._watcher, *self._loading) if t is not None])
         await _cancel(list(self._tasks))
-        await self._remote.close()
+        if self._remote_actions is not None:
+            await self._remote_actions.close()
         for _, sink in self._subscribers:
             sink(None)
         self._subscribers.clear()
@@ -204,6 +208,14 @@ class Engine:
                     spec = remote_action(ct.handler, deadline=None, transition=ct.name, workflow=cw.name)
                     self._by_kind[(cw.name, ct.name)] = spec
         return cw
+
+    def _remote(self) -> RemoteActions:
+        """The engine's half of remote actions, made when first needed."""
+        if self._remote_actions is None:
+            from ._remote import RemoteActions
+
+            self._remote_actions = RemoteActions(self, self._tasks_queue)
+        return self._remote_actions
 
     def remote_of(self, workflow: str, ct: CompiledTransition) -> RemoteAction | None:
         """How ``ct`` runs remotely, or None when its action runs in this process."""
@@ -268,7 +280,7 @@ class Engine:
         """Fold the stored events of ``cw``'s instances; instances still running go on, and their remote tasks
         in flight are checked (queued, or their result applied)."""
         if self.drive and any(self.remote_of(cw.name, ct) is not None for ct in cw.ordered):
-            await self._remote.listen(cw.name)  # an observer (drive=False) never takes results off the queue
+            await self._remote().listen(cw.name)  # an observer (drive=False) never takes results off the queue
         atomic = getattr(self.store, "appends_atomically", False)
         runs: dict[str, Run] = {}
         async for event in self.store.replay(workflow=cw.name):
@@ -287,7 +299,7 @@ class Engine:
             self._runs[iid] = run
             run.update_settled()
             if run.pending and self.drive and run.status not in TERMINAL:
-                self._spawn(run, self._remote.recover(run))
+                self._spawn(run, self._remote().recover(run))
             if self.drive and (
                 run.status is RUNNING or (run.status is WAITING and (run.all_final() or self._auto_possible(run)))
             ):
@@ -542,7 +554,7 @@ class Engine:
     ) -> None:
         """A manual firing's action: run here, or on a worker (returning once its result is applied)."""
         if self.remote_of(run.cw.name, ct) is not None:
-            waiter = await self._remote.dispatch(run, ct, consumed, view, actor, wait=True)
+            waiter = await self._remote().dispatch(run, ct, consumed, view, actor, wait=True)
             assert waiter is not None
             await asyncio.shield(waiter)  # a caller giving up does not stop the task; its result still counts
             return
@@ -568,7 +580,7 @@ class Engine:
             instance_id, lambda r: "proceed" if r.status is WAITING else "retry", actor, "retried by hand", retry=True
         )
         if any(p.dead for p in run.pending.values()):
-            await self._remote.redispatch_dead(run, actor)
+            await self._remote().redispatch_dead(run, actor)
         self._kick(run)
         return run.snapshot()
 
@@ -991,7 +1003,7 @@ class Engine:
         """Start ``ct``'s action with ``consumed``. A remote one is dispatched (the marking changed: returns True);
         a local one runs in its own task, its tokens reserved meanwhile."""
         if ct.remote is not None or (self._by_kind and self.remote_of(run.cw.name, ct) is not None):
-            await self._remote.dispatch(run, ct, consumed, view, None)
+            await self._remote().dispatch(run, ct, consumed, view, None)
             return True
         run.reserve(consumed)
         run.inflight += 1
