@@ -1,7 +1,8 @@
 """NATS wiring: the JetStream store, the embedded server, the subject layout, and the client for services."""
 
+from typing import Any
+
 from ._client import Client, Published
-from ._dispatch import NatsTaskQueue
 from ._events import EventStream
 from ._inbox import ensure_inbox_stream
 from ._inject import InjectService
@@ -35,3 +36,12 @@ __all__ = [
     "inject_request_schema",
     "inject_subject",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The task queue needs circuit_breaker.workers, which needs this package: imported when asked for.
+    if name == "NatsTaskQueue":
+        from ._dispatch import NatsTaskQueue
+
+        return NatsTaskQueue
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
