@@ -162,13 +162,35 @@ class Engine:
         if isinstance(self.store, SharedStore):
             # Follow only once another engine shows up: a lone engine need not read back what it writes.
             # The newcomer says from where (its position before it wrote anything), so nothing is missed.
-            await self.store.announce(start - 1, self._peer if self.follow else _ignore, writer=self.drive)
+            await self.store.announce(
+                start - 1,
+                self._peer if self.follow else _ignore,
+                writer=self.drive,
+                on_gone=self._orphaned if self.drive and self.follow else None,
+            )
 
     def _peer(self, since: int) -> None:
         """Another engine writes to the shared store: follow its events from stream position ``since + 1``."""
         if self._watcher is None and not self._closed:
             start = max(self._open_start, since + 1)
             self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
+
+    def _orphaned(self, origin: str) -> None:
+        """Another engine left or stopped answering: drive the unfinished instances it was driving (those whose
+        latest event it wrote). Several engines may take the same one over; the store's check lets one fire."""
+        assert isinstance(self.store, SharedStore)
+        writers = self.store.writer_of
+        taken = 0
+        for run in list(self._runs.values()):
+            if run.local or writers.get(run.id) != origin or run.status not in (RUNNING, WAITING):
+                continue
+            run.local = True
+            taken += 1
+            if run.pending:
+                self._spawn(run, self._remote().recover(run))  # its deadlines were the other engine's timers
+            self._kick(run)
+        if taken:
+            log.warning("took over %d instance(s) from engine %s", taken, origin)
 
     async def close(self) -> None:
         """Cancel running actions (their tokens stay where they were), end subscriptions, close the store."""

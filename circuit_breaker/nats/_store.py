@@ -152,6 +152,7 @@ class JetStreamStore:
         publish_timeout: float = 5.0,
         publish_retry_for: float = 30.0,
         startup_wait: float = 30.0,
+        heartbeat: float = 5.0,
         **connect_options: Any,
     ) -> None:
         if servers is None and connection is None:
@@ -175,6 +176,12 @@ class JetStreamStore:
         self._last: dict[str, tuple[int, int]] = {}
         self.watched_up_to = 0
         self._hello_sub: Any = None
+        # Takeover: which engine (store origin) last wrote each instance this store followed, when each peer
+        # was last heard of, and the heartbeat that tells the peers this engine is alive.
+        self.heartbeat = heartbeat
+        self.writer_of: dict[str, str] = {}
+        self._peers: dict[str, float] = {}
+        self._beats: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -225,6 +232,15 @@ class JetStreamStore:
 
     async def close(self) -> None:
         self._js = None
+        if self._beats is not None:
+            self._beats.cancel()
+            with contextlib.suppress(BaseException):
+                await self._beats
+            self._beats = None
+            if self._nc is not None and not self._nc.is_closed:  # a clean goodbye: peers take over at once
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "bye": True}).encode())
+                    await self._nc.flush(timeout=1)
         if self._hello_sub is not None:
             with contextlib.suppress(Exception):
                 await self._hello_sub.unsubscribe()
@@ -447,28 +463,55 @@ class JetStreamStore:
                     log.warning("skipping a message on %s that is not an event", msg.subject)
                     continue
                 self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
+                writer = (msg.headers or {}).get("Cb-Origin")
+                if writer:
+                    self.writer_of[event.instance_id] = writer
                 yield event
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), 2.0)
 
-    async def announce(self, since: int, on_peer: Callable[[int], None], *, writer: bool = True) -> None:
-        """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``.
+    async def announce(
+        self,
+        since: int,
+        on_peer: Callable[[int], None],
+        *,
+        writer: bool = True,
+        on_gone: Callable[[str], None] | None = None,
+    ) -> None:
+        """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``, heartbeats ``{"origin", "beat"}``
+        every ``heartbeat`` seconds and ``{"origin", "bye"}`` on close.
 
         A writer says hello with ``since`` = the stream position before its first write; every engine that
         hears a hello from another origin follows from there, and answers (``reply: true``) with the same
-        ``since`` so the newcomer follows it too. Core NATS, so a lost hello only costs liveness (live events,
-        wait() on instances driven elsewhere), never correctness: conflicts are caught by the CAS.
+        ``since`` so the newcomer follows it too. A peer that says bye, or is not heard of for three heartbeats,
+        is gone: ``on_gone(origin)`` lets this engine take over the instances it drove (``writer_of``). Core
+        NATS, so a lost hello only costs liveness, never correctness: conflicts are caught by the CAS.
         """
         nc = self.connection
+        loop = asyncio.get_running_loop()
 
         async def heard(msg: Any) -> None:
             try:
                 hello = json.loads(msg.data)
-                origin, position = str(hello["origin"]), int(hello["since"])
+                origin = str(hello["origin"])
             except (ValueError, KeyError, TypeError):
                 return
             if origin == self.origin:
+                return
+            if hello.get("bye"):
+                if self._peers.pop(origin, None) is not None and on_gone is not None:
+                    on_gone(origin)
+                return
+            known = origin in self._peers
+            self._peers[origin] = loop.time()
+            if hello.get("beat"):
+                if not known:
+                    on_peer(self.watched_up_to)  # a peer this engine missed the hello of: follow from here on
+                return
+            try:
+                position = int(hello["since"])
+            except (KeyError, TypeError, ValueError):
                 return
             on_peer(position)
             if writer and not hello.get("reply"):
@@ -480,6 +523,27 @@ class JetStreamStore:
         if writer:
             await nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "since": since}).encode())
             await nc.flush()
+        self._beats = loop.create_task(self._beat(writer, on_gone))
+
+    async def _beat(self, writer: bool, on_gone: Callable[[str], None] | None) -> None:
+        """Say this engine is alive (if it writes), and notice peers that stopped saying so."""
+        beat = json.dumps({"origin": self.origin, "beat": True}).encode()
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if writer:
+                with contextlib.suppress(Exception):
+                    await self.connection.publish(HELLO_SUBJECT, beat)
+            if not self.connection.is_connected:
+                continue  # this engine is the one cut off: it cannot judge the others
+            silent = [o for o, seen in self._peers.items() if loop.time() - seen > 3 * self.heartbeat]
+            for origin in silent:
+                del self._peers[origin]
+                log.warning(
+                    "engine %s was not heard of for %.0fs: taking over its instances", origin, 3 * self.heartbeat
+                )
+                if on_gone is not None:
+                    on_gone(origin)
 
     def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:
         known = self._last.get(instance_id)

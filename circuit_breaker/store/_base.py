@@ -47,9 +47,19 @@ class SharedStore(Store, Protocol):
         """The position of the newest stored event (0 when empty)."""
         ...
 
-    async def announce(self, since: int, on_peer: Callable[[int], None], *, writer: bool = True) -> None:
+    writer_of: dict[str, str]  # instance id -> the origin of the engine that last wrote it (as followed)
+
+    async def announce(
+        self,
+        since: int,
+        on_peer: Callable[[int], None],
+        *,
+        writer: bool = True,
+        on_gone: Callable[[str], None] | None = None,
+    ) -> None:
         """Tell the other engines this one is here (if it may write) and call ``on_peer(position)`` when another
-        writer is seen: its events must be followed from ``position + 1`` on."""
+        writer is seen: its events must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
+        a writer leaves or stops answering: the instances it drove (``writer_of``) need another driver."""
         ...
 
     def watch(self, start_seq: int) -> AsyncIterator[Event]:

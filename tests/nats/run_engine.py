@@ -23,13 +23,15 @@ async def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between the engine's heartbeats")
     parser.add_argument("--go-file", help="open the engine only once this file exists (to start racers together)")
     args = parser.parse_args()
     if args.go_file:
         print("waiting", flush=True)
         while not Path(args.go_file).exists():
             await asyncio.sleep(0.005)
-    async with Engine(store=JetStreamStore(servers=[args.url]), workflows=[workflow]) as engine:
+    store = JetStreamStore(servers=[args.url], heartbeat=args.heartbeat)
+    async with Engine(store=store, workflows=[workflow]) as engine:
         for _ in range(args.start):
             await engine.start(workflow)
         print("ready", flush=True)

@@ -1,0 +1,96 @@
+"""An engine that dies for good: the engines still running take over the instances it was driving."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from circuit_breaker import Engine, EventType, InstanceStatus
+from circuit_breaker.nats import JetStreamStore
+from tests.conftest import drop_streams
+from tests.nats.relay_workflow import workflow
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_ENGINE = Path(__file__).with_name("run_engine.py")
+
+
+def engine_process(url: str, log: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "RELAY_LOG": str(log), "RELAY_DELAY": "1.0"}
+    return subprocess.Popen(
+        [sys.executable, str(RUN_ENGINE), url, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def until_completed(engine: Engine, count: int, timeout: float) -> list[object]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        done = [i for i in await engine.instances("relay") if i.status is InstanceStatus.COMPLETED]
+        if len(done) == count or loop.time() > deadline:
+            return done
+        await asyncio.sleep(0.1)
+
+
+async def test_a_live_engine_takes_over_the_instances_of_an_engine_killed_for_good(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await drop_streams(nats_url)
+    log = tmp_path / "actions.log"
+    monkeypatch.setenv("RELAY_LOG", str(log))  # the survivor's actions log their runs too
+    store = JetStreamStore(servers=[nats_url], heartbeat=0.5)
+    async with Engine(store=store, workflows=[workflow]) as survivor:
+        doomed = engine_process(nats_url, log, "--start", "20", "--heartbeat", "0.5")
+        try:
+            assert doomed.stdout is not None and doomed.stdout.readline().strip() == "ready"
+            await asyncio.sleep(0.4)  # its first actions are running
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+        finally:
+            if doomed.poll() is None:
+                doomed.kill()
+            for pipe in (doomed.stdout, doomed.stderr):
+                if pipe is not None:
+                    pipe.close()
+        known = await survivor.instances("relay")
+        assert len(known) == 20 and not any(i.status is InstanceStatus.COMPLETED for i in known)
+        done = await until_completed(survivor, 20, timeout=30)
+        assert len(done) == 20, "every instance of the dead engine was finished by the survivor"
+        fired = Counter(
+            [(e.instance_id, e.transition) async for e in survivor.events(types=[EventType.TRANSITION_FIRED])]
+        )
+        assert len(fired) == 40 and set(fired.values()) == {1}, "each firing applied once"
+    runs = Counter(line.split()[2] for line in log.read_text().splitlines())
+    assert runs.get(str(os.getpid()), 0) >= 20, f"the survivor ran the actions: {runs}"
+    await drop_streams(nats_url)
+
+
+async def test_an_engine_closed_cleanly_hands_its_instances_over_at_once(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await drop_streams(nats_url)
+    monkeypatch.setenv("RELAY_DELAY", "0.5")  # actions still running when the first engine leaves
+    leaving = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[workflow])
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[workflow]) as staying:
+        await leaving.open()
+        ids = [(await leaving.start(workflow, {})).id for _ in range(5)]
+        for _ in range(50):  # the staying engine follows them
+            if len(await staying.instances("relay")) == 5:
+                break
+            await asyncio.sleep(0.05)
+        assert not any(i.status is InstanceStatus.COMPLETED for i in await staying.instances("relay"))
+        await leaving.close()  # scaled down mid-run: says bye, so no heartbeat timeout is waited for
+        done = await asyncio.gather(*(staying.wait(i, timeout=4) for i in ids))  # heartbeats: 5 s apart
+        assert all(i.status is InstanceStatus.COMPLETED for i in done)
+    await drop_streams(nats_url)
