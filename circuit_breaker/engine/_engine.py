@@ -178,19 +178,22 @@ class Engine:
     def _orphaned(self, origin: str) -> None:
         """Another engine left or stopped answering: drive the unfinished instances it was driving (those whose
         latest event it wrote). Several engines may take the same one over; the store's check lets one fire."""
-        assert isinstance(self.store, SharedStore)
-        writers = self.store.writer_of
-        taken = 0
-        for run in list(self._runs.values()):
-            if run.local or writers.get(run.id) != origin or run.status not in (RUNNING, WAITING):
-                continue
-            run.local = True
-            taken += 1
-            if run.pending:
-                self._spawn(run, self._remote().recover(run))  # its deadlines were the other engine's timers
-            self._kick(run)
+        if self._closed:
+            return
+        taken = sum(self._take_over(run) for run in list(self._runs.values()))
         if taken:
             log.warning("took over %d instance(s) from engine %s", taken, origin)
+
+    def _take_over(self, run: Run) -> bool:
+        """Drive ``run`` if its last writer is gone and this engine is the one chosen for it."""
+        assert isinstance(self.store, SharedStore)
+        if run.local or run.status not in (RUNNING, WAITING) or not self.store.takes_over(run.id):
+            return False
+        run.local = True
+        if run.pending:
+            self._spawn(run, self._remote().recover(run))  # its deadlines were the other engine's timers
+        self._kick(run)
+        return True
 
     async def close(self) -> None:
         """Cancel running actions (their tokens stay where they were), end subscriptions, close the store."""
@@ -400,6 +403,8 @@ class Engine:
         run.update_settled()
         if run.local and run.status is RUNNING and not self._closed:
             self._kick(run)
+        elif not run.local and self.drive and self.follow and not self._closed and getattr(self.store, "gone", None):
+            self._take_over(run)  # an event of an engine that is gone, read after it left (the watcher lagged)
 
     # -- public operations -----------------------------------------------------------------------------
     async def start(

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from functools import partial
@@ -180,8 +181,10 @@ class JetStreamStore:
         # was last heard of, and the heartbeat that tells the peers this engine is alive.
         self.heartbeat = heartbeat
         self.writer_of: dict[str, str] = {}
+        self.gone: set[str] = set()  # engines that said bye or stopped beating
         self._peers: dict[str, float] = {}
         self._beats: asyncio.Task[None] | None = None
+        self._writer = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -237,7 +240,7 @@ class JetStreamStore:
             with contextlib.suppress(BaseException):
                 await self._beats
             self._beats = None
-            if self._nc is not None and not self._nc.is_closed:  # a clean goodbye: peers take over at once
+            if self._writer and self._nc is not None and not self._nc.is_closed:  # peers take over at once
                 with contextlib.suppress(Exception):
                     await self._nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "bye": True}).encode())
                     await self._nc.flush(timeout=1)
@@ -464,7 +467,9 @@ class JetStreamStore:
                     continue
                 self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
                 writer = (msg.headers or {}).get("Cb-Origin")
-                if writer:
+                if event.type.value == "instance_completed" or getattr(event, "status", None) == "cancelled":
+                    self.writer_of.pop(event.instance_id, None)  # ended: nobody needs to drive it any more
+                elif writer:
                     self.writer_of[event.instance_id] = writer
                 yield event
         finally:
@@ -500,11 +505,12 @@ class JetStreamStore:
             if origin == self.origin:
                 return
             if hello.get("bye"):
-                if self._peers.pop(origin, None) is not None and on_gone is not None:
-                    on_gone(origin)
+                if self._peers.pop(origin, None) is not None:
+                    self._gone_now(origin, on_gone)
                 return
             known = origin in self._peers
             self._peers[origin] = loop.time()
+            self.gone.discard(origin)  # it was only cut off, and is back
             if hello.get("beat"):
                 if not known:
                     on_peer(self.watched_up_to)  # a peer this engine missed the hello of: follow from here on
@@ -520,30 +526,67 @@ class JetStreamStore:
                     await nc.publish(HELLO_SUBJECT, json.dumps(answer).encode())
 
         self._hello_sub = await nc.subscribe(HELLO_SUBJECT, cb=heard)
+        self._writer = writer
         if writer:
             await nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "since": since}).encode())
             await nc.flush()
         self._beats = loop.create_task(self._beat(writer, on_gone))
 
     async def _beat(self, writer: bool, on_gone: Callable[[str], None] | None) -> None:
-        """Say this engine is alive (if it writes), and notice peers that stopped saying so."""
+        """Say this engine is alive (if it writes), and notice peers that stopped saying so.
+
+        A peer is judged only on what this engine could have heard: after this engine was disconnected, or its
+        event loop was held up (a blocking action), every peer starts a fresh three-heartbeat window.
+        """
         beat = json.dumps({"origin": self.origin, "beat": True}).encode()
         loop = asyncio.get_running_loop()
+        blind = False
         while True:
+            before = loop.time()
             await asyncio.sleep(self.heartbeat)
-            if writer:
-                with contextlib.suppress(Exception):
+            try:
+                now = loop.time()
+                if writer and self.connection.is_connected:
                     await self.connection.publish(HELLO_SUBJECT, beat)
-            if not self.connection.is_connected:
-                continue  # this engine is the one cut off: it cannot judge the others
-            silent = [o for o, seen in self._peers.items() if loop.time() - seen > 3 * self.heartbeat]
-            for origin in silent:
-                del self._peers[origin]
-                log.warning(
-                    "engine %s was not heard of for %.0fs: taking over its instances", origin, 3 * self.heartbeat
-                )
-                if on_gone is not None:
-                    on_gone(origin)
+                if not self.connection.is_connected or now - before > 2 * self.heartbeat:
+                    blind = True  # cut off, or stalled: what this engine did not hear says nothing of the others
+                    continue
+                if blind:
+                    blind = False
+                    for origin in self._peers:
+                        self._peers[origin] = now
+                    continue
+                silent = [o for o, seen in self._peers.items() if now - seen > 3 * self.heartbeat]
+                for origin in silent:
+                    del self._peers[origin]
+                    log.warning("engine %s was not heard of for %.0fs", origin, 3 * self.heartbeat)
+                    self._gone_now(origin, on_gone)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the heartbeat must outlive any one failure, or live peers would judge us gone
+                log.exception("engine heartbeat round failed")
+
+    def _gone_now(self, origin: str, on_gone: Callable[[str], None] | None) -> None:
+        self.gone.add(origin)
+        if on_gone is None:
+            return
+        try:
+            on_gone(origin)
+        except Exception:
+            log.exception("taking over the instances of engine %s failed", origin)
+
+    def takes_over(self, instance_id: str) -> bool:
+        """Whether this engine should drive ``instance_id`` because the engine that last wrote it is gone (it then
+        forgets that writer). One live engine per instance (the highest rendezvous hash among this engine and the
+        live peers it knows), so the survivors share the orphans instead of all driving each of them."""
+        if self.writer_of.get(instance_id) not in self.gone:
+            return False
+        candidates = [self.origin, *self._peers]
+        owner = max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode()))
+        if owner != self.origin:
+            return False
+        del self.writer_of[instance_id]  # this engine writes it from now on
+        return True
 
     def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:
         known = self._last.get(instance_id)

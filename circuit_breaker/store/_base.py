@@ -47,7 +47,10 @@ class SharedStore(Store, Protocol):
         """The position of the newest stored event (0 when empty)."""
         ...
 
-    writer_of: dict[str, str]  # instance id -> the origin of the engine that last wrote it (as followed)
+    def takes_over(self, instance_id: str) -> bool:
+        """Whether this engine should drive ``instance_id``: the engine that last wrote it is gone, and this one
+        is the live engine chosen for it."""
+        ...
 
     async def announce(
         self,
@@ -59,7 +62,7 @@ class SharedStore(Store, Protocol):
     ) -> None:
         """Tell the other engines this one is here (if it may write) and call ``on_peer(position)`` when another
         writer is seen: its events must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
-        a writer leaves or stops answering: the instances it drove (``writer_of``) need another driver."""
+        a writer leaves or stops answering: the instances it drove need another driver (see ``takes_over``)."""
         ...
 
     def watch(self, start_seq: int) -> AsyncIterator[Event]:

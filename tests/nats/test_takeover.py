@@ -94,3 +94,31 @@ async def test_an_engine_closed_cleanly_hands_its_instances_over_at_once(
         done = await asyncio.gather(*(staying.wait(i, timeout=4) for i in ids))  # heartbeats: 5 s apart
         assert all(i.status is InstanceStatus.COMPLETED for i in done)
     await drop_streams(nats_url)
+
+
+async def test_the_engines_left_share_the_orphans_and_run_each_step_once(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await drop_streams(nats_url)
+    log = tmp_path / "actions.log"
+    monkeypatch.setenv("RELAY_LOG", str(log))
+    monkeypatch.setenv("RELAY_DELAY", "0.3")
+    leaving = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[workflow])
+    async with (
+        Engine(store=JetStreamStore(servers=[nats_url]), workflows=[workflow]) as first,
+        Engine(store=JetStreamStore(servers=[nats_url]), workflows=[workflow]) as second,
+    ):
+        await leaving.open()
+        ids = [(await leaving.start(workflow, {})).id for _ in range(20)]
+        for _ in range(100):
+            if len(await first.instances("relay")) == len(await second.instances("relay")) == 20:
+                break
+            await asyncio.sleep(0.05)
+        await leaving.close()  # its first actions were cut short: they run again, once, on one of the two
+        done = await asyncio.gather(*(first.wait(i, timeout=10) for i in ids))
+        assert all(i.status is InstanceStatus.COMPLETED for i in done)
+        local = [sum(r.local for r in e._runs.values()) for e in (first, second)]
+        assert sum(local) == 20 and min(local) > 0, f"both engines took a share: {local}"
+    runs = Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
+    assert len(runs) == 40 and set(runs.values()) == {1}, "no action ran twice for one firing"
+    await drop_streams(nats_url)
