@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,21 +14,10 @@ from circuit_breaker import Engine, EventType, InstanceStatus
 from circuit_breaker.nats import JetStreamStore
 from tests.conftest import drop_streams
 from tests.nats.relay_workflow import workflow
+from tests.nats.test_durability import engine_process
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ENGINE = Path(__file__).with_name("run_engine.py")
-
-
-def engine_process(url: str, log: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "RELAY_LOG": str(log), "RELAY_DELAY": "1.0"}
-    return subprocess.Popen(
-        [sys.executable, str(RUN_ENGINE), url, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 async def until_completed(engine: Engine, count: int, timeout: float) -> list[object]:
@@ -51,7 +38,7 @@ async def test_a_live_engine_takes_over_the_instances_of_an_engine_killed_for_go
     monkeypatch.setenv("RELAY_LOG", str(log))  # the survivor's actions log their runs too
     store = JetStreamStore(servers=[nats_url], heartbeat=0.5)
     async with Engine(store=store, workflows=[workflow]) as survivor:
-        doomed = engine_process(nats_url, log, "--start", "20", "--heartbeat", "0.5")
+        doomed = engine_process(nats_url, log, "--start", "20", "--heartbeat", "0.5", delay=1.0)
         try:
             assert doomed.stdout is not None and doomed.stdout.readline().strip() == "ready"
             await asyncio.sleep(0.4)  # its first actions are running
