@@ -48,7 +48,6 @@ from ._lifecycle import TERMINAL, InstanceStatus
 from ._tasks import PendingTask, TaskQueue
 
 if TYPE_CHECKING:
-    from ..dsl._remote import RemoteAction
     from ..tasks import Task, TaskResult
     from ._engine import Engine
     from ._run import Run
@@ -125,7 +124,7 @@ class RemoteActions:
         await self.listen(run.cw.name)
         task_id = uuid.uuid4().hex
         ids = [t.id for ts in consumed.values() for t in ts]
-        event = _started(run, ct, task_id, 1, ids, view.data, actor, remote.kind, remote)
+        event = _started(run, ct.name, task_id, 1, ids, view.data, actor, remote.kind, remote.executor, remote.into)
         waiter: asyncio.Future[None] | None = None
         if wait:
             waiter = asyncio.get_running_loop().create_future()
@@ -240,9 +239,18 @@ class RemoteActions:
             pending = run.pending.get(task_id)
             if pending is None or pending.attempt != attempt or run.status in TERMINAL:
                 return
-            ct = run.cw.transitions.get(pending.transition)
-            event = _started(run, ct, task_id, attempt + 1, [], pending.data, actor, pending.executor, None)
-            event = event.model_copy(update={"spec": pending.spec, "into": pending.into})
+            event = _started(
+                run,
+                pending.transition,
+                task_id,
+                attempt + 1,
+                [],
+                pending.data,
+                actor,
+                pending.executor,
+                pending.spec,
+                pending.into,
+            )
             await self.engine._append(run, event)
         await self._send(run, run.pending[task_id])
 
@@ -422,12 +430,16 @@ class RemoteActions:
             now = utcnow()
             if ct.error_place is not None:
                 produced = to_error_place(ct, input_token(ct, pending.tokens), pending.data, info.model_dump(), now)
-            event = _failed(run, ct, pending, info, will_retry=False, now=now).model_copy(
-                update={
-                    "consumed": pending.token_ids(),
-                    "produced": produced,
-                    "incident": None if handled else new_id(),
-                }
+            event = _failed(
+                run,
+                ct,
+                pending,
+                info,
+                will_retry=False,
+                now=now,
+                consumed=pending.token_ids(),
+                produced=produced,
+                incident=None if handled else new_id(),
             )
             await self.engine._append(run, event)
         await self._fail_if_incident(run)
@@ -441,7 +453,7 @@ class RemoteActions:
             pending = run.pending.get(task_id)
             if pending is None or attempt < pending.attempt or pending.dead or run.status in TERMINAL:
                 return
-            event = _failed(run, ct, pending, info, will_retry=False).model_copy(update={"incident": new_id()})
+            event = _failed(run, ct, pending, info, will_retry=False, incident=new_id())
             await self.engine._append(run, event)
         await self._fail_if_incident(run)
 
@@ -540,33 +552,46 @@ def _header(run: Run, actor: str | None, time: Any = None) -> dict[str, Any]:
 
 def _started(
     run: Run,
-    ct: CompiledTransition | None,
+    transition: str,
     task_id: str,
     attempt: int,
     consumed: list[str],
     data: dict[str, Any],
     actor: str | None,
     kind: str,
-    remote: RemoteAction | None,
+    spec: dict[str, Any],
+    into: str | None,
 ) -> TransitionStarted:
+    """A task handed out: its first attempt (``consumed`` set) or a later one (nothing consumed again)."""
     return build(
         TransitionStarted,
         **_header(run, actor),
         type=TransitionStarted.model_fields["type"].default,
-        transition=ct.name if ct is not None else "",
+        transition=transition,
         consumed=consumed,
         task_id=task_id,
         attempt=attempt,
         executor=kind,
         data=data,
-        spec=remote.executor if remote is not None else {},
-        into=remote.into if remote is not None else None,
+        spec=spec,
+        into=into,
     )
 
 
 def _failed(
-    run: Run, ct: CompiledTransition, pending: PendingTask, info: ErrorInfo, *, will_retry: bool, now: Any = None
+    run: Run,
+    ct: CompiledTransition,
+    pending: PendingTask,
+    info: ErrorInfo,
+    *,
+    will_retry: bool,
+    now: Any = None,
+    consumed: list[str] | None = None,
+    produced: list[Token] | None = None,
+    incident: str | None = None,
 ) -> TransitionFailed:
+    """A failed attempt of ``pending``; with ``consumed`` it ends the task (tokens back, or ``produced`` in the
+    error place), with only an ``incident`` it stays in flight (dead-lettered)."""
     return build(
         TransitionFailed,
         **_header(run, None, now),
@@ -576,9 +601,9 @@ def _failed(
         attempt=pending.attempt,
         error=info,
         will_retry=will_retry,
-        incident=None,
-        consumed=[],
-        produced=[],
+        incident=incident,
+        consumed=consumed or [],
+        produced=produced or [],
         task_id=pending.task_id,
     )
 

@@ -45,7 +45,9 @@ class TaskQueue(Protocol):
         submitting it again only when it was lost."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop delivering results and release the connection's subscriptions (results left are kept)."""
+        ...
 
 
 class InFlightTask(BaseModel):

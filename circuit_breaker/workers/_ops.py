@@ -97,9 +97,13 @@ class MetricsSource(Protocol):
     """What /metrics serves: a worker's :class:`Metrics` or an engine's ``EngineMetrics``."""
 
     @property
-    def available(self) -> bool: ...
+    def available(self) -> bool:
+        """False when prometheus-client is not installed (``/metrics`` then answers 501)."""
+        ...
 
-    def render(self) -> bytes: ...
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        ...
 
 
 class Health:

@@ -35,16 +35,21 @@ async def main() -> None:
         for _ in range(args.start):
             await engine.start(workflow)
         print("ready", flush=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + args.timeout
-        while loop.time() < deadline:
-            instances = await engine.instances("relay")
-            if instances and all(i.status is InstanceStatus.COMPLETED for i in instances):
-                print(f"done {len(instances)}", flush=True)
-                return
-            await asyncio.sleep(0.1)
-        print("timeout", flush=True)
-        sys.exit(3)
+        await report_when_done(engine, "relay", args.timeout)
+
+
+async def report_when_done(engine: Engine, workflow: str, timeout: float) -> None:
+    """Print ``done N`` once every instance of ``workflow`` the engine knows is completed; exit 3 on timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        instances = await engine.instances(workflow)
+        if instances and all(i.status is InstanceStatus.COMPLETED for i in instances):
+            print(f"done {len(instances)}", flush=True)
+            return
+        await asyncio.sleep(0.1)
+    print("timeout", flush=True)
+    sys.exit(3)
 
 
 if __name__ == "__main__":

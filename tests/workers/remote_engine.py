@@ -14,9 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from circuit_breaker import Engine, InstanceStatus, Workflow
+from circuit_breaker import Engine, Workflow
 from circuit_breaker.executors import default_registry
 from circuit_breaker.nats import JetStreamStore
+from tests.nats.run_engine import report_when_done
 
 
 def workflow() -> Workflow:
@@ -40,16 +41,7 @@ async def main() -> None:
         for n in range(args.start):
             await engine.start(wf, {"n": n, "seconds": args.seconds})
         print("ready", flush=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + args.timeout
-        while loop.time() < deadline:
-            instances = await engine.instances("remote_relay")
-            if instances and all(i.status is InstanceStatus.COMPLETED for i in instances):
-                print(f"done {len(instances)}", flush=True)
-                return
-            await asyncio.sleep(0.1)
-        print("timeout", flush=True)
-        sys.exit(3)
+        await report_when_done(engine, "remote_relay", args.timeout)
 
 
 if __name__ == "__main__":
