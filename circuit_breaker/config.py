@@ -144,6 +144,10 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="A serving engine's /healthz, /readyz and /metrics port (0: any free one)."
     )
     metrics_host: str = Field("127.0.0.1", description="Address the engine's health and metrics server listens on.")
+    gc_tuning: bool = Field(
+        True,
+        description="serve and worker: after start-up, freeze the heap and collect garbage less often (less CPU).",
+    )
     connect_timeout: float = Field(2.0, gt=0, description="Seconds to wait for one connection attempt.")
     reconnect_time_wait: float = Field(2.0, ge=0, description="Seconds between reconnect attempts to one server.")
     max_reconnect_attempts: int = Field(-1, ge=-1, description="After a connection is lost; -1 retries for ever.")

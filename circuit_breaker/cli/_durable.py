@@ -151,6 +151,7 @@ def serve(
 
 
 async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
+    from .._gc import tune_gc
     from ..nats import InjectService
     from ..nats._control import ControlService
     from ..workers import setup_logging
@@ -166,6 +167,8 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
         await inject.start()
         await control.start()
         ops, probe = await _start_ops(settings, engine, nc)
+        if settings.gc_tuning:
+            tune_gc()  # the workflows and stored instances are loaded: the start-up heap is done
         url = nc.connected_url
         where = f"{url.scheme}://{url.hostname}:{url.port}" if url is not None else "NATS"
         if as_json:

@@ -71,6 +71,7 @@ def worker(
 
 
 async def _serve(settings: Settings, as_json: bool) -> None:
+    from .._gc import tune_gc
     from ..nats._embedded import connect_nats, ensure_server
     from ..secrets import mask_logs
     from ..workers import Health, Metrics, OpsServer, Worker, setup_logging
@@ -104,6 +105,8 @@ async def _serve(settings: Settings, as_json: bool) -> None:
         wk = holder["worker"] = Worker(nc, settings.worker, stream=settings.stream, health=health, metrics=metrics)
         try:
             await wk.start()
+            if settings.gc_tuning:
+                tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

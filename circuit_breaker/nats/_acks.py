@@ -9,7 +9,8 @@ at the earliest deadline (not a timer per message). The event store's path (``pu
 header block already encoded and writes the ``HPUB`` command into nats-py's outgoing buffer itself, with the
 checks ``Client.publish`` makes; nats-py's own header encoding (a regular expression and a ``str.translate``
 per header) cost more than the rest of a publish. Its acknowledgement is read without ``json.loads`` when it
-has the usual shape.
+has the usual shape, and taken from nats-py's protocol parser as it arrives (see ``_ReplyRouter``): no
+``Msg`` object, no trip through the subscription's queue and task.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats.errors
@@ -35,6 +37,40 @@ _PLAIN_ACK = re.compile(rb'\{"stream":"[^"\\]*",(?:"domain":"[^"\\]*",)?"seq":(\
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
 # Client internals the direct path uses (nats-py 2.x); without them publish_encoded goes through Client.publish.
 _INTERNALS = ("_send_command", "_flush_pending", "_flush_queue", "_max_payload", "_max_pending_size", "stats")
+_NO_RESPONDERS = b"NATS/1.0 503"
+
+
+class _ReplyRouter:
+    """Hands the messages of chosen subscriptions straight from nats-py's parser to a function.
+
+    nats-py's parser calls ``Client._process_msg`` for every message, which builds a ``Msg``, queues it for the
+    subscription's task, and that task calls the callback: for an acknowledgement, most of its cost. One
+    router per connection stands in for ``_process_msg`` on that client object and passes every other
+    subscription's messages to the original, untouched.
+    """
+
+    def __init__(self, nc: Any) -> None:
+        self._original: Callable[..., Awaitable[None]] = nc._process_msg
+        self._stats: dict[str, int] = nc.stats
+        self.handlers: dict[int, Callable[[bytes, bytes, bytes], None]] = {}
+        nc._process_msg = self._process_msg
+
+    @classmethod
+    def of(cls, nc: Any) -> _ReplyRouter:
+        router: _ReplyRouter | None = getattr(nc, "_cb_reply_router", None)
+        if router is None:
+            router = nc._cb_reply_router = cls(nc)
+        return router
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        handler = self.handlers.get(sid)
+        if handler is None:
+            await self._original(sid, subject, reply, data, headers)
+            return
+        stats = self._stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        handler(subject, data, headers)
 
 
 class AckedPublisher:
@@ -53,13 +89,19 @@ class AckedPublisher:
         self._sweep_at = float("inf")
         self._sweep_loop: asyncio.AbstractEventLoop | None = None
         self._direct = all(hasattr(nc, name) for name in _INTERNALS)
+        # Acknowledgements taken from the parser (see _ReplyRouter) when the client has what that needs.
+        self._routed = self._direct and hasattr(nc, "_process_msg")
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        if self._routed:
+            _ReplyRouter.of(self._nc).handlers[self._sub._id] = self._on_raw_reply
 
     async def stop(self) -> None:
         if self._sub is not None:
+            if self._routed:
+                _ReplyRouter.of(self._nc).handlers.pop(self._sub._id, None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._sub.unsubscribe(), 2.0)
             self._sub = None
@@ -156,14 +198,22 @@ class AckedPublisher:
             self._arm(loop, earliest)
 
     async def _on_reply(self, msg: Any) -> None:
-        entry = self._futures.get(msg.subject[len(self._prefix) :])
+        no_responders = bool(msg.headers and msg.headers.get("Status") == "503")
+        self._resolve(msg.subject[len(self._prefix) :], msg.data, no_responders)
+
+    def _on_raw_reply(self, subject: bytes, data: bytes, headers: bytes) -> None:
+        """An acknowledgement as nats-py's parser read it (subject and headers as bytes)."""
+        self._resolve(subject[len(self._prefix) :].decode(), data, bool(headers) and headers.startswith(_NO_RESPONDERS))
+
+    def _resolve(self, token: str, data: bytes, no_responders: bool) -> None:
+        entry = self._futures.get(token)
         if entry is None or entry[0].done():
             return  # an answer after the timeout: the retry finds out (by the message id) whether it landed
         future = entry[0]
-        if msg.headers and msg.headers.get("Status") == "503":
+        if no_responders:
             future.set_exception(NoStreamResponseError())
         else:
-            future.set_result(msg.data)
+            future.set_result(data)
 
 
 def _answer(data: bytes) -> dict[str, Any]:
