@@ -114,6 +114,7 @@ class Engine:
         self.follow = follow
         # Checked once: isinstance against a runtime-checkable Protocol costs tens of microseconds.
         self._shared = isinstance(self.store, SharedStore)
+        self.conflicts = 0  # appends refused because another engine wrote the instance first
         self._workflows: dict[str, CompiledWorkflow] = {}
         self._runs: dict[str, Run] = {}
         # (filter, sink): live events go to followers' queues and to listeners (metrics); None means "closed".
@@ -183,6 +184,10 @@ class Engine:
         taken = sum(self._take_over(run) for run in list(self._runs.values()))
         if taken:
             log.warning("took over %d instance(s) from engine %s", taken, origin)
+
+    def _drives_elsewhere(self, instance_id: str) -> bool:
+        assert isinstance(self.store, SharedStore)
+        return self.store.drives_elsewhere(instance_id)
 
     def _take_over(self, run: Run) -> bool:
         """Drive ``run`` if its last writer is gone and this engine is the one chosen for it."""
@@ -395,12 +400,17 @@ class Engine:
                 self._notify(event)
             elif event.seq > run.seq + 1:
                 await self._catch_up(run)
-            else:
-                return
+            elif event.seq < run.seq:
+                return  # older than what this engine knows (its own newer events, or read back already)
+            # (event.seq == run.seq: read back already, after a conflict; its writer still wrote the newest event)
         if run.status in TERMINAL:
             for task in list(run.tasks):  # cancelled or completed elsewhere: our actions are moot
                 task.cancel()
         run.update_settled()
+        if run.local and event.seq == run.seq and self._drives_elsewhere(run.id):
+            # The last writer drives: two engines stepping the same instance would only conflict. This one
+            # drives it again when it writes to it (a manual firing, a task result) or takes it over.
+            run.local = False
         if run.local and run.status is RUNNING and not self._closed:
             self._kick(run)
         elif not run.local and self.drive and self.follow and not self._closed and getattr(self.store, "gone", None):
@@ -733,6 +743,7 @@ class Engine:
         try:
             await self.store.append(event, event.seq - 1)
         except ConcurrencyError:
+            self.conflicts += 1
             if event.seq > 1:
                 await self._catch_up(run)
             raise
@@ -892,7 +903,7 @@ class Engine:
         firings = 0
         conflicts = 0
         try:
-            while not self._closed:
+            while not self._closed and run.local:  # (another engine may start driving it meanwhile)
                 run.dirty = False
                 try:
                     progressed = await self._step(run) if run.status is RUNNING else False

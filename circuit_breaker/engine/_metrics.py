@@ -123,13 +123,13 @@ class EngineMetrics:
 
 
 class _Snapshot:
-    """Gauges read from the engine when scraped: instances by workflow and status, tasks in flight."""
+    """Read from the engine when scraped: instances by workflow and status, tasks in flight, conflicts."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         instances = GaugeMetricFamily(
             "cb_engine_instances", "Instances this engine knows, by workflow and status", labels=["workflow", "status"]
@@ -153,3 +153,8 @@ class _Snapshot:
             in_flight.add_metric([kind, dead], n)
         yield instances
         yield in_flight
+        yield CounterMetricFamily(
+            "cb_engine_conflicts",
+            "Appends the store refused because another engine had written the instance first",
+            value=self.engine.conflicts,
+        )

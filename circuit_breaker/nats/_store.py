@@ -575,6 +575,13 @@ class JetStreamStore:
         except Exception:
             log.exception("taking over the instances of engine %s failed", origin)
 
+    def drives_elsewhere(self, instance_id: str) -> bool:
+        """Whether the newest event of ``instance_id`` this store followed was written by a live peer (one that
+        announced itself and beats): the last writer drives an instance. An engine that writes without
+        announcing itself (an observer's manual firing) is no driver, so its instances stay with this one."""
+        writer = self.writer_of.get(instance_id)
+        return writer is not None and writer in self._peers
+
     def takes_over(self, instance_id: str) -> bool:
         """Whether this engine should drive ``instance_id`` because the engine that last wrote it is gone (it then
         forgets that writer). One live engine per instance (the highest rendezvous hash among this engine and the

@@ -47,6 +47,11 @@ class SharedStore(Store, Protocol):
         """The position of the newest stored event (0 when empty)."""
         ...
 
+    def drives_elsewhere(self, instance_id: str) -> bool:
+        """Whether another engine, alive as far as this one knows, wrote the newest event of ``instance_id`` that
+        this engine followed: that engine drives it now, and this one leaves it alone."""
+        ...
+
     def takes_over(self, instance_id: str) -> bool:
         """Whether this engine should drive ``instance_id``: the engine that last wrote it is gone, and this one
         is the live engine chosen for it."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from circuit_breaker import Engine, InstanceStatus, Workflow
+from circuit_breaker.engine._metrics import EngineMetrics
 from circuit_breaker.errors import InstanceExistsError, TransitionNotEnabledError, UnknownInstanceError
 from circuit_breaker.events import Event, EventType, TokenInjected
 from circuit_breaker.nats import JetStreamStore
@@ -182,6 +183,7 @@ async def test_two_engines_firing_the_same_manual_transition_apply_it_once_per_s
     wf.flow(pending >> approved, "approve", trigger="manual")
     wf.flow(approved >> done, "record")
     async with engine(url, wf) as one, engine(url, wf) as two:
+        metrics = EngineMetrics(two)
         for _ in range(10):
             inst = await one.wait((await one.start("double", {})).id, timeout=5)
             results = await asyncio.gather(
@@ -195,6 +197,9 @@ async def test_two_engines_firing_the_same_manual_transition_apply_it_once_per_s
                 if e.type is EventType.TRANSITION_FIRED
             )
             assert fired["approve"] == succeeded
+        # Most rounds both appended from the same state: one of them was refused, and counted.
+        assert one.conflicts + two.conflicts >= 1
+        assert f"cb_engine_conflicts_total {float(two.conflicts)}" in metrics.render().decode()
 
 
 async def test_a_lone_engine_follows_nobody_until_another_engine_announces_itself(url: str) -> None:
@@ -214,3 +219,55 @@ async def test_a_lone_engine_follows_nobody_until_another_engine_announces_itsel
                     break
                 await asyncio.sleep(0.02)
             assert (await first.get(inst.id)).places == ["ok"]
+
+
+async def followed(follower: Engine, ids: list[str], status: InstanceStatus, place: str) -> None:
+    """Until ``follower`` has read every instance up to ``status`` in ``place`` (wait() on a follower returns as
+    soon as what it has read so far is settled)."""
+    for _ in range(250):
+        seen = [await follower.get(i) for i in ids]
+        if all(i.status is status and i.places == [place] for i in seen):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not all {status.value} in {place}: {Counter((i.status, *i.places) for i in seen)}")
+
+
+async def test_the_engine_that_wrote_last_drives_and_the_other_steps_aside(url: str) -> None:
+    """An engine that sees another live engine write an instance leaves the follow-ups to it (otherwise both
+    step every automatic firing and one of them loses each race), and drives it again once it writes to it."""
+    wf = Workflow("handed")
+    a, b, c, d, e, f, g, h = wf.states("a", "b", "c", "d", "e", "f", "g", "h")
+    wf.flow(a >> b, "go", trigger="manual")
+    for step, (src, dst) in enumerate([(b, c), (c, d), (d, e), (e, f)]):
+        wf.flow(src >> dst, f"step{step}")
+    wf.flow(f >> g, "close", trigger="manual")
+    wf.flow(g >> h, "archive")
+    async with engine(url, wf) as first, engine(url, wf) as second:
+        for _ in range(200):  # each has heard the other's hello and follows it
+            peers = [x.store._peers for x in (first, second)]  # type: ignore[attr-defined]
+            if first._watcher and second._watcher and all(peers):
+                break
+            await asyncio.sleep(0.02)
+        ids = [(await first.start("handed", {})).id for _ in range(30)]
+        for iid in ids:
+            await second.wait(iid, timeout=5)  # waiting at "go", known to both
+        for iid in ids:
+            await second.fire(iid, "go")  # the second engine writes last: it goes on with the steps
+        at_f = await asyncio.gather(*(second.wait(iid, timeout=10) for iid in ids))
+        assert all(i.status is InstanceStatus.WAITING and i.places == ["f"] for i in at_f)
+        await followed(first, ids, InstanceStatus.WAITING, "f")
+        assert first.conflicts == 0, "the first engine did not race the second one for the steps"
+        assert [first._runs[i].local for i in ids] == [False] * 30
+        assert [second._runs[i].local for i in ids] == [True] * 30
+
+        for iid in ids:
+            await first.fire(iid, "close")  # now the first engine writes last, and archives
+        done = await asyncio.gather(*(first.wait(iid, timeout=10) for iid in ids))
+        assert all(i.status is InstanceStatus.COMPLETED and i.places == ["h"] for i in done)
+        await followed(second, ids, InstanceStatus.COMPLETED, "h")
+        assert second.conflicts == 0
+        assert [second._runs[i].local for i in ids] == [False] * 30
+    steps = ["go", "step0", "step1", "step2", "step3", "close", "archive"]
+    for iid in ids:
+        fired = [x.transition for x in await stored(url, iid) if x.type is EventType.TRANSITION_FIRED]  # type: ignore[union-attr]
+        assert fired == steps

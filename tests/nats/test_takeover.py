@@ -109,3 +109,41 @@ async def test_the_engines_left_share_the_orphans_and_run_each_step_once(
     runs = Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
     assert len(runs) == 40 and set(runs.values()) == {1}, "no action ran twice for one firing"
     await drop_streams(nats_url)
+
+
+async def test_after_a_stall_heals_one_engine_drives_each_instance_again(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine held up (SIGSTOP: a partition, a long GC pause) is taken over; when it comes back, the last writer
+    of each instance drives it and the other steps aside, so the steps after that run once, not on both."""
+    await drop_streams(nats_url)
+    log = tmp_path / "actions.log"
+    monkeypatch.setenv("RELAY_LOG", str(log))
+    monkeypatch.setenv("RELAY_DELAY", "1.5")  # the survivor's re-run of "first" is still going on at the heal
+    store = JetStreamStore(servers=[nats_url], heartbeat=0.3)
+    async with Engine(store=store, workflows=[workflow]) as survivor:
+        stalled = engine_process(nats_url, log, "--start", "10", "--heartbeat", "0.3", delay=1.5)
+        try:
+            assert stalled.stdout is not None and stalled.stdout.readline().strip() == "ready"
+            stalled.send_signal(signal.SIGSTOP)  # its "first" actions are running
+            await asyncio.sleep(1.8)  # judged gone after 3 heartbeats; the survivor runs "first" again
+            assert len([r for r in survivor._runs.values() if r.local]) == 10, "taken over"
+            stalled.send_signal(signal.SIGCONT)  # back: its own "first" actions end at once and commit first
+            done = await until_completed(survivor, 10, timeout=30)
+            assert len(done) == 10
+            assert stalled.stdout.readline().strip() == "done 10"
+            stalled.wait(10)
+        finally:
+            if stalled.poll() is None:
+                stalled.kill()
+            for pipe in (stalled.stdout, stalled.stderr):
+                if pipe is not None:
+                    pipe.close()
+        fired = Counter(
+            [(e.instance_id, e.transition) async for e in survivor.events(types=[EventType.TRANSITION_FIRED])]
+        )
+        assert len(fired) == 20 and set(fired.values()) == {1}, "each firing applied once"
+    runs = Counter((line.split()[0], line.split()[1]) for line in log.read_text().splitlines())
+    seconds = [n for (_, transition), n in runs.items() if transition == "second"]
+    assert len(seconds) == 10 and set(seconds) == {1}, f"after the heal one engine ran each second step: {runs}"
+    await drop_streams(nats_url)
