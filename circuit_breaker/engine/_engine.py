@@ -748,6 +748,10 @@ class Engine:
                 await self._catch_up(run)
             raise
         run.apply(event, consumed, produced, entry)
+        if self.drive:
+            # The last writer drives (see _apply_foreign), also one that had stepped aside and then wrote (an
+            # action it still ran, a deadline it still counted): otherwise the others would step aside from it.
+            run.local = True
         if self._subscribers:
             self._notify(event)
 

@@ -297,6 +297,8 @@ class RemoteActions:
                     await self._again(run, task_id, attempt, None)
                 else:
                     await self._end_failed(run, task_id, attempt, info)
+                    if not self.engine._closed:
+                        self.engine._kick(run)  # its tokens may have gone to an error place the workflow goes on from
                 return
             except ConcurrencyError:
                 continue  # another write came first (brought up to date): judge again

@@ -43,7 +43,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, Servi
 
 from ..config import Settings, StreamSettings
 from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataError
-from ..events import Event, parse_event
+from ..events import Event, EventType, parse_event
 from ._acks import AckedPublisher
 from ._embedded import connect_nats
 from ._subjects import EVENT_PREFIX, EVENTS_STREAM, HELLO_SUBJECT, event_filter, event_subject, instance_filter
@@ -65,6 +65,14 @@ _TRANSIENT = (
 )
 SCAN_BATCH = 512
 T = TypeVar("T")
+
+
+def _ends(event: Event) -> bool:
+    """Whether ``event`` ends its instance (nobody needs to drive it any more)."""
+    kind = event.type
+    return kind is EventType.INSTANCE_COMPLETED or (
+        kind is EventType.INSTANCE_STATUS_CHANGED and getattr(event, "status", None) == "cancelled"
+    )
 
 
 def _seconds(value: timedelta | None) -> float:
@@ -177,8 +185,9 @@ class JetStreamStore:
         self._last: dict[str, tuple[int, int]] = {}
         self.watched_up_to = 0
         self._hello_sub: Any = None
-        # Takeover: which engine (store origin) last wrote each instance this store followed, when each peer
-        # was last heard of, and the heartbeat that tells the peers this engine is alive.
+        # Takeover: which driving engine (store origin, this one included) last wrote each unfinished instance
+        # this store wrote or followed, when each peer was last heard of, and the heartbeat that tells the peers
+        # this engine is alive.
         self.heartbeat = heartbeat
         self.writer_of: dict[str, str] = {}
         self.gone: set[str] = set()  # engines that said bye or stopped beating
@@ -317,6 +326,7 @@ class JetStreamStore:
                     landed = await self._landed(iid, stream_seq, msg_id) if attempt > 1 else None
                     if landed is not None:
                         self._saw(iid, event.seq, landed)
+                        self._wrote(event)
                         return
                     raise ConcurrencyError(iid, expected_seq) from None
                 failure: Exception = err
@@ -324,6 +334,7 @@ class JetStreamStore:
                 failure = err
             else:
                 self._last[iid] = (event.seq, stored_at)
+                self._wrote(event)
                 return
             if loop.time() + delay > deadline:
                 raise StoreError(
@@ -467,9 +478,11 @@ class JetStreamStore:
                     continue
                 self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
                 writer = (msg.headers or {}).get("Cb-Origin")
-                if event.type.value == "instance_completed" or getattr(event, "status", None) == "cancelled":
+                if _ends(event):
                     self.writer_of.pop(event.instance_id, None)  # ended: nobody needs to drive it any more
-                elif writer:
+                elif writer in self._peers:
+                    # A driving engine (it announced itself). A write by one that does not drive (an observer's
+                    # manual firing) leaves the instance with the engine that drove it before.
                     self.writer_of[event.instance_id] = writer
                 yield event
         finally:
@@ -575,6 +588,16 @@ class JetStreamStore:
         except Exception:
             log.exception("taking over the instances of engine %s failed", origin)
 
+    def _wrote(self, event: Event) -> None:
+        """This engine wrote ``event``: if it drives (it announced itself as a writer), it is the instance's driver
+        now, until another driving engine writes."""
+        if not self._writer:
+            return
+        if _ends(event):
+            self.writer_of.pop(event.instance_id, None)
+        else:
+            self.writer_of[event.instance_id] = self.origin
+
     def drives_elsewhere(self, instance_id: str) -> bool:
         """Whether the newest event of ``instance_id`` this store followed was written by a live peer (one that
         announced itself and beats): the last writer drives an instance. An engine that writes without
@@ -592,7 +615,7 @@ class JetStreamStore:
         owner = max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode()))
         if owner != self.origin:
             return False
-        del self.writer_of[instance_id]  # this engine writes it from now on
+        self.writer_of[instance_id] = self.origin  # this engine drives it from now on
         return True
 
     def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:

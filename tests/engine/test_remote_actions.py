@@ -223,6 +223,21 @@ async def test_when_every_attempt_overruns_the_token_goes_back_with_an_incident(
         assert (await engine.wait(inst.id, timeout=10)).status is InstanceStatus.COMPLETED
 
 
+async def test_an_overdue_task_with_an_error_place_goes_on_from_there(stores: Callable[[], Any]) -> None:
+    """The deadline's last attempt moves the token to the error place, and the workflow's automatic handling of
+    it runs (the scheduler is woken by the deadline, not only by results)."""
+    queue = ControlledQueue()
+    wf = Workflow("overdue_handled")
+    a, b, review, handled = wf.states("a", "b", "review", "handled")
+    wf.flow(a >> b, "run").action(Echo(value=1), remote=True, deadline=0.2).on_error(review)
+    wf.flow(review >> handled, "handle")
+    async with Engine(stores(), tasks=queue) as engine:
+        inst = await engine.start(wf, {"x": 1})
+        await queue.next_task()
+        done = await engine.wait(inst.id, timeout=10)
+        assert done.status is InstanceStatus.COMPLETED and done.places == ["handled"]
+
+
 async def test_a_failed_task_puts_the_token_back_or_moves_it_to_the_error_place(stores: Callable[[], Any]) -> None:
     queue = ControlledQueue()
     async with Engine(stores(), tasks=queue) as engine:

@@ -19,6 +19,7 @@ from circuit_breaker.events import Event, EventType, TokenInjected
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.token import History, HistoryEntry, Token, new_id, utcnow
 from tests.conftest import drop_streams
+from tests.engine.test_remote_actions import ControlledQueue, Echo
 
 
 @pytest.fixture
@@ -221,15 +222,15 @@ async def test_a_lone_engine_follows_nobody_until_another_engine_announces_itsel
             assert (await first.get(inst.id)).places == ["ok"]
 
 
-async def followed(follower: Engine, ids: list[str], status: InstanceStatus, place: str) -> None:
-    """Until ``follower`` has read every instance up to ``status`` in ``place`` (wait() on a follower returns as
-    soon as what it has read so far is settled)."""
+async def followed(follower: Engine, ids: list[str], status: InstanceStatus, *places: str) -> None:
+    """Until ``follower`` has read every instance up to ``status`` with tokens in ``places`` (wait() on a follower
+    returns as soon as what it has read so far is settled)."""
     for _ in range(250):
         seen = [await follower.get(i) for i in ids]
-        if all(i.status is status and i.places == [place] for i in seen):
+        if all(i.status is status and sorted(i.places) == sorted(places) for i in seen):
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"not all {status.value} in {place}: {Counter((i.status, *i.places) for i in seen)}")
+    raise AssertionError(f"not all {status.value} in {places}: {Counter((i.status, *i.places) for i in seen)}")
 
 
 async def test_the_engine_that_wrote_last_drives_and_the_other_steps_aside(url: str) -> None:
@@ -271,3 +272,124 @@ async def test_the_engine_that_wrote_last_drives_and_the_other_steps_aside(url: 
     for iid in ids:
         fired = [x.transition for x in await stored(url, iid) if x.type is EventType.TRANSITION_FIRED]  # type: ignore[union-attr]
         assert fired == steps
+
+
+async def two_following(url: str, wf: Workflow, **options: Any) -> tuple[Engine, Engine]:
+    """Two open engines on ``wf`` that have heard of each other (each steps aside from the other's writes)."""
+    first, second = engine(url, wf, **options), engine(url, wf, **options)
+    await first.open()
+    await second.open()
+    for _ in range(200):
+        if first._watcher and second._watcher and first.store._peers and second.store._peers:  # type: ignore[attr-defined]
+            return first, second
+        await asyncio.sleep(0.02)
+    raise AssertionError("the engines did not find each other")
+
+
+async def test_an_engine_that_stepped_aside_and_then_commits_its_action_drives_again(url: str) -> None:
+    """A stepped aside (B wrote last) while its action ran; the action's commit makes A the last writer, so
+    A drives the join (B steps aside from it): the instance never waits with nobody driving it."""
+    calls = 0
+    wf = Workflow("inflight_aside")
+    s, p1, p2, q1, q2, done = wf.states("s", "p1", "p2", "q1", "q2", "done")
+    wf.flow(s >> (p1, p2), "split")
+
+    @wf.flow(p1 >> q1, "slow")
+    async def slow(token: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.5 if calls == 1 else 1.5)  # the first engine's run ends first
+        return {"slow": calls}
+
+    wf.flow(p2 >> q2, "approve", trigger="manual")
+    wf.flow((q1, q2) >> done, "join")
+    first, second = await two_following(url, wf)
+    try:
+        inst = await first.start("inflight_aside", {})
+        await asyncio.sleep(0.2)  # split fired, "slow" runs on the first engine
+        await second.fire(inst.id, "approve")  # the second engine writes last: the first one steps aside
+        await asyncio.sleep(0.1)
+        assert not first._runs[inst.id].local and first._runs[inst.id].inflight == 1
+        await followed(first, [inst.id], InstanceStatus.COMPLETED, "done")
+    finally:
+        await second.close()
+        await first.close()
+    fired = [x.transition for x in await stored(url, inst.id) if x.type is EventType.TRANSITION_FIRED]  # type: ignore[union-attr]
+    assert fired == ["split", "approve", "slow", "join"]
+
+
+async def test_a_manual_firing_by_an_observer_leaves_the_instance_with_its_driver(url: str) -> None:
+    """An engine that does not drive (a CLI's, drive=False) is nobody's successor: when the engine that drove the
+    instance leaves, the remaining one takes it over."""
+    wf = Workflow("observed")
+    s, p, q, done = wf.states("s", "p", "q", "done")
+    wf.flow(s >> p, "m1", trigger="manual")
+    wf.flow(p >> q, "m2", trigger="manual")
+
+    @wf.flow(q >> done, "work")
+    async def work(token: Any) -> dict[str, Any]:
+        await asyncio.sleep(1.0)
+        return {"worked": True}
+
+    first, second = await two_following(url, wf)
+    try:
+        inst = await first.start("observed", {})
+        await second.wait(inst.id, timeout=5)
+        await second.fire(inst.id, "m1")  # the second engine drives it now
+        await asyncio.sleep(0.3)
+        async with engine(url, wf, drive=False, follow=False) as cli:
+            await cli.fire(inst.id, "m2")
+        await asyncio.sleep(0.3)  # "work" runs on the second engine, nothing stored yet
+        await second.close()  # bye: its instances are taken over at once
+        await followed(first, [inst.id], InstanceStatus.COMPLETED, "done")
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_a_deadline_counted_by_an_engine_that_stepped_aside_still_moves_the_instance_on(url: str) -> None:
+    """Only the engine that dispatched a task counts its deadline; when it has stepped aside meanwhile, its
+    failure event makes it the driver again, so the error place's automatic handling runs."""
+    wf = Workflow("deadline_aside")
+    s, p1, p2, b, q2, review, handled = wf.states("s", "p1", "p2", "b", "q2", "review", "handled")
+    wf.flow(s >> (p1, p2), "split")
+    wf.flow(p1 >> b, "run").action(Echo(value=1), remote=True, deadline=0.6).on_error(review)
+    wf.flow(review >> handled, "handle")
+    wf.flow(p2 >> q2, "approve", trigger="manual")
+    first, second = await two_following(url, wf, tasks=ControlledQueue())
+    try:
+        inst = await first.start("deadline_aside", {})
+        await asyncio.sleep(0.2)  # "run" is dispatched by the first engine, which counts its deadline
+        await second.fire(inst.id, "approve")  # the first engine steps aside
+        await asyncio.sleep(0.1)
+        assert not first._runs[inst.id].local
+        await followed(second, [inst.id], InstanceStatus.COMPLETED, "handled", "q2")
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_an_observers_firing_after_handovers_is_followed_up_by_the_engine_that_wrote_last(url: str) -> None:
+    """The instance went from the first engine to the second and back; an observer's manual firing then must not
+    send the first engine aside on account of the second engine's older write."""
+    wf = Workflow("handed_back")
+    s, p, q, r, done = wf.states("s", "p", "q", "r", "done")
+    wf.flow(s >> p, "m1", trigger="manual")
+    wf.flow(p >> q, "m2", trigger="manual")
+    wf.flow(q >> r, "m3", trigger="manual")
+    wf.flow(r >> done, "finish")
+    first, second = await two_following(url, wf)
+    try:
+        inst = await first.start("handed_back", {})
+        await second.wait(inst.id, timeout=5)
+        await second.fire(inst.id, "m1")  # to the second engine
+        await followed(first, [inst.id], InstanceStatus.WAITING, "p")
+        await first.fire(inst.id, "m2")  # and back to the first
+        await followed(second, [inst.id], InstanceStatus.WAITING, "q")
+        async with engine(url, wf, drive=False, follow=False) as cli:
+            await cli.fire(inst.id, "m3")
+        await followed(first, [inst.id], InstanceStatus.COMPLETED, "done")
+        assert first._runs[inst.id].local
+    finally:
+        await second.close()
+        await first.close()
