@@ -84,6 +84,7 @@ RUNNING = InstanceStatus.RUNNING
 WAITING = InstanceStatus.WAITING
 FAILED = InstanceStatus.FAILED
 YIELD_EVERY = 64  # automatic firings in a row before the scheduler lets the event loop run others
+STEP_ASIDE_CHECKS = 12  # heartbeats after which an instance left to another engine and not moved is driven again
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 
 
@@ -184,6 +185,33 @@ class Engine:
         taken = sum(self._take_over(run) for run in list(self._runs.values()))
         if taken:
             log.warning("took over %d instance(s) from engine %s", taken, origin)
+
+    def _step_aside(self, run: Run) -> None:
+        """Leave ``run`` to the engine that wrote it last; drive it again should it not move on for a while (a
+        safety net: stepping aside must never leave an instance that can go on with nobody driving it)."""
+        run.local = False
+        self._check_moving(run, run.seq)
+
+    def _check_moving(self, run: Run, seq: int) -> None:
+        delay = STEP_ASIDE_CHECKS * getattr(self.store, "heartbeat", 5.0)
+        asyncio.get_running_loop().call_later(delay, self._unless_moved, run, seq)
+
+    def _unless_moved(self, run: Run, seq: int) -> None:
+        """Some time after this engine left ``run`` to another: drive it again if it could go on and has not."""
+        if self._closed or run.local:
+            return
+        if not (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run))):
+            return  # ended, or waits for a manual firing (whoever fires it drives it)
+        if run.seq != seq:
+            self._check_moving(run, run.seq)  # it moves: look again later
+            return
+        log.warning(
+            "instance %s of workflow %s did not move on after another engine took it; driving it again",
+            run.id,
+            run.cw.name,
+        )
+        run.local = True
+        self._kick(run)
 
     def _drives_elsewhere(self, instance_id: str) -> bool:
         assert isinstance(self.store, SharedStore)
@@ -410,7 +438,7 @@ class Engine:
         if run.local and event.seq == run.seq and self._drives_elsewhere(run.id):
             # The last writer drives: two engines stepping the same instance would only conflict. This one
             # drives it again when it writes to it (a manual firing, a task result) or takes it over.
-            run.local = False
+            self._step_aside(run)
         if run.local and run.status is RUNNING and not self._closed:
             self._kick(run)
         elif not run.local and self.drive and self.follow and not self._closed and getattr(self.store, "gone", None):
@@ -541,7 +569,8 @@ class Engine:
 
     async def _fire_once(self, run: Run, transition: str, actor: str | None, data: dict[str, Any] | None) -> Instance:
         instance_id = run.id
-        run.local = True
+        if not self.drive:
+            run.local = True  # an observer's own firing goes on as usual (a driving engine drives once it writes)
         ct = run.cw.transitions.get(transition)
         if ct is None:
             raise UnknownTransitionError(run.cw.name, transition, list(run.cw.transitions))
@@ -748,10 +777,13 @@ class Engine:
                 await self._catch_up(run)
             raise
         run.apply(event, consumed, produced, entry)
-        if self.drive:
+        if self.drive and not run.local:
             # The last writer drives (see _apply_foreign), also one that had stepped aside and then wrote (an
-            # action it still ran, a deadline it still counted): otherwise the others would step aside from it.
+            # action it still ran, a deadline it still counted, a manual firing that failed): otherwise the
+            # others would step aside from it. It looks at the instance again from here.
             run.local = True
+            if not self._closed:
+                self._kick(run)
         if self._subscribers:
             self._notify(event)
 

@@ -476,9 +476,12 @@ class JetStreamStore:
                 except Exception:  # a foreign message on our subjects must not stop the engine
                     log.warning("skipping a message on %s that is not an event", msg.subject)
                     continue
+                known = self._last.get(event.instance_id)
                 self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
                 writer = (msg.headers or {}).get("Cb-Origin")
-                if _ends(event):
+                if known is not None and known[0] >= event.seq:
+                    pass  # read late: this store knows a newer event (its own, or one read directly)
+                elif _ends(event):
                     self.writer_of.pop(event.instance_id, None)  # ended: nobody needs to drive it any more
                 elif writer in self._peers:
                     # A driving engine (it announced itself). A write by one that does not drive (an observer's

@@ -14,7 +14,12 @@ import pytest
 
 from circuit_breaker import Engine, InstanceStatus, Workflow
 from circuit_breaker.engine._metrics import EngineMetrics
-from circuit_breaker.errors import InstanceExistsError, TransitionNotEnabledError, UnknownInstanceError
+from circuit_breaker.errors import (
+    ActionError,
+    InstanceExistsError,
+    TransitionNotEnabledError,
+    UnknownInstanceError,
+)
 from circuit_breaker.events import Event, EventType, TokenInjected
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.token import History, HistoryEntry, Token, new_id, utcnow
@@ -390,6 +395,97 @@ async def test_an_observers_firing_after_handovers_is_followed_up_by_the_engine_
             await cli.fire(inst.id, "m3")
         await followed(first, [inst.id], InstanceStatus.COMPLETED, "done")
         assert first._runs[inst.id].local
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_a_failed_manual_firing_on_the_other_engine_leaves_the_instance_driven(url: str) -> None:
+    """The second engine's manual firing fails (its action raises) and stores that; the first engine steps aside
+    from the write, so the second one now drives: the rate-limited step still runs when its time comes."""
+    wf = Workflow("limited")
+    s, a, b, done_a, done_b = wf.states("s", "a", "b", "done_a", "done_b")
+    wf.flow(s >> (a, b), "split")
+
+    async def work(token: Any) -> dict[str, Any]:
+        return {"worked": True}
+
+    wf.flow(a >> done_a, "work", action=work).limit(per_second=1)
+
+    @wf.flow(b >> done_b, "approve", trigger="manual")
+    async def approve(token: Any) -> dict[str, Any]:
+        raise ValueError("the approval service said no")
+
+    first, second = await two_following(url, wf)
+    try:
+        await first.start("limited", {})  # takes the first engine's budget for "work"
+        inst = await first.start("limited", {})  # its "work" waits for the first engine's timer
+        await followed(second, [inst.id], InstanceStatus.RUNNING, "a", "b")
+        with pytest.raises(ActionError):
+            await second.fire(inst.id, "approve")
+        await followed(second, [inst.id], InstanceStatus.WAITING, "b", "done_a")
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_an_engine_that_stepped_aside_drives_again_when_the_instance_does_not_move_on(url: str) -> None:
+    """The safety net: should the engine that wrote last not go on (here its scheduler is switched off), the one
+    that stepped aside drives the instance again after a few heartbeats."""
+    wf = Workflow("net")
+    s, p, q, done = wf.states("s", "p", "q", "done")
+    wf.flow(s >> p, "go", trigger="manual")
+    wf.flow(p >> q, "on")
+    wf.flow(q >> done, "end")
+    first = Engine(store=JetStreamStore(servers=[url], heartbeat=0.1), workflows=[wf])
+    second = Engine(store=JetStreamStore(servers=[url], heartbeat=0.1), workflows=[wf])
+    await first.open()
+    await second.open()
+    try:
+        for _ in range(200):
+            if first._watcher and second._watcher and first.store._peers and second.store._peers:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.02)
+        inst = await first.start("net", {})
+        await second.wait(inst.id, timeout=5)
+        second._kick = lambda run: None  # type: ignore[method-assign]  # writes, then never steps it
+        await second.fire(inst.id, "go")
+        await asyncio.sleep(0.3)
+        assert not first._runs[inst.id].local
+        await followed(first, [inst.id], InstanceStatus.COMPLETED, "done")  # checked every 12 heartbeats (1.2 s)
+        assert first._runs[inst.id].local
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_an_event_the_watcher_reads_late_does_not_make_its_writer_the_driver_again(url: str) -> None:
+    """The second engine wrote the newest event itself; its watcher then delivers an older event of the first
+    engine (it lagged, waiting for another instance's commit). That older write must not count as the latest:
+    after an observer's firing the second engine still drives."""
+    wf = Workflow("late")
+    s, p, q, r, done = wf.states("s", "p", "q", "r", "done")
+    wf.flow(s >> p, "m1", trigger="manual")
+    wf.flow(p >> q, "m2", trigger="manual")
+    wf.flow(q >> r, "m3", trigger="manual")
+    wf.flow(r >> done, "work")
+    first, second = await two_following(url, wf)
+    try:
+        x = (await first.start("late", {})).id
+        y = (await first.start("late", {})).id
+        await second.wait(x, timeout=5)
+        await second.wait(y, timeout=5)
+        await second._runs[y].lock.acquire()  # the second engine's watcher will wait at y's next event
+        await first.fire(y, "m1")
+        await first.fire(x, "m1")
+        await asyncio.sleep(0.2)
+        await second.fire(x, "m2")  # reads the first engine's m1 directly, and writes the newest event
+        second._runs[y].lock.release()
+        await asyncio.sleep(0.3)  # the watcher delivers the first engine's m1 on x, late
+        async with engine(url, wf, drive=False, follow=False) as cli:
+            await cli.fire(x, "m3")
+        await followed(second, [x], InstanceStatus.COMPLETED, "done")
+        assert second._runs[x].local and not first._runs[x].local
     finally:
         await second.close()
         await first.close()

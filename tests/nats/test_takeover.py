@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +19,15 @@ from tests.nats.test_durability import engine_process
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ENGINE = Path(__file__).with_name("run_engine.py")
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the engine process if it still runs, and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 async def until_completed(engine: Engine, count: int, timeout: float) -> list[object]:
@@ -45,11 +55,7 @@ async def test_a_live_engine_takes_over_the_instances_of_an_engine_killed_for_go
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
         finally:
-            if doomed.poll() is None:
-                doomed.kill()
-            for pipe in (doomed.stdout, doomed.stderr):
-                if pipe is not None:
-                    pipe.close()
+            reap(doomed)
         known = await survivor.instances("relay")
         assert len(known) == 20 and not any(i.status is InstanceStatus.COMPLETED for i in known)
         done = await until_completed(survivor, 20, timeout=30)
@@ -134,11 +140,7 @@ async def test_after_a_stall_heals_one_engine_drives_each_instance_again(
             assert stalled.stdout.readline().strip() == "done 10"
             stalled.wait(10)
         finally:
-            if stalled.poll() is None:
-                stalled.kill()
-            for pipe in (stalled.stdout, stalled.stderr):
-                if pipe is not None:
-                    pipe.close()
+            reap(stalled)
         fired = Counter(
             [(e.instance_id, e.transition) async for e in survivor.events(types=[EventType.TRANSITION_FIRED])]
         )
