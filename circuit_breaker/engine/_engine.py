@@ -182,7 +182,13 @@ class Engine:
         latest event it wrote). Several engines may take the same one over; the store's check lets one fire."""
         if self._closed:
             return
-        taken = sum(self._take_over(run) for run in list(self._runs.values()))
+        taken = 0
+        for run in list(self._runs.values()):
+            if self._take_over(run):
+                taken += 1
+            elif run.local and run.pending and run.status not in TERMINAL and self._remote().unclocked(run):
+                # Driven here, but its remote tasks were dispatched there: their deadlines were on its clock.
+                self._spawn(run, self._remote().recover(run))
         if taken:
             log.warning("took over %d instance(s) from engine %s", taken, origin)
 

@@ -255,6 +255,17 @@ class RemoteActions:
         await self._send(run, run.pending[task_id])
 
     # -- deadlines -------------------------------------------------------------------------------------------
+    def unclocked(self, run: Run) -> bool:
+        """Whether a task of ``run`` in flight has a deadline that no timer of this engine counts."""
+        for pending in run.pending.values():
+            if pending.dead or pending.timer is not None:
+                continue
+            ct = run.cw.transitions.get(pending.transition)
+            remote = self.engine.remote_of(run.cw.name, ct) if ct is not None else None
+            if remote is not None and remote.deadline is not None:
+                return True
+        return False
+
     def _arm(self, run: Run, pending: PendingTask) -> None:
         ct = run.cw.transitions.get(pending.transition)
         remote = self.engine.remote_of(run.cw.name, ct) if ct is not None else None

@@ -489,3 +489,33 @@ async def test_an_event_the_watcher_reads_late_does_not_make_its_writer_the_driv
     finally:
         await second.close()
         await first.close()
+
+
+async def test_the_deadline_of_a_task_whose_dispatcher_left_is_counted_by_the_engine_driving_the_instance(
+    url: str,
+) -> None:
+    """The first engine dispatched the task (its deadline on its clock); the second one drives the instance after
+    a manual firing; when the first leaves, the second counts the deadline, and the error place's handling runs."""
+    wf = Workflow("deadline_left")
+    s, t, m, done_t, done_m, review, handled = wf.states("s", "t", "m", "done_t", "done_m", "review", "handled")
+    wf.flow(s >> (t, m), "split")
+    wf.flow(t >> done_t, "run").action(Echo(value=1), remote=True, deadline=1.0).on_error(review)
+    wf.flow(review >> handled, "handle")
+    wf.flow(m >> done_m, "approve", trigger="manual")
+    first, second = await two_following(url, wf, tasks=ControlledQueue())
+    try:
+        inst = await first.start("deadline_left", {})
+        for _ in range(100):
+            known = second._runs.get(inst.id)
+            if known is not None and known.pending and "m" in known.marking:
+                break
+            await asyncio.sleep(0.02)
+        await second.fire(inst.id, "approve")  # the second engine drives it now
+        await asyncio.sleep(0.2)
+        assert second._runs[inst.id].local
+        assert not any(p.timer for p in second._runs[inst.id].pending.values()), "its clock is the first engine's"
+        await first.close()  # says bye before the deadline passes
+        await followed(second, [inst.id], InstanceStatus.COMPLETED, "done_m", "handled")
+    finally:
+        await first.close()
+        await second.close()
