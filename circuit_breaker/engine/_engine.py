@@ -169,6 +169,7 @@ class Engine:
                 self._peer if self.follow else _ignore,
                 writer=self.drive,
                 on_gone=self._orphaned if self.drive and self.follow else None,
+                workflows=lambda: list(self._workflows),
             )
 
     def _peer(self, since: int) -> None:
@@ -226,7 +227,7 @@ class Engine:
     def _take_over(self, run: Run) -> bool:
         """Drive ``run`` if its last writer is gone and this engine is the one chosen for it."""
         assert isinstance(self.store, SharedStore)
-        if run.local or run.status not in (RUNNING, WAITING) or not self.store.takes_over(run.id):
+        if run.local or run.status not in (RUNNING, WAITING) or not self.store.takes_over(run.id, run.cw.name):
             return False
         run.local = True
         if run.pending:

@@ -22,7 +22,7 @@ import logging
 import os
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -192,6 +192,7 @@ class JetStreamStore:
         self.writer_of: dict[str, str] = {}
         self.gone: set[str] = set()  # engines that said bye or stopped beating
         self._peers: dict[str, float] = {}
+        self._takes: dict[str, set[str]] = {}  # peer -> the workflows it takes over (absent: it did not say)
         self._beats: asyncio.Task[None] | None = None
         self._writer = False
 
@@ -499,9 +500,12 @@ class JetStreamStore:
         *,
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
+        workflows: Callable[[], Collection[str]] | None = None,
     ) -> None:
         """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``, heartbeats ``{"origin", "beat"}``
-        every ``heartbeat`` seconds and ``{"origin", "bye"}`` on close.
+        every ``heartbeat`` seconds and ``{"origin", "bye"}`` on close. Hello and beats also say ``takes_over``:
+        the workflows whose orphaned instances this engine takes over (``[]`` without ``on_gone``), so a peer
+        never chooses it for another workflow's instance.
 
         A writer says hello with ``since`` = the stream position before its first write; every engine that
         hears a hello from another origin follows from there, and answers (``reply: true``) with the same
@@ -511,6 +515,13 @@ class JetStreamStore:
         """
         nc = self.connection
         loop = asyncio.get_running_loop()
+
+        def presence(**fields: Any) -> bytes:
+            if on_gone is None:
+                fields["takes_over"] = []
+            elif workflows is not None:
+                fields["takes_over"] = sorted(workflows())
+            return json.dumps({"origin": self.origin, **fields}).encode()
 
         async def heard(msg: Any) -> None:
             try:
@@ -527,6 +538,9 @@ class JetStreamStore:
             known = origin in self._peers
             self._peers[origin] = loop.time()
             self.gone.discard(origin)  # it was only cut off, and is back
+            takes = hello.get("takes_over")
+            if isinstance(takes, list):
+                self._takes[origin] = {str(w) for w in takes}
             if hello.get("beat"):
                 if not known:
                     on_peer(self.watched_up_to)  # a peer this engine missed the hello of: follow from here on
@@ -537,24 +551,22 @@ class JetStreamStore:
                 return
             on_peer(position)
             if writer and not hello.get("reply"):
-                answer = {"origin": self.origin, "since": position, "reply": True}
                 with contextlib.suppress(Exception):
-                    await nc.publish(HELLO_SUBJECT, json.dumps(answer).encode())
+                    await nc.publish(HELLO_SUBJECT, presence(since=position, reply=True))
 
         self._hello_sub = await nc.subscribe(HELLO_SUBJECT, cb=heard)
         self._writer = writer
         if writer:
-            await nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "since": since}).encode())
+            await nc.publish(HELLO_SUBJECT, presence(since=since))
             await nc.flush()
-        self._beats = loop.create_task(self._beat(writer, on_gone))
+        self._beats = loop.create_task(self._beat(writer, on_gone, partial(presence, beat=True)))
 
-    async def _beat(self, writer: bool, on_gone: Callable[[str], None] | None) -> None:
+    async def _beat(self, writer: bool, on_gone: Callable[[str], None] | None, beat: Callable[[], bytes]) -> None:
         """Say this engine is alive (if it writes), and notice peers that stopped saying so.
 
         A peer is judged only on what this engine could have heard: after this engine was disconnected, or its
         event loop was held up (a blocking action), every peer starts a fresh three-heartbeat window.
         """
-        beat = json.dumps({"origin": self.origin, "beat": True}).encode()
         loop = asyncio.get_running_loop()
         blind = False
         while True:
@@ -563,7 +575,7 @@ class JetStreamStore:
             try:
                 now = loop.time()
                 if writer and self.connection.is_connected:
-                    await self.connection.publish(HELLO_SUBJECT, beat)
+                    await self.connection.publish(HELLO_SUBJECT, beat())
                 if not self.connection.is_connected or now - before > 2 * self.heartbeat:
                     blind = True  # cut off, or stalled: what this engine did not hear says nothing of the others
                     continue
@@ -584,6 +596,7 @@ class JetStreamStore:
 
     def _gone_now(self, origin: str, on_gone: Callable[[str], None] | None) -> None:
         self.gone.add(origin)
+        self._takes.pop(origin, None)
         if on_gone is None:
             return
         try:
@@ -608,13 +621,15 @@ class JetStreamStore:
         writer = self.writer_of.get(instance_id)
         return writer is not None and writer in self._peers
 
-    def takes_over(self, instance_id: str) -> bool:
+    def takes_over(self, instance_id: str, workflow: str | None = None) -> bool:
         """Whether this engine should drive ``instance_id`` because the engine that last wrote it is gone (it then
         forgets that writer). One live engine per instance (the highest rendezvous hash among this engine and the
         live peers it knows), so the survivors share the orphans instead of all driving each of them."""
         if self.writer_of.get(instance_id) not in self.gone:
             return False
-        candidates = [self.origin, *self._peers]
+        takes = self._takes
+        candidates = [self.origin]  # (the engine asking runs the workflow)
+        candidates += [p for p in self._peers if workflow is None or p not in takes or workflow in takes[p]]
         owner = max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode()))
         if owner != self.origin:
             return False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Protocol, runtime_checkable
 
 from ..events import Event
@@ -52,9 +52,9 @@ class SharedStore(Store, Protocol):
         this engine followed: that engine drives it now, and this one leaves it alone."""
         ...
 
-    def takes_over(self, instance_id: str) -> bool:
-        """Whether this engine should drive ``instance_id``: the engine that last wrote it is gone, and this one
-        is the live engine chosen for it."""
+    def takes_over(self, instance_id: str, workflow: str | None = None) -> bool:
+        """Whether this engine should drive ``instance_id`` (of ``workflow``): the engine that last wrote it is
+        gone, and this one is the live engine chosen for it among those that take over that workflow."""
         ...
 
     async def announce(
@@ -64,10 +64,12 @@ class SharedStore(Store, Protocol):
         *,
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
+        workflows: Callable[[], Collection[str]] | None = None,
     ) -> None:
         """Tell the other engines this one is here (if it may write) and call ``on_peer(position)`` when another
         writer is seen: its events must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
-        a writer leaves or stops answering: the instances it drove need another driver (see ``takes_over``)."""
+        a writer leaves or stops answering: the instances it drove need another driver (see ``takes_over``).
+        ``workflows()`` names the workflows whose instances this engine takes over (none without ``on_gone``)."""
         ...
 
     def watch(self, start_seq: int) -> AsyncIterator[Event]:

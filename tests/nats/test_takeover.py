@@ -8,10 +8,11 @@ import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from circuit_breaker import Engine, EventType, InstanceStatus
+from circuit_breaker import Engine, EventType, InstanceStatus, Workflow
 from circuit_breaker.nats import JetStreamStore
 from tests.conftest import drop_streams
 from tests.nats.relay_workflow import workflow
@@ -148,4 +149,38 @@ async def test_after_a_stall_heals_one_engine_drives_each_instance_again(
     runs = Counter((line.split()[0], line.split()[1]) for line in log.read_text().splitlines())
     seconds = [n for (_, transition), n in runs.items() if transition == "second"]
     assert len(seconds) == 10 and set(seconds) == {1}, f"after the heal one engine ran each second step: {runs}"
+    await drop_streams(nats_url)
+
+
+async def test_orphans_go_only_to_engines_that_take_over_their_workflow(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engines say in their heartbeats which workflows they take over: one that runs other workflows, or one that
+    never takes over (follow=False), is not chosen for an orphan it would leave alone."""
+    await drop_streams(nats_url)
+    monkeypatch.setenv("RELAY_DELAY", "0.5")  # actions still running when the driving engine leaves
+    other = Workflow("elsewhere")
+    a, b = other.states("a", "b")
+    other.flow(a >> b, "go")
+
+    def make(*workflows: Workflow, **options: Any) -> Engine:
+        return Engine(store=JetStreamStore(servers=[nats_url], heartbeat=0.2), workflows=workflows, **options)
+
+    leaving = make(workflow)
+    async with make(workflow) as heir, make(other) as stranger, make(workflow, follow=False) as loner:
+        await leaving.open()
+        for _ in range(200):  # everyone has heard everyone's heartbeat (with what it takes over)
+            if all(len(e.store._takes) >= 3 for e in (heir, stranger)):  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.02)
+        assert heir.store._takes[stranger.store.origin] == {"elsewhere"}  # type: ignore[attr-defined]
+        assert heir.store._takes[loner.store.origin] == set()  # type: ignore[attr-defined]
+        ids = [(await leaving.start(workflow, {})).id for _ in range(20)]
+        for _ in range(100):
+            if len(await heir.instances("relay")) == 20:
+                break
+            await asyncio.sleep(0.05)
+        await leaving.close()  # bye: every orphan goes to the heir, the only engine that takes relay over
+        done = await asyncio.gather(*(heir.wait(i, timeout=10) for i in ids))
+        assert all(i.status is InstanceStatus.COMPLETED for i in done)
     await drop_streams(nats_url)
