@@ -84,7 +84,9 @@ RUNNING = InstanceStatus.RUNNING
 WAITING = InstanceStatus.WAITING
 FAILED = InstanceStatus.FAILED
 YIELD_EVERY = 64  # automatic firings in a row before the scheduler lets the event loop run others
-STEP_ASIDE_CHECKS = 12  # heartbeats after which an instance left to another engine and not moved is driven again
+# Heartbeats (5 min by default) after which an instance left to another engine, which could go on and has not
+# moved, is driven here again: a safety net that costs a second run of an action that takes longer than that.
+STEP_ASIDE_CHECKS = 60
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 
 
@@ -209,6 +211,9 @@ class Engine:
             return
         if not (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run))):
             return  # ended, or waits for a manual firing (whoever fires it drives it)
+        if run.pending and run.tasks_running():
+            self._check_moving(run, run.seq)  # a remote task is out: its result or its deadline moves it on
+            return
         if run.seq != seq:
             self._check_moving(run, run.seq)  # it moves: look again later
             return

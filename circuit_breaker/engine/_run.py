@@ -202,6 +202,9 @@ class Run:
             known.attempt = event.attempt
             known.since = event.time
             known.dead = False
+            if known.timer is not None:  # it counted the attempt before; whoever sends this one counts it
+                known.timer.cancel()
+                known.timer = None
             self._record(
                 event, "dispatched", event.transition, (), (), {"task": event.task_id, "attempt": event.attempt}
             )

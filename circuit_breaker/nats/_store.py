@@ -480,7 +480,7 @@ class JetStreamStore:
                 known = self._last.get(event.instance_id)
                 self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
                 writer = (msg.headers or {}).get("Cb-Origin")
-                if known is not None and known[0] >= event.seq:
+                if known is not None and known[0] > event.seq:
                     pass  # read late: this store knows a newer event (its own, or one read directly)
                 elif _ends(event):
                     self.writer_of.pop(event.instance_id, None)  # ended: nobody needs to drive it any more

@@ -20,11 +20,11 @@ from circuit_breaker.errors import (
     TransitionNotEnabledError,
     UnknownInstanceError,
 )
-from circuit_breaker.events import Event, EventType, TokenInjected
+from circuit_breaker.events import ErrorInfo, Event, EventType, TokenInjected
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.token import History, HistoryEntry, Token, new_id, utcnow
 from tests.conftest import drop_streams
-from tests.engine.test_remote_actions import ControlledQueue, Echo
+from tests.engine.test_remote_actions import ControlledQueue, Echo, result_for
 
 
 @pytest.fixture
@@ -429,7 +429,9 @@ async def test_a_failed_manual_firing_on_the_other_engine_leaves_the_instance_dr
         await first.close()
 
 
-async def test_an_engine_that_stepped_aside_drives_again_when_the_instance_does_not_move_on(url: str) -> None:
+async def test_an_engine_that_stepped_aside_drives_again_when_the_instance_does_not_move_on(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The safety net: should the engine that wrote last not go on (here its scheduler is switched off), the one
     that stepped aside drives the instance again after a few heartbeats."""
     wf = Workflow("net")
@@ -437,6 +439,7 @@ async def test_an_engine_that_stepped_aside_drives_again_when_the_instance_does_
     wf.flow(s >> p, "go", trigger="manual")
     wf.flow(p >> q, "on")
     wf.flow(q >> done, "end")
+    monkeypatch.setattr("circuit_breaker.engine._engine.STEP_ASIDE_CHECKS", 12)  # 1.2 s at these heartbeats
     first = Engine(store=JetStreamStore(servers=[url], heartbeat=0.1), workflows=[wf])
     second = Engine(store=JetStreamStore(servers=[url], heartbeat=0.1), workflows=[wf])
     await first.open()
@@ -519,3 +522,77 @@ async def test_the_deadline_of_a_task_whose_dispatcher_left_is_counted_by_the_en
     finally:
         await first.close()
         await second.close()
+
+
+async def test_an_instance_read_directly_before_the_watcher_delivers_it_is_still_taken_over(url: str) -> None:
+    """The first engine reads an instance of the second directly (a get) while its watcher lags; the writer of
+    what it read still counts, so when the second engine leaves, the first takes the instance over."""
+    wf = Workflow("adopted")
+    s, p, done = wf.states("s", "p", "done")
+    wf.flow(s >> p, "m1", trigger="manual")
+
+    @wf.flow(s >> done, "work")
+    async def work(token: Any) -> dict[str, Any]:
+        await asyncio.sleep(1.0)
+        return {"worked": True}
+
+    first, second = await two_following(url, wf)
+    try:
+        y = (await first.start("adopted", {})).id
+        await asyncio.sleep(0.2)
+        await first._runs[y].lock.acquire()  # the first engine's watcher will wait at y's next event
+        await second.fire(y, "m1")
+        x = (await second.start("adopted", {})).id  # the second engine drives x and runs "work"
+        await asyncio.sleep(0.2)
+        assert (await first.get(x)).status is InstanceStatus.RUNNING  # read directly
+        first._runs[y].lock.release()
+        await asyncio.sleep(0.3)
+        await second.close()  # bye while "work" runs
+        await followed(first, [x], InstanceStatus.COMPLETED, "done")
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_a_new_attempt_sent_by_another_engine_is_clocked_after_it_leaves(url: str) -> None:
+    """The first engine dispatched attempt 1; the second handed out attempt 2 (a worker reported the deadline
+    passed) and left; the first, driving the instance, counts attempt 2's deadline, not its old timer's."""
+    wf = Workflow("reclocked")
+    s, t, m, done_t, done_m, review = wf.states("s", "t", "m", "done_t", "done_m", "review")
+    wf.flow(s >> (t, m), "split")
+    run = wf.flow(t >> done_t, "run").action(Echo(value=1), remote=True, deadline=1.0).on_error(review)
+    run.retry(max_attempts=2, initial_delay=0.01)
+    wf.flow(m >> done_m, "approve", trigger="manual")
+    mine, theirs = ControlledQueue(), ControlledQueue()
+    first = engine(url, wf, tasks=mine)
+    second = engine(url, wf, tasks=theirs)
+    await first.open()
+    await second.open()
+    try:
+        for _ in range(200):
+            if first._watcher and second._watcher and first.store._peers and second.store._peers:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.02)
+        x = (await first.start("reclocked", {})).id
+        task = await mine.next_task()
+        for _ in range(100):
+            known = second._runs.get(x)
+            if known is not None and known.pending and "m" in known.marking:
+                break
+            await asyncio.sleep(0.02)
+        expired = ErrorInfo(kind="expired", message="too slow")
+        await theirs.deliver(result_for(task, status="failed", error=expired))  # attempt 2, from the second
+        await asyncio.sleep(0.3)
+        await first.fire(x, "approve")  # the first engine drives x
+        await asyncio.sleep(0.1)
+        await second.close()
+        # Attempt 2 overruns too, and it was the last: the task ends, its token in the error place.
+        for _ in range(150):
+            if not first._runs[x].pending:
+                break
+            await asyncio.sleep(0.02)
+        assert not first._runs[x].pending
+        assert sorted((await first.get(x)).places) == ["done_m", "review"]
+    finally:
+        await second.close()
+        await first.close()
