@@ -430,7 +430,9 @@ class Engine:
             if cw is None or event.workflow not in self._loaded:
                 return  # a workflow this engine does not run, or one still loading (the load will have it)
             if event.seq != 1:
-                await self._adopt(event.instance_id, cw)
+                adopted = await self._adopt(event.instance_id, cw)
+                if adopted is not None and self.drive and self.follow and not self._closed:
+                    self._take_over(adopted)  # read after its driver left (the watcher lagged): it is an orphan
                 return
             run = Run(event.instance_id, cw, atomic_store=getattr(self.store, "appends_atomically", False))
             self._runs[event.instance_id] = run

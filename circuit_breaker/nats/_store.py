@@ -484,9 +484,10 @@ class JetStreamStore:
                     pass  # read late: this store knows a newer event (its own, or one read directly)
                 elif _ends(event):
                     self.writer_of.pop(event.instance_id, None)  # ended: nobody needs to drive it any more
-                elif writer in self._peers:
-                    # A driving engine (it announced itself). A write by one that does not drive (an observer's
-                    # manual firing) leaves the instance with the engine that drove it before.
+                elif writer in self._peers or writer in self.gone:
+                    # A driving engine (it announced itself; it may have left since, if this watcher lags). A write
+                    # by one that does not drive (an observer's manual firing) leaves the instance with the engine
+                    # that drove it before.
                     self.writer_of[event.instance_id] = writer
                 yield event
         finally:

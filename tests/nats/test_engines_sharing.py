@@ -596,3 +596,33 @@ async def test_a_new_attempt_sent_by_another_engine_is_clocked_after_it_leaves(u
     finally:
         await second.close()
         await first.close()
+
+
+async def test_an_instance_whose_events_arrive_after_its_driver_left_is_taken_over(url: str) -> None:
+    """The first engine's watcher lags; the second starts an instance and leaves before the first has read any
+    of it. When the events arrive, their writer is already gone: the first engine takes the instance over."""
+    wf = Workflow("late_orphan")
+    s, p, done = wf.states("s", "p", "done")
+    wf.flow(s >> p, "m1", trigger="manual")
+
+    @wf.flow(s >> done, "work")
+    async def work(token: Any) -> dict[str, Any]:
+        await asyncio.sleep(0.5)
+        return {"worked": True}
+
+    first, second = await two_following(url, wf)
+    try:
+        y = (await first.start("late_orphan", {})).id
+        await asyncio.sleep(0.2)
+        await first._runs[y].lock.acquire()  # the first engine's watcher will wait at y's next event
+        await second.fire(y, "m1")
+        x = (await second.start("late_orphan", {})).id  # the second engine drives x and runs "work"
+        await asyncio.sleep(0.2)
+        await second.close()  # bye, before the first engine has read x
+        await asyncio.sleep(0.2)
+        assert x not in first._runs
+        first._runs[y].lock.release()  # now the watcher delivers x's events, their writer gone
+        await followed(first, [x], InstanceStatus.COMPLETED, "done")
+    finally:
+        await second.close()
+        await first.close()
