@@ -279,9 +279,20 @@ async def test_the_engine_that_wrote_last_drives_and_the_other_steps_aside(url: 
         assert fired == steps
 
 
-async def two_following(url: str, wf: Workflow, **options: Any) -> tuple[Engine, Engine]:
-    """Two open engines on ``wf`` that have heard of each other (each steps aside from the other's writes)."""
-    first, second = engine(url, wf, **options), engine(url, wf, **options)
+async def two_following(
+    url: str, wf: Workflow, *, heartbeat: float = 5.0, queues: tuple[Any, Any] | None = None, **options: Any
+) -> tuple[Engine, Engine]:
+    """Two open engines on ``wf`` that have heard of each other (each steps aside from the other's writes);
+    ``queues``: each engine's own task queue."""
+    first, second = (
+        Engine(
+            store=JetStreamStore(servers=[url], heartbeat=heartbeat),
+            workflows=[wf],
+            **options,
+            **({"tasks": queues[i]} if queues else {}),
+        )
+        for i in range(2)
+    )
     await first.open()
     await second.open()
     for _ in range(200):
@@ -352,37 +363,49 @@ async def test_a_manual_firing_by_an_observer_leaves_the_instance_with_its_drive
         await first.close()
 
 
+def overdue_flow(name: str, deadline: float) -> Workflow:
+    """A remote task with a deadline on one branch (overdue: to ``review``, handled automatically), a manual
+    ``approve`` on the other."""
+    wf = Workflow(name)
+    s, t, m, done_t, done_m, review, handled = wf.states("s", "t", "m", "done_t", "done_m", "review", "handled")
+    wf.flow(s >> (t, m), "split")
+    wf.flow(t >> done_t, "run").action(Echo(value=1), remote=True, deadline=deadline).on_error(review)
+    wf.flow(review >> handled, "handle")
+    wf.flow(m >> done_m, "approve", trigger="manual")
+    return wf
+
+
 async def test_a_deadline_counted_by_an_engine_that_stepped_aside_still_moves_the_instance_on(url: str) -> None:
     """Only the engine that dispatched a task counts its deadline; when it has stepped aside meanwhile, its
     failure event makes it the driver again, so the error place's automatic handling runs."""
-    wf = Workflow("deadline_aside")
-    s, p1, p2, b, q2, review, handled = wf.states("s", "p1", "p2", "b", "q2", "review", "handled")
-    wf.flow(s >> (p1, p2), "split")
-    wf.flow(p1 >> b, "run").action(Echo(value=1), remote=True, deadline=0.6).on_error(review)
-    wf.flow(review >> handled, "handle")
-    wf.flow(p2 >> q2, "approve", trigger="manual")
-    first, second = await two_following(url, wf, tasks=ControlledQueue())
+    first, second = await two_following(url, overdue_flow("deadline_aside", 0.6), tasks=ControlledQueue())
     try:
         inst = await first.start("deadline_aside", {})
         await asyncio.sleep(0.2)  # "run" is dispatched by the first engine, which counts its deadline
         await second.fire(inst.id, "approve")  # the first engine steps aside
         await asyncio.sleep(0.1)
         assert not first._runs[inst.id].local
-        await followed(second, [inst.id], InstanceStatus.COMPLETED, "handled", "q2")
+        await followed(second, [inst.id], InstanceStatus.COMPLETED, "handled", "done_m")
     finally:
         await second.close()
         await first.close()
 
 
-async def test_an_observers_firing_after_handovers_is_followed_up_by_the_engine_that_wrote_last(url: str) -> None:
-    """The instance went from the first engine to the second and back; an observer's manual firing then must not
-    send the first engine aside on account of the second engine's older write."""
-    wf = Workflow("handed_back")
+def three_manual_steps(name: str) -> Workflow:
+    """Manual m1, m2, m3, then the automatic ``finish``: who follows up after m3 is the engine that drives."""
+    wf = Workflow(name)
     s, p, q, r, done = wf.states("s", "p", "q", "r", "done")
     wf.flow(s >> p, "m1", trigger="manual")
     wf.flow(p >> q, "m2", trigger="manual")
     wf.flow(q >> r, "m3", trigger="manual")
     wf.flow(r >> done, "finish")
+    return wf
+
+
+async def test_an_observers_firing_after_handovers_is_followed_up_by_the_engine_that_wrote_last(url: str) -> None:
+    """The instance went from the first engine to the second and back; an observer's manual firing then must not
+    send the first engine aside on account of the second engine's older write."""
+    wf = three_manual_steps("handed_back")
     first, second = await two_following(url, wf)
     try:
         inst = await first.start("handed_back", {})
@@ -440,15 +463,8 @@ async def test_an_engine_that_stepped_aside_drives_again_when_the_instance_does_
     wf.flow(p >> q, "on")
     wf.flow(q >> done, "end")
     monkeypatch.setattr("circuit_breaker.engine._engine.STEP_ASIDE_CHECKS", 12)  # 1.2 s at these heartbeats
-    first = Engine(store=JetStreamStore(servers=[url], heartbeat=0.1), workflows=[wf])
-    second = Engine(store=JetStreamStore(servers=[url], heartbeat=0.1), workflows=[wf])
-    await first.open()
-    await second.open()
+    first, second = await two_following(url, wf, heartbeat=0.1)
     try:
-        for _ in range(200):
-            if first._watcher and second._watcher and first.store._peers and second.store._peers:  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.02)
         inst = await first.start("net", {})
         await second.wait(inst.id, timeout=5)
         second._kick = lambda run: None  # type: ignore[method-assign]  # writes, then never steps it
@@ -466,12 +482,7 @@ async def test_an_event_the_watcher_reads_late_does_not_make_its_writer_the_driv
     """The second engine wrote the newest event itself; its watcher then delivers an older event of the first
     engine (it lagged, waiting for another instance's commit). That older write must not count as the latest:
     after an observer's firing the second engine still drives."""
-    wf = Workflow("late")
-    s, p, q, r, done = wf.states("s", "p", "q", "r", "done")
-    wf.flow(s >> p, "m1", trigger="manual")
-    wf.flow(p >> q, "m2", trigger="manual")
-    wf.flow(q >> r, "m3", trigger="manual")
-    wf.flow(r >> done, "work")
+    wf = three_manual_steps("late")
     first, second = await two_following(url, wf)
     try:
         x = (await first.start("late", {})).id
@@ -499,13 +510,7 @@ async def test_the_deadline_of_a_task_whose_dispatcher_left_is_counted_by_the_en
 ) -> None:
     """The first engine dispatched the task (its deadline on its clock); the second one drives the instance after
     a manual firing; when the first leaves, the second counts the deadline, and the error place's handling runs."""
-    wf = Workflow("deadline_left")
-    s, t, m, done_t, done_m, review, handled = wf.states("s", "t", "m", "done_t", "done_m", "review", "handled")
-    wf.flow(s >> (t, m), "split")
-    wf.flow(t >> done_t, "run").action(Echo(value=1), remote=True, deadline=1.0).on_error(review)
-    wf.flow(review >> handled, "handle")
-    wf.flow(m >> done_m, "approve", trigger="manual")
-    first, second = await two_following(url, wf, tasks=ControlledQueue())
+    first, second = await two_following(url, overdue_flow("deadline_left", 1.0), tasks=ControlledQueue())
     try:
         inst = await first.start("deadline_left", {})
         for _ in range(100):
@@ -524,28 +529,42 @@ async def test_the_deadline_of_a_task_whose_dispatcher_left_is_counted_by_the_en
         await second.close()
 
 
-async def test_an_instance_read_directly_before_the_watcher_delivers_it_is_still_taken_over(url: str) -> None:
-    """The first engine reads an instance of the second directly (a get) while its watcher lags; the writer of
-    what it read still counts, so when the second engine leaves, the first takes the instance over."""
-    wf = Workflow("adopted")
+def slow_work(name: str, seconds: float) -> Workflow:
+    """An instance either waits for the manual ``m1`` or runs the automatic ``work`` for ``seconds``."""
+    wf = Workflow(name)
     s, p, done = wf.states("s", "p", "done")
     wf.flow(s >> p, "m1", trigger="manual")
 
     @wf.flow(s >> done, "work")
     async def work(token: Any) -> dict[str, Any]:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(seconds)
         return {"worked": True}
 
-    first, second = await two_following(url, wf)
+    return wf
+
+
+async def hold_watcher(first: Engine, second: Engine, workflow: str) -> asyncio.Lock:
+    """Make the first engine's watcher lag: it waits at an event of an instance whose commit lock is held (as
+    while an append of its own is in flight). Returns the lock, to be released."""
+    y = (await first.start(workflow, {})).id
+    await asyncio.sleep(0.2)
+    lock = first._runs[y].lock
+    assert isinstance(lock, asyncio.Lock)
+    await lock.acquire()
+    await second.fire(y, "m1")  # the watcher will wait at this event
+    return lock
+
+
+async def test_an_instance_read_directly_before_the_watcher_delivers_it_is_still_taken_over(url: str) -> None:
+    """The first engine reads an instance of the second directly (a get) while its watcher lags; the writer of
+    what it read still counts, so when the second engine leaves, the first takes the instance over."""
+    first, second = await two_following(url, slow_work("adopted", 1.0))
     try:
-        y = (await first.start("adopted", {})).id
-        await asyncio.sleep(0.2)
-        await first._runs[y].lock.acquire()  # the first engine's watcher will wait at y's next event
-        await second.fire(y, "m1")
+        held = await hold_watcher(first, second, "adopted")
         x = (await second.start("adopted", {})).id  # the second engine drives x and runs "work"
         await asyncio.sleep(0.2)
         assert (await first.get(x)).status is InstanceStatus.RUNNING  # read directly
-        first._runs[y].lock.release()
+        held.release()
         await asyncio.sleep(0.3)
         await second.close()  # bye while "work" runs
         await followed(first, [x], InstanceStatus.COMPLETED, "done")
@@ -564,15 +583,8 @@ async def test_a_new_attempt_sent_by_another_engine_is_clocked_after_it_leaves(u
     run.retry(max_attempts=2, initial_delay=0.01)
     wf.flow(m >> done_m, "approve", trigger="manual")
     mine, theirs = ControlledQueue(), ControlledQueue()
-    first = engine(url, wf, tasks=mine)
-    second = engine(url, wf, tasks=theirs)
-    await first.open()
-    await second.open()
+    first, second = await two_following(url, wf, queues=(mine, theirs))
     try:
-        for _ in range(200):
-            if first._watcher and second._watcher and first.store._peers and second.store._peers:  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.02)
         x = (await first.start("reclocked", {})).id
         task = await mine.next_task()
         for _ in range(100):
@@ -601,27 +613,15 @@ async def test_a_new_attempt_sent_by_another_engine_is_clocked_after_it_leaves(u
 async def test_an_instance_whose_events_arrive_after_its_driver_left_is_taken_over(url: str) -> None:
     """The first engine's watcher lags; the second starts an instance and leaves before the first has read any
     of it. When the events arrive, their writer is already gone: the first engine takes the instance over."""
-    wf = Workflow("late_orphan")
-    s, p, done = wf.states("s", "p", "done")
-    wf.flow(s >> p, "m1", trigger="manual")
-
-    @wf.flow(s >> done, "work")
-    async def work(token: Any) -> dict[str, Any]:
-        await asyncio.sleep(0.5)
-        return {"worked": True}
-
-    first, second = await two_following(url, wf)
+    first, second = await two_following(url, slow_work("late_orphan", 0.5))
     try:
-        y = (await first.start("late_orphan", {})).id
-        await asyncio.sleep(0.2)
-        await first._runs[y].lock.acquire()  # the first engine's watcher will wait at y's next event
-        await second.fire(y, "m1")
+        held = await hold_watcher(first, second, "late_orphan")
         x = (await second.start("late_orphan", {})).id  # the second engine drives x and runs "work"
         await asyncio.sleep(0.2)
         await second.close()  # bye, before the first engine has read x
         await asyncio.sleep(0.2)
         assert x not in first._runs
-        first._runs[y].lock.release()  # now the watcher delivers x's events, their writer gone
+        held.release()  # now the watcher delivers x's events, their writer gone
         await followed(first, [x], InstanceStatus.COMPLETED, "done")
     finally:
         await second.close()
