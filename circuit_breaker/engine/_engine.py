@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -226,8 +226,8 @@ class Engine:
         self._kick(run)
 
     def _drives_elsewhere(self, instance_id: str) -> bool:
-        assert isinstance(self.store, SharedStore)
-        return self.store.drives_elsewhere(instance_id)
+        # (cast, not isinstance: a runtime-checkable Protocol check costs tens of microseconds per event)
+        return self._shared and cast(SharedStore, self.store).drives_elsewhere(instance_id)
 
     def _take_over(self, run: Run) -> bool:
         """Drive ``run`` if its last writer is gone and this engine is the one chosen for it."""
@@ -365,9 +365,13 @@ class Engine:
             known = self._runs.get(iid)
             if known is not None and known.seq >= run.seq:
                 continue  # followed live meanwhile
-            run.local = self.drive
             self._runs[iid] = run
             run.update_settled()
+            if self.drive and self._drives_elsewhere(iid):
+                # A workflow registered on an engine that follows others: a live engine drives this one already.
+                self._step_aside(run)
+                continue
+            run.local = self.drive
             if run.pending and self.drive and run.status not in TERMINAL:
                 self._spawn(run, self._remote().recover(run))
             if self.drive and (

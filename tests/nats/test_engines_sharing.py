@@ -295,9 +295,14 @@ async def two_following(
     )
     await first.open()
     await second.open()
+    await found_each_other(first, second)
+    return first, second
+
+
+async def found_each_other(first: Engine, second: Engine) -> None:
     for _ in range(200):
         if first._watcher and second._watcher and first.store._peers and second.store._peers:  # type: ignore[attr-defined]
-            return first, second
+            return
         await asyncio.sleep(0.02)
     raise AssertionError("the engines did not find each other")
 
@@ -623,6 +628,42 @@ async def test_an_instance_whose_events_arrive_after_its_driver_left_is_taken_ov
         assert x not in first._runs
         held.release()  # now the watcher delivers x's events, their writer gone
         await followed(first, [x], InstanceStatus.COMPLETED, "done")
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_a_workflow_registered_later_leaves_the_instances_another_engine_drives_alone(url: str) -> None:
+    """An open engine that follows another registers the other's workflow: it loads the instances, but leaves
+    those the other engine drives to it, so their actions do not run twice."""
+    runs: Counter[str] = Counter()
+
+    def slow(tag: str) -> Workflow:
+        wf = Workflow("registered_later")
+        s, done = wf.states("s", "done")
+
+        @wf.flow(s >> done, "work")
+        async def work(token: Any) -> dict[str, Any]:
+            runs[tag] += 1
+            await asyncio.sleep(1.0)
+            return {"worked": True}
+
+        return wf
+
+    elsewhere = Workflow("elsewhere")
+    a, b = elsewhere.states("a", "b")
+    elsewhere.flow(a >> b, "go", trigger="manual")
+    first, second = engine(url, slow("first")), engine(url, elsewhere)  # the second runs another workflow for now
+    await first.open()
+    await second.open()
+    try:
+        await found_each_other(first, second)
+        ids = [(await first.start("registered_later", {})).id for _ in range(5)]
+        await asyncio.sleep(0.3)
+        second.register(slow("second"))
+        done = await asyncio.gather(*(first.wait(i, timeout=10) for i in ids))
+        assert all(i.status is InstanceStatus.COMPLETED for i in done)
+        assert runs == {"first": 5}
     finally:
         await second.close()
         await first.close()
