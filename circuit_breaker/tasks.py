@@ -141,6 +141,37 @@ class TaskResult(BaseModel):
     duration: float = Field(ge=0, description="seconds the last run took")
     traceparent: str | None = None
 
+    @classmethod
+    def answering(
+        cls,
+        task: Task,
+        status: ResultStatus,
+        *,
+        worker: str,
+        started: datetime,
+        duration: float,
+        output: dict[str, Any] | None = None,
+        error: ErrorInfo | None = None,
+        deliveries: int = 1,
+    ) -> TaskResult:
+        """The result of ``task``'s current attempt (its ids and trace context copied), finished now."""
+        return cls(
+            task_id=task.task_id,
+            attempt=task.attempt,
+            workflow=task.workflow,
+            instance_id=task.instance_id,
+            transition=task.transition,
+            status=status,
+            output=output or {},
+            error=error,
+            worker=worker,
+            deliveries=deliveries,
+            started=started,
+            finished=utcnow(),
+            duration=duration,
+            traceparent=task.traceparent,
+        )
+
 
 class DeadLetter(BaseModel):
     """A task that will not be retried by itself, in ``CB_DLQ``: ``circuit-breaker dlq retry`` puts it back."""

@@ -128,8 +128,12 @@ def produce(
     *,
     places: tuple[str, ...] | None = None,
     weights: dict[str, int] | None = None,
+    expanded: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, tuple[Token, ...]]:
-    """Output tokens per output place (or per ``places``, for a move to an error place)."""
+    """Output tokens per output place (or per ``places``, for a move to an error place); ``expanded`` (a scatter's
+    data per output place, from ``ct.expand``) gives one token per item instead."""
+    if expanded is not None:
+        return {place: tuple(source.moved(place, d, entry) for d in datas) for place, datas in expanded.items()}
     out: dict[str, tuple[Token, ...]] = {}
     if places is None:
         outputs = ct.net.outputs

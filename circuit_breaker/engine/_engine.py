@@ -211,11 +211,9 @@ class Engine:
             return
         if not (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run))):
             return  # ended, or waits for a manual firing (whoever fires it drives it)
-        if run.pending and run.tasks_running():
-            self._check_moving(run, run.seq)  # a remote task is out: its result or its deadline moves it on
-            return
-        if run.seq != seq:
-            self._check_moving(run, run.seq)  # it moves: look again later
+        if run.seq != seq or (run.pending and run.tasks_running()):
+            # It moves, or a remote task is out (its result or its deadline moves it on): look again later.
+            self._check_moving(run, run.seq)
             return
         log.warning(
             "instance %s of workflow %s did not move on after another engine took it; driving it again",
@@ -842,10 +840,7 @@ class Engine:
         """The event of a firing, with the hints ``Run.apply`` takes (consumed, produced, history entry)."""
         now = utcnow()
         entry = fired_entry(ct, now, actor)
-        if expanded is None:
-            produced = produce(ct, view, data, entry)
-        else:
-            produced = {place: tuple(view.moved(place, d, entry) for d in datas) for place, datas in expanded.items()}
+        produced = produce(ct, view, data, entry, expanded=expanded)
         if len(consumed) == 1 and len(produced) == 1:
             (taken,) = consumed.values()
             (given,) = produced.values()

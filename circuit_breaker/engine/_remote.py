@@ -257,23 +257,21 @@ class RemoteActions:
     # -- deadlines -------------------------------------------------------------------------------------------
     def unclocked(self, run: Run) -> bool:
         """Whether a task of ``run`` in flight has a deadline that no timer of this engine counts."""
-        for pending in run.pending.values():
-            if pending.dead or pending.timer is not None:
-                continue
-            ct = run.cw.transitions.get(pending.transition)
-            remote = self.engine.remote_of(run.cw.name, ct) if ct is not None else None
-            if remote is not None and remote.deadline is not None:
-                return True
-        return False
+        return any(not p.dead and p.timer is None and self._deadline(run, p) is not None for p in run.pending.values())
 
-    def _arm(self, run: Run, pending: PendingTask) -> None:
+    def _deadline(self, run: Run, pending: PendingTask) -> float | None:
+        """Seconds each attempt of ``pending``'s task gets (None: no deadline)."""
         ct = run.cw.transitions.get(pending.transition)
         remote = self.engine.remote_of(run.cw.name, ct) if ct is not None else None
-        if remote is None or remote.deadline is None:
+        return remote.deadline if remote is not None else None
+
+    def _arm(self, run: Run, pending: PendingTask) -> None:
+        seconds = self._deadline(run, pending)
+        if seconds is None:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        left = remote.deadline - (utcnow() - pending.since).total_seconds()
+        left = seconds - (utcnow() - pending.since).total_seconds()
         task_id, attempt = pending.task_id, pending.attempt
         loop = asyncio.get_running_loop()
 
@@ -291,8 +289,7 @@ class RemoteActions:
                 return
             ct = run.cw.transitions[pending.transition]
             if info is None:
-                remote = self.engine.remote_of(run.cw.name, ct)
-                seconds = remote.deadline if remote is not None and remote.deadline is not None else 0.0
+                seconds = self._deadline(run, pending) or 0.0
                 info = ErrorInfo(
                     kind="deadline",
                     message=f"no result for task {task_id} (attempt {attempt}) within {seconds:g}s",
@@ -414,10 +411,7 @@ class RemoteActions:
                 return
             now = utcnow()
             entry = fired_entry(ct, now, None)
-            if expanded is None:
-                produced = produce(ct, view, data, entry)
-            else:
-                produced = {p: tuple(view.moved(p, d, entry) for d in datas) for p, datas in expanded.items()}
+            produced = produce(ct, view, data, entry, expanded=expanded)
             fired = build(
                 TransitionFired,
                 **_header(run, None, now),

@@ -131,18 +131,13 @@ class LocalTaskQueue:
         async with self._slots:
             started, t0 = utcnow(), time.perf_counter()
             output, error = await run_task(self._executors, task)
-            result = TaskResult(
-                task_id=task.task_id,
-                attempt=task.attempt,
-                workflow=task.workflow,
-                instance_id=task.instance_id,
-                transition=task.transition,
-                status="succeeded" if error is None else "failed",
-                output=output if error is None else {},
+            result = TaskResult.answering(
+                task,
+                "succeeded" if error is None else "failed",
+                output=output if error is None else None,
                 error=error,
                 worker=self.worker,
                 started=started,
-                finished=utcnow(),
                 duration=time.perf_counter() - t0,
             )
         delay = 0.1

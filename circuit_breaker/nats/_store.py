@@ -479,16 +479,8 @@ class JetStreamStore:
                     continue
                 known = self._last.get(event.instance_id)
                 self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
-                writer = (msg.headers or {}).get("Cb-Origin")
-                if known is not None and known[0] > event.seq:
-                    pass  # read late: this store knows a newer event (its own, or one read directly)
-                elif _ends(event):
-                    self.writer_of.pop(event.instance_id, None)  # ended: nobody needs to drive it any more
-                elif writer in self._peers or writer in self.gone:
-                    # A driving engine (it announced itself; it may have left since, if this watcher lags). A write
-                    # by one that does not drive (an observer's manual firing) leaves the instance with the engine
-                    # that drove it before.
-                    self.writer_of[event.instance_id] = writer
+                if known is None or known[0] <= event.seq:  # not read late (this store knows nothing newer)
+                    self._followed(event, (msg.headers or {}).get("Cb-Origin"))
                 yield event
         finally:
             with contextlib.suppress(Exception):
@@ -604,6 +596,15 @@ class JetStreamStore:
             on_gone(origin)
         except Exception:
             log.exception("taking over the instances of engine %s failed", origin)
+
+    def _followed(self, event: Event, writer: str | None) -> None:
+        """Another engine's newest event of an instance: note who drives the instance now."""
+        if _ends(event):
+            self.writer_of.pop(event.instance_id, None)  # ended: nobody needs to drive it any more
+        elif writer in self._peers or writer in self.gone:
+            # A driving engine (it announced itself; it may have left since, if this watcher lags). A write by one
+            # that does not drive (an observer's manual firing) leaves the instance with the engine that drove it.
+            self.writer_of[event.instance_id] = writer
 
     def _wrote(self, event: Event) -> None:
         """This engine wrote ``event``: if it drives (it announced itself as a writer), it is the instance's driver

@@ -46,7 +46,7 @@ from ..executors import ExecutorRegistry, default_registry
 from ..executors._local_tasks import ExecutorCache, execute_task, expired_error, prepare_task
 from ..nats._acks import AckedPublisher
 from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_filter, task_subject, worker_durable
-from ..tasks import DeadLetter, Task, TaskResult, parse_task, result_msg_id
+from ..tasks import DeadLetter, ResultStatus, Task, TaskResult, parse_task, result_msg_id
 from ..token import utcnow
 from ._ops import Health, Metrics
 from ._queue import MSG_ID, ensure_task_streams
@@ -334,27 +334,18 @@ class Worker:
             self.metrics.finished(kind, "retried", outcome.duration)
             await _settle(msg.nak(delay=delay))
             return
-        status = "succeeded" if error is None else "failed"
-        result = TaskResult(
-            task_id=task.task_id,
-            attempt=task.attempt,
-            workflow=task.workflow,
-            instance_id=task.instance_id,
-            transition=task.transition,
-            status=status,
+        status: ResultStatus = "succeeded" if error is None else "failed"
+        result = TaskResult.answering(
+            task,
+            status,
             output=outcome.output,
             error=error,
             worker=self.worker_id,
             deliveries=deliveries,
             started=outcome.started,
-            finished=utcnow(),
             duration=outcome.duration,
-            traceparent=task.traceparent,
         )
-        subject = result_subject(task.workflow, task.instance_id, task.task_id)
-        if not await self._publish(
-            subject, result.model_dump_json().encode(), result_msg_id(task.task_id, task.attempt)
-        ):
+        if not await self._publish_result(result):
             await _settle(msg.nak(delay=1.0))  # NATS trouble: run it again later; the result id keeps it single
             return
         await _settle(msg.ack())
@@ -414,31 +405,27 @@ class Worker:
             await _settle(msg.nak(delay=1.0))
             return
         if task is not None:
-            started = outcome.started if outcome is not None else utcnow()
-            result = TaskResult(
-                task_id=task.task_id,
-                attempt=task.attempt,
-                workflow=task.workflow,
-                instance_id=task.instance_id,
-                transition=task.transition,
-                status="dead_lettered",
+            result = TaskResult.answering(
+                task,
+                "dead_lettered",
                 error=error or ErrorInfo(kind="dead_lettered", message=message, retryable=False),
                 worker=self.worker_id,
                 deliveries=deliveries,
-                started=started,
-                finished=utcnow(),
+                started=outcome.started if outcome is not None else utcnow(),
                 duration=outcome.duration if outcome is not None else 0.0,
-                traceparent=task.traceparent,
             )
-            subject = result_subject(task.workflow, task.instance_id, task.task_id)
-            if not await self._publish(
-                subject, result.model_dump_json().encode(), result_msg_id(task.task_id, task.attempt)
-            ):
+            if not await self._publish_result(result):
                 await _settle(msg.nak(delay=1.0))
                 return
         await _settle(msg.ack())
         self.metrics.dead_lettered(kind, reason)
         log.warning("task message %s dead-lettered (%s): %s", _seq(msg), reason, message, extra=extra)
+
+    async def _publish_result(self, result: TaskResult) -> bool:
+        """Publish ``result`` on its subject, de-duplicated per task attempt."""
+        subject = result_subject(result.workflow, result.instance_id, result.task_id)
+        msg_id = result_msg_id(result.task_id, result.attempt)
+        return await self._publish(subject, result.model_dump_json().encode(), msg_id)
 
     async def _publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
         """Publish with the de-duplication id, retrying a few times through short NATS trouble."""
