@@ -160,12 +160,10 @@ class Engine:
         self._opened = True
         start = await self.store.last_sequence() + 1 if isinstance(self.store, SharedStore) else 0  # before loading
         self._open_start = start
-        for cw in list(self._workflows.values()):
-            self._schedule_load(cw)
-        await self._ready()
         if isinstance(self.store, SharedStore):
-            # Follow only once another engine shows up: a lone engine need not read back what it writes.
-            # The newcomer says from where (its position before it wrote anything), so nothing is missed.
+            # Before loading: the engines already running introduce themselves, so the load leaves the instances
+            # they drive to them. Follow only once another engine shows up (a lone engine need not read back what
+            # it writes); the newcomer says from where (its position before it wrote anything): nothing is missed.
             await self.store.announce(
                 start - 1,
                 self._peer if self.follow else _ignore,
@@ -173,6 +171,9 @@ class Engine:
                 on_gone=self._orphaned if self.drive and self.follow else None,
                 workflows=lambda: list(self._workflows),
             )
+        for cw in list(self._workflows.values()):
+            self._schedule_load(cw)
+        await self._ready()
 
     def _peer(self, since: int) -> None:
         """Another engine writes to the shared store: follow its events from stream position ``since + 1``."""
@@ -365,8 +366,9 @@ class Engine:
                 continue  # followed live meanwhile
             self._runs[iid] = run
             run.update_settled()
-            if self.drive and self._drives_elsewhere(iid):
-                # A workflow registered on an engine that follows others: a live engine drives this one already.
+            if self.drive and self.follow and self._drives_elsewhere(iid):
+                # A live engine drives this one already (it wrote it last): its action in flight must not run here
+                # too. (An engine that does not follow the others would never see it move on: it drives all.)
                 self._step_aside(run)
                 continue
             run.local = self.drive

@@ -46,7 +46,15 @@ from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataE
 from ..events import Event, EventType, parse_event
 from ._acks import AckedPublisher
 from ._embedded import connect_nats
-from ._subjects import EVENT_PREFIX, EVENTS_STREAM, HELLO_SUBJECT, event_filter, event_subject, instance_filter
+from ._subjects import (
+    EVENT_PREFIX,
+    EVENTS_STREAM,
+    HELLO_SUBJECT,
+    PROBE_SUBJECT,
+    event_filter,
+    event_subject,
+    instance_filter,
+)
 
 __all__ = ["JetStreamStore", "ensure_stream"]
 
@@ -64,6 +72,10 @@ _TRANSIENT = (
     OutboundBufferLimitError,
 )
 SCAN_BATCH = 512
+# A starting engine's probe for running peers: how long to wait for a first answer (only when some engine
+# is subscribed but slow; with none the server says so at once), and for more answers after one came.
+DISCOVERY_TIMEOUT = 1.0
+DISCOVERY_QUIET = 0.05
 T = TypeVar("T")
 
 
@@ -185,6 +197,7 @@ class JetStreamStore:
         self._last: dict[str, tuple[int, int]] = {}
         self.watched_up_to = 0
         self._hello_sub: Any = None
+        self._probe_sub: Any = None
         # Takeover: which driving engine (store origin, this one included) last wrote each unfinished instance
         # this store wrote or followed, when each peer was last heard of, and the heartbeat that tells the peers
         # this engine is alive.
@@ -254,10 +267,11 @@ class JetStreamStore:
                 with contextlib.suppress(Exception):
                     await self._nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "bye": True}).encode())
                     await self._nc.flush(timeout=1)
-        if self._hello_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._hello_sub.unsubscribe()
-            self._hello_sub = None
+        for sub in (self._hello_sub, self._probe_sub):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        self._hello_sub = self._probe_sub = None
         if self._acks is not None:
             await self._acks.stop()
             self._acks = None
@@ -439,7 +453,10 @@ class JetStreamStore:
                 for msg in msgs:
                     left -= 1
                     event = parse_event(msg.data)
+                    known = self._last.get(event.instance_id)
                     self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
+                    if known is None or known[0] < event.seq:
+                        self._scanned(event, (msg.headers or {}).get("Cb-Origin"))
                     yield event, msg.metadata.sequence.stream
         finally:
             with contextlib.suppress(Exception):  # the consumer ends by itself after inactive_threshold
@@ -543,16 +560,45 @@ class JetStreamStore:
             except (KeyError, TypeError, ValueError):
                 return
             on_peer(position)
-            if writer and not hello.get("reply"):
+            if writer and not hello.get("reply"):  # a probe is answered to its asker, a hello to everyone
                 with contextlib.suppress(Exception):
-                    await nc.publish(HELLO_SUBJECT, presence(since=position, reply=True))
+                    await nc.publish(msg.reply or HELLO_SUBJECT, presence(since=position, reply=True))
 
         self._hello_sub = await nc.subscribe(HELLO_SUBJECT, cb=heard)
         self._writer = writer
         if writer:
+            await self._discover(presence(since=since), heard)
+            self._probe_sub = await nc.subscribe(PROBE_SUBJECT, cb=heard)  # (after our own probe: no self-answer)
             await nc.publish(HELLO_SUBJECT, presence(since=since))
             await nc.flush()
         self._beats = loop.create_task(self._beat(writer, on_gone, partial(presence, beat=True)))
+
+    async def _discover(self, hello: bytes, heard: Callable[[Any], Awaitable[None]]) -> None:
+        """Ask the driving engines already running to introduce themselves before this one loads its instances,
+        so that it leaves the instances they drive to them instead of running their actions in flight again.
+
+        Returns at once when none runs (the server's no-responders status), else once the answers stop coming
+        for a moment. A peer that does not answer in time is found by its heartbeat later (the store's check on
+        every append keeps that safe: it only costs an action run twice).
+        """
+        nc = self.connection
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        sub = await nc.subscribe(nc.new_inbox(), cb=answers.put)
+        try:
+            await nc.publish(PROBE_SUBJECT, hello, reply=sub.subject)
+            wait = DISCOVERY_TIMEOUT
+            while True:
+                try:
+                    msg = await asyncio.wait_for(answers.get(), wait)
+                except TimeoutError:
+                    return
+                if (msg.headers or {}).get("Status") == "503":
+                    return  # no driving engine is subscribed: this one is alone
+                await heard(msg)
+                wait = DISCOVERY_QUIET
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _beat(self, writer: bool, on_gone: Callable[[str], None] | None, beat: Callable[[], bytes]) -> None:
         """Say this engine is alive (if it writes), and notice peers that stopped saying so.
@@ -604,6 +650,16 @@ class JetStreamStore:
         elif writer in self._peers or writer in self.gone:
             # A driving engine (it announced itself; it may have left since, if this watcher lags). A write by one
             # that does not drive (an observer's manual firing) leaves the instance with the engine that drove it.
+            self.writer_of[event.instance_id] = writer
+
+    def _scanned(self, event: Event, writer: str | None) -> None:
+        """An event read from the stream that is newer than any this store saw of its instance: note its writer,
+        so that an engine loading its instances knows which of them a live peer drives. A later write by an
+        engine not known to be alive (an observer's firing, or an engine that left) does not take the instance
+        from a live one: that one drives it either way (it took it over when the other left)."""
+        if _ends(event):
+            self.writer_of.pop(event.instance_id, None)
+        elif writer is not None and (writer in self._peers or self.writer_of.get(event.instance_id) not in self._peers):
             self.writer_of[event.instance_id] = writer
 
     def _wrote(self, event: Event) -> None:

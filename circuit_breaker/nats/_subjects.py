@@ -36,6 +36,7 @@ __all__ = [
     "INBOX_PREFIX",
     "INBOX_STREAM",
     "HELLO_SUBJECT",
+    "PROBE_SUBJECT",
     "INJECT_PREFIX",
     "RESULTS_STREAM",
     "RESULT_PREFIX",
@@ -150,3 +151,7 @@ def worker_durable(kind: str) -> str:
 
 HELLO_SUBJECT = "cb.engines.hello"
 """Engines announce themselves here (core NATS), so that engines sharing a stream follow each other's events."""
+
+PROBE_SUBJECT = "cb.engines.probe"
+"""A starting engine asks here (a request) which driving engines already run: each answers with its presence
+straight away, and with none running the server's no-responders status answers at once."""

@@ -49,7 +49,7 @@ class SharedStore(Store, Protocol):
 
     def drives_elsewhere(self, instance_id: str) -> bool:
         """Whether another engine, alive as far as this one knows, wrote the newest event of ``instance_id`` that
-        this engine followed: that engine drives it now, and this one leaves it alone."""
+        this engine read (followed live, or loaded): that engine drives it now, and this one leaves it alone."""
         ...
 
     def takes_over(self, instance_id: str, workflow: str | None = None) -> bool:
@@ -66,8 +66,9 @@ class SharedStore(Store, Protocol):
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
     ) -> None:
-        """Tell the other engines this one is here (if it may write) and call ``on_peer(position)`` when another
-        writer is seen: its events must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
+        """Tell the other engines this one is here (if it may write; a writer returns once the writers already
+        running have introduced themselves) and call ``on_peer(position)`` when another writer is seen: its events
+        must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
         a writer leaves or stops answering: the instances it drove need another driver (see ``takes_over``).
         ``workflows()`` names the workflows whose instances this engine takes over (none without ``on_gone``)."""
         ...

@@ -667,3 +667,43 @@ async def test_a_workflow_registered_later_leaves_the_instances_another_engine_d
     finally:
         await second.close()
         await first.close()
+
+
+async def test_an_engine_that_opens_next_to_a_running_one_leaves_it_the_instances_it_drives(url: str) -> None:
+    """A second engine (a scale-out, a rolling restart) loads the instances the running engine drives, with
+    their actions in flight: it knows that engine as soon as it is open and leaves them to it, so the actions
+    do not run twice; it still drives the instances that engine does not."""
+    runs: Counter[str] = Counter()
+
+    def slow(tag: str) -> Workflow:
+        wf = Workflow("opened_next")
+        s, done = wf.states("s", "done")
+
+        @wf.flow(s >> done, "work")
+        async def work(token: Any) -> dict[str, Any]:
+            runs[tag] += 1
+            await asyncio.sleep(1.0)
+            return {"worked": True}
+
+        return wf
+
+    orphan = await store_unstarted(url, "opened_next", "s")  # stored by a writer that is gone: nobody drives it
+    first = engine(url, slow("first"), follow=False)  # (it drives the orphan too: it does not step aside)
+    await first.open()
+    try:
+        ids = [(await first.start("opened_next", {})).id for _ in range(5)]
+        await asyncio.sleep(0.3)  # every action is running on the first engine
+        second = engine(url, slow("second"))
+        await second.open()
+        try:
+            assert first.store.origin in second.store._peers, "the running engine introduced itself"  # type: ignore[attr-defined]
+            assert all(not second._runs[i].local for i in ids)
+            assert second._runs[orphan].local, "the gone writer's instance is driven here"
+            done = await asyncio.gather(*(first.wait(i, timeout=10) for i in ids))
+            assert all(i.status is InstanceStatus.COMPLETED for i in done)
+            assert (await second.wait(orphan, timeout=10)).status is InstanceStatus.COMPLETED
+        finally:
+            await second.close()
+    finally:
+        await first.close()
+    assert runs["first"] == 6 and runs["second"] <= 1, runs  # each of the five ran once; the orphan once or twice
