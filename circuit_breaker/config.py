@@ -144,6 +144,11 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="A serving engine's /healthz, /readyz and /metrics port (0: any free one)."
     )
     metrics_host: str = Field("127.0.0.1", description="Address the engine's health and metrics server listens on.")
+    keep_finished: int = Field(
+        10_000,
+        ge=0,
+        description="Finished instances an engine keeps in memory; older ones are read back from the stream on demand.",
+    )
     gc_tuning: bool = Field(
         True,
         description="serve and worker: after start-up, freeze the heap and collect garbage less often (less CPU).",

@@ -115,7 +115,9 @@ async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: 
     workflows = load_project_workflows(project, strict=drive)
     store = JetStreamStore(connection=nc, settings=settings)
     remote = settings.remote_executors if drive else ()
-    async with Engine(store=store, workflows=workflows, drive=drive, remote_executors=remote) as engine:
+    async with Engine(
+        store=store, workflows=workflows, drive=drive, remote_executors=remote, keep_finished=settings.keep_finished
+    ) as engine:
         yield engine
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -87,6 +87,8 @@ YIELD_EVERY = 64  # automatic firings in a row before the scheduler lets the eve
 # Heartbeats (5 min by default) after which an instance left to another engine, which could go on and has not
 # moved, is driven here again: a safety net that costs a second run of an action that takes longer than that.
 STEP_ASIDE_CHECKS = 60
+READ_BACK_ONE_BY_ONE = 50  # more finished instances than this are read back in one pass over the stored events
+KEEP_FINISHED = 10_000  # finished instances an engine keeps in memory by default (the rest are read back when asked)
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 
 
@@ -106,8 +108,17 @@ class Engine:
         follow: bool = True,
         tasks: TaskQueue | None = None,
         remote_executors: Iterable[str] = (),
+        keep_finished: int = KEEP_FINISHED,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
+        # Memory stays bounded however long the engine runs: past the ``keep_finished`` most recently finished
+        # instances (completed, cancelled, rolled back), an instance leaves memory, and only its workflow and
+        # status stay; get(), wait() and instances() read it back from the store.
+        if keep_finished < 0:
+            raise ValueError(f"keep_finished must be 0 or more, not {keep_finished}")
+        self.keep_finished = keep_finished
+        self._finished: OrderedDict[str, None] = OrderedDict()  # finished instances in memory, oldest first
+        self._archived: dict[str, tuple[str, InstanceStatus]] = {}  # left memory: id -> (workflow, status)
         # drive=False: an observer (a CLI query, a dashboard) that folds stored instances but never resumes
         # them; its own calls (start, fire) still run as usual.
         self.drive = drive
@@ -321,7 +332,11 @@ class Engine:
         if self._loading:
             await self._ready()
         run = self._runs.get(instance_id)
-        if run is None and self._shared and isinstance(instance_id, str) and _PLAIN_NAME.match(instance_id):
+        if run is None and instance_id in self._archived:
+            cw = self._workflows.get(self._archived[instance_id][0])
+            if cw is not None:
+                run = await self._adopt(instance_id, cw)  # finished a while ago: read back from the store
+        elif run is None and self._shared and isinstance(instance_id, str) and _PLAIN_NAME.match(instance_id):
             stored = await self.store.read(instance_id)
             cw = self._workflows.get(stored[0].workflow) if stored else None
             if cw is not None:
@@ -329,6 +344,39 @@ class Engine:
         if run is None:
             raise UnknownInstanceError(instance_id)
         return run
+
+    def _ended(self, run: Run) -> None:
+        """``run`` finished: it stays in memory among the ``keep_finished`` most recently finished instances."""
+        finished = self._finished
+        finished[run.id] = None
+        finished.move_to_end(run.id)
+        if len(finished) > self.keep_finished:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Let the oldest finished instances beyond ``keep_finished`` leave memory (their events stay stored)."""
+        finished = self._finished
+        forget = getattr(self.store, "forget", None)
+        for _ in range(len(finished) - self.keep_finished):
+            iid, _ = finished.popitem(last=False)
+            run = self._runs.get(iid)
+            if run is None or run.status not in TERMINAL:
+                continue
+            if run.tasks or run.inflight:
+                finished[iid] = None  # still winding down (its actions being cancelled): later
+                continue
+            del self._runs[iid]
+            self._archived[iid] = (run.cw.name, run.status)
+            if forget is not None:
+                forget(iid)  # the store's position cache: a finished instance is never appended to again
+
+    async def _fold_stored(self, instance_id: str, cw: CompiledWorkflow) -> Run | None:
+        """A run rebuilt from the store's events of ``instance_id`` (None when it has none)."""
+        run = Run(instance_id, cw, atomic_store=getattr(self.store, "appends_atomically", False))
+        for event in await self.store.read(instance_id):
+            if event.seq == run.seq + 1:
+                run.apply(event)
+        return run if run.seq else None
 
     # -- stored instances and other engines ------------------------------------------------------------
     def _schedule_load(self, cw: CompiledWorkflow) -> None:
@@ -350,16 +398,7 @@ class Engine:
         in flight are checked (queued, or their result applied)."""
         if self.drive and any(self.remote_of(cw.name, ct) is not None for ct in cw.ordered):
             await self._remote().listen(cw.name)  # an observer (drive=False) never takes results off the queue
-        atomic = getattr(self.store, "appends_atomically", False)
-        runs: dict[str, Run] = {}
-        async for event in self.store.replay(workflow=cw.name):
-            run = runs.get(event.instance_id)
-            if run is None:
-                if event.seq != 1:
-                    continue  # the instance's start is missing (the log was trimmed): it cannot be rebuilt
-                run = runs[event.instance_id] = Run(event.instance_id, cw, atomic_store=atomic)
-            if event.seq == run.seq + 1:
-                run.apply(event)
+        runs, ended = await self._replay(cw)
         for iid, run in runs.items():
             known = self._runs.get(iid)
             if known is not None and known.seq >= run.seq:
@@ -378,20 +417,61 @@ class Engine:
                 run.status is RUNNING or (run.status is WAITING and (run.all_final() or self._auto_possible(run)))
             ):
                 self._kick(run)  # go on where it stopped (a waiting one whose follow-up was never stored too)
+        for iid in ended:
+            finished = self._runs.get(iid)
+            if finished is not None and finished.status in TERMINAL:
+                self._ended(finished)
+
+    async def _replay(self, cw: CompiledWorkflow) -> tuple[dict[str, Run], OrderedDict[str, None]]:
+        """Fold every stored instance of ``cw``: the runs, and which of them finished (oldest first). Finished
+        instances beyond ``keep_finished`` leave memory as soon as the replay finishes them, so a long history
+        never has to fit in memory at once."""
+        atomic = getattr(self.store, "appends_atomically", False)
+        runs: dict[str, Run] = {}
+        ended: OrderedDict[str, None] = OrderedDict()
+        archived: dict[str, tuple[str, InstanceStatus]] = {}
+        reread: set[str] = set()
+        async for event in self.store.replay(workflow=cw.name):
+            iid = event.instance_id
+            run = runs.get(iid)
+            if run is None:
+                if iid in archived:
+                    reread.add(iid)  # an event after its end (unusual): read it back whole below
+                elif event.seq != 1:
+                    continue  # the instance's start is missing (the log was trimmed): it cannot be rebuilt
+                else:
+                    run = runs[iid] = Run(iid, cw, atomic_store=atomic)
+            if run is not None and event.seq == run.seq + 1:
+                run.apply(event)
+                if run.status in TERMINAL:
+                    ended[iid] = None
+                    if len(ended) > self.keep_finished:
+                        oldest, _ = ended.popitem(last=False)
+                        archived[oldest] = (cw.name, runs.pop(oldest).status)
+        forget = getattr(self.store, "forget", None)
+        for iid, status in archived.items():
+            if iid not in self._runs:  # (unless followed live meanwhile)
+                self._archived[iid] = status
+                if forget is not None:
+                    forget(iid)
+        for iid in reread:
+            self._archived.pop(iid, None)
+            await self._adopt(iid, cw)
+        return runs, ended
 
     async def _adopt(self, instance_id: str, cw: CompiledWorkflow) -> Run | None:
-        """Build a run for an instance another engine started, from the store."""
-        run = Run(instance_id, cw, atomic_store=getattr(self.store, "appends_atomically", False))
-        for event in await self.store.read(instance_id):
-            if event.seq == run.seq + 1:
-                run.apply(event)
-        if run.seq == 0:
+        """Build a run for an instance another engine started, or one that left memory, from the store."""
+        run = await self._fold_stored(instance_id, cw)
+        if run is None:
             return None
         known = self._runs.get(instance_id)
         if known is not None:
             return known
         self._runs[instance_id] = run
+        self._archived.pop(instance_id, None)
         run.update_settled()
+        if run.status in TERMINAL:
+            self._ended(run)
         return run
 
     async def _catch_up(self, run: Run) -> None:
@@ -453,6 +533,8 @@ class Engine:
             for task in list(run.tasks):  # cancelled or completed elsewhere: our actions are moot
                 task.cancel()
         run.update_settled()
+        if run.status in TERMINAL:
+            self._ended(run)
         if run.local and event.seq == run.seq and self._drives_elsewhere(run.id):
             # The last writer drives: two engines stepping the same instance would only conflict. This one
             # drives it again when it writes to it (a manual firing, a task result) or takes it over.
@@ -479,7 +561,7 @@ class Engine:
         # Values under secret-named keys (db_password, api_key...) are masked wherever else they show up.
         default_masker().add_mapping(clean)
         iid = check_name("instance", instance_id, cw.name) if instance_id is not None else new_id()
-        if iid in self._runs or iid in self._starting:
+        if iid in self._runs or iid in self._starting or iid in self._archived:
             raise InstanceExistsError(iid)
         now = utcnow()
         entry = build(
@@ -538,11 +620,41 @@ class Engine:
         wanted = InstanceStatus(status) if status is not None else None
         if self._loading:
             await self._ready()
-        return [
+        found = [
             r.snapshot()
             for r in self._runs.values()
             if (workflow is None or r.cw.name == workflow) and (wanted is None or r.status is wanted)
         ]
+        archived = {  # finished long ago: read back, not kept
+            iid: name
+            for iid, (name, ended) in self._archived.items()
+            if (workflow is None or name == workflow)
+            and (wanted is None or ended is wanted)
+            and name in self._workflows
+        }
+        found.extend(run.snapshot() for run in await self._read_back(archived))
+        return found
+
+    async def _read_back(self, wanted: dict[str, str]) -> list[Run]:
+        """Runs rebuilt from the store for the instance ids in ``wanted`` (id -> workflow), without keeping
+        them: one by one for a few, else in one pass over each workflow's events."""
+        if len(wanted) <= READ_BACK_ONE_BY_ONE:
+            runs = [await self._fold_stored(iid, self._workflows[name]) for iid, name in wanted.items()]
+            return [run for run in runs if run is not None]
+        atomic = getattr(self.store, "appends_atomically", False)
+        rebuilt: dict[str, Run] = {}
+        for name in sorted(set(wanted.values())):
+            cw = self._workflows[name]
+            async for event in self.store.replay(workflow=name):
+                iid = event.instance_id
+                if iid not in wanted:
+                    continue
+                run = rebuilt.get(iid)
+                if run is None:
+                    run = rebuilt[iid] = Run(iid, cw, atomic_store=atomic)
+                if event.seq == run.seq + 1:
+                    run.apply(event)
+        return [run for run in rebuilt.values() if run.seq]
 
     async def wait(self, instance_id: str, timeout: float | None = None) -> Instance:
         """Return once the instance is completed, waiting only on manual transitions, failed, paused or cancelled."""
@@ -917,6 +1029,8 @@ class Engine:
                 )
             await self._append(run, event)
         run.update_settled()
+        if run.status in TERMINAL:
+            self._ended(run)
 
     # -- scheduling --------------------------------------------------------------------------------------
     def _kick(self, run: Run) -> None:
