@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Finished instances an engine keeps in memory; older ones are read back from the stream on demand.",
     )
+    mark_every: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds between a serving engine's marks (where replay starts at the next open); 0: never.",
+    )
     gc_tuning: bool = Field(
         True,
         description="serve and worker: after start-up, freeze the heap and collect garbage less often (less CPU).",

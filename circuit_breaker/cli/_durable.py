@@ -116,7 +116,12 @@ async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: 
     store = JetStreamStore(connection=nc, settings=settings)
     remote = settings.remote_executors if drive else ()
     async with Engine(
-        store=store, workflows=workflows, drive=drive, remote_executors=remote, keep_finished=settings.keep_finished
+        store=store,
+        workflows=workflows,
+        drive=drive,
+        remote_executors=remote,
+        keep_finished=settings.keep_finished,
+        mark_every=settings.mark_every,
     ) as engine:
         yield engine
 

@@ -66,7 +66,7 @@ from ..events import (
 from ..net import is_enabled, missing_tokens, select
 from ..retry import NO_RETRY
 from ..secrets import default_masker
-from ..store import MemoryStore, SharedStore, Store
+from ..store import MarkingStore, MemoryStore, SharedStore, Store
 from ..token import History, HistoryEntry, Token, new_id, utcnow
 from ._context import Firing
 from ._context import _current as _current_firing
@@ -88,6 +88,7 @@ YIELD_EVERY = 64  # automatic firings in a row before the scheduler lets the eve
 # moved, is driven here again: a safety net that costs a second run of an action that takes longer than that.
 STEP_ASIDE_CHECKS = 60
 READ_BACK_ONE_BY_ONE = 50  # more finished instances than this are read back in one pass over the stored events
+MARK_EVERY = 30.0  # seconds between two marks of a driving engine (see Engine.mark_every)
 KEEP_FINISHED = 10_000  # finished instances an engine keeps in memory by default (the rest are read back when asked)
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 
@@ -109,6 +110,7 @@ class Engine:
         tasks: TaskQueue | None = None,
         remote_executors: Iterable[str] = (),
         keep_finished: int = KEEP_FINISHED,
+        mark_every: float = MARK_EVERY,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
         # Memory stays bounded however long the engine runs: past the ``keep_finished`` most recently finished
@@ -119,6 +121,16 @@ class Engine:
         self.keep_finished = keep_finished
         self._finished: OrderedDict[str, None] = OrderedDict()  # finished instances in memory, oldest first
         self._archived: dict[str, tuple[str, InstanceStatus]] = {}  # left memory: id -> (workflow, status)
+        # Marks (a store that keeps them, e.g. JetStream): where each workflow's unfinished instances began, so
+        # that an engine opens by replaying only from the lowest of them. Every ``mark_every`` seconds a driving
+        # engine that follows the others learns of the instances begun since (also those begun by writers it does
+        # not follow) and stores the new mark.
+        self.mark_every = mark_every
+        self._marking = isinstance(self.store, MarkingStore)
+        self._begun: dict[str, dict[str, int]] = {}  # workflow -> unfinished instance -> where it began
+        self._known_to: dict[str, int] = {}  # workflow -> position up to which every instance begun is known
+        self._marks: dict[str, int] = {}  # workflow -> the mark this engine stored last
+        self._marker: asyncio.Task[None] | None = None
         # drive=False: an observer (a CLI query, a dashboard) that folds stored instances but never resumes
         # them; its own calls (start, fire) still run as usual.
         self.drive = drive
@@ -185,6 +197,8 @@ class Engine:
         for cw in list(self._workflows.values()):
             self._schedule_load(cw)
         await self._ready()
+        if self._marking and self.drive and self.follow and self.mark_every > 0:
+            self._marker = asyncio.get_running_loop().create_task(self._mark_forever())
 
     def _peer(self, since: int) -> None:
         """Another engine writes to the shared store: follow its events from stream position ``since + 1``."""
@@ -253,7 +267,7 @@ class Engine:
     async def close(self) -> None:
         """Cancel running actions (their tokens stay where they were), end subscriptions, close the store."""
         self._closed = True
-        await _cancel([t for t in (self._watcher, *self._loading) if t is not None])
+        await _cancel([t for t in (self._watcher, self._marker, *self._loading) if t is not None])
         await _cancel(list(self._tasks))
         if self._remote_actions is not None:
             await self._remote_actions.close()
@@ -347,6 +361,9 @@ class Engine:
 
     def _ended(self, run: Run) -> None:
         """``run`` finished: it stays in memory among the ``keep_finished`` most recently finished instances."""
+        begun = self._begun.get(run.cw.name)
+        if begun is not None:
+            begun.pop(run.id, None)
         finished = self._finished
         finished[run.id] = None
         finished.move_to_end(run.id)
@@ -431,19 +448,22 @@ class Engine:
         ended: OrderedDict[str, None] = OrderedDict()
         archived: dict[str, tuple[str, InstanceStatus]] = {}
         reread: set[str] = set()
-        async for event in self.store.replay(workflow=cw.name):
+        begun = self._begun.setdefault(cw.name, {})
+        async for event, position in self._stored(cw.name):
             iid = event.instance_id
             run = runs.get(iid)
             if run is None:
                 if iid in archived:
                     reread.add(iid)  # an event after its end (unusual): read it back whole below
                 elif event.seq != 1:
-                    continue  # the instance's start is missing (the log was trimmed): it cannot be rebuilt
+                    continue  # it began before the mark (it has finished), or the log was trimmed
                 else:
                     run = runs[iid] = Run(iid, cw, atomic_store=atomic)
+                    begun[iid] = position
             if run is not None and event.seq == run.seq + 1:
                 run.apply(event)
                 if run.status in TERMINAL:
+                    begun.pop(iid, None)
                     ended[iid] = None
                     if len(ended) > self.keep_finished:
                         oldest, _ = ended.popitem(last=False)
@@ -458,6 +478,53 @@ class Engine:
             self._archived.pop(iid, None)
             await self._adopt(iid, cw)
         return runs, ended
+
+    async def _stored(self, workflow: str) -> AsyncIterator[tuple[Event, int]]:
+        """The stored events of ``workflow`` to load, with their positions: on a store that keeps marks, from a
+        driving engine's mark on (every instance begun below it has finished), else all of them."""
+        if not self._marking:
+            async for event in self.store.replay(workflow=workflow):
+                yield event, 0
+            return
+        store = cast(MarkingStore, self.store)
+        after = await store.read_mark(workflow) if self.drive else 0  # an observer lists the whole history
+        self._known_to[workflow] = max(self._open_start - 1, after)  # every instance begun up to here is read
+        async for event, position in store.replay_after(workflow, after):
+            yield event, position
+
+    async def _mark_forever(self) -> None:
+        """Every ``mark_every`` seconds: store each loaded workflow's new mark (never stopping for one failure)."""
+        while not self._closed:
+            await asyncio.sleep(self.mark_every)
+            for name in list(self._known_to):
+                try:
+                    await self._mark(name)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("could not store the mark of workflow %s", name)
+
+    async def _mark(self, workflow: str) -> None:
+        """Learn of the instances of ``workflow`` begun since the last mark (one begun by a writer this engine does
+        not follow is read in and left to whoever drives it, with the safety net behind), then store the lowest
+        position an unfinished one began at, less one (or where this engine's knowledge ends)."""
+        store = cast(MarkingStore, self.store)
+        cw = self._workflows[workflow]
+        found, known_to = await store.starts(workflow, self._known_to[workflow])
+        begun = self._begun.setdefault(workflow, {})
+        for iid, position in found:
+            run = self._runs.get(iid)
+            if run is None and iid not in self._archived:
+                run = await self._adopt(iid, cw)
+                if run is not None and run.status not in TERMINAL and not run.local:
+                    self._step_aside(run)
+            if run is not None and run.status not in TERMINAL:
+                begun.setdefault(iid, position)
+        self._known_to[workflow] = known_to
+        mark = min(begun.values(), default=known_to + 1) - 1
+        if mark > self._marks.get(workflow, 0):
+            await store.write_mark(workflow, mark)
+            self._marks[workflow] = mark
 
     async def _adopt(self, instance_id: str, cw: CompiledWorkflow) -> Run | None:
         """Build a run for an instance another engine started, or one that left memory, from the store."""
@@ -508,6 +575,8 @@ class Engine:
                 start = max(start, self.store.watched_up_to + 1)  # resume after the last event delivered
 
     async def _apply_foreign(self, event: Event) -> None:
+        if event.instance_id in self._archived:
+            return  # finished and out of memory: a finished instance never changes (this is a late delivery)
         run = self._runs.get(event.instance_id)
         if run is None:
             cw = self._workflows.get(event.workflow)
@@ -640,9 +709,14 @@ class Engine:
         them: one by one for a few, else in one pass over each workflow's events."""
         if len(wanted) <= READ_BACK_ONE_BY_ONE:
             runs = [await self._fold_stored(iid, self._workflows[name]) for iid, name in wanted.items()]
+            forget = getattr(self.store, "forget", None)
+            if forget is not None:
+                for iid in wanted:
+                    forget(iid)
             return [run for run in runs if run is not None]
         atomic = getattr(self.store, "appends_atomically", False)
         rebuilt: dict[str, Run] = {}
+        forget = getattr(self.store, "forget", None)
         for name in sorted(set(wanted.values())):
             cw = self._workflows[name]
             async for event in self.store.replay(workflow=name):
@@ -654,6 +728,9 @@ class Engine:
                     run = rebuilt[iid] = Run(iid, cw, atomic_store=atomic)
                 if event.seq == run.seq + 1:
                     run.apply(event)
+        if forget is not None:
+            for iid in rebuilt:
+                forget(iid)  # read for the caller, not kept: the store need not remember where it ends
         return [run for run in rebuilt.values() if run.seq]
 
     async def wait(self, instance_id: str, timeout: float | None = None) -> Instance:

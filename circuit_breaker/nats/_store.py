@@ -35,11 +35,19 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from ..config import Settings, StreamSettings
 from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataError
@@ -50,13 +58,14 @@ from ._subjects import (
     EVENT_PREFIX,
     EVENTS_STREAM,
     HELLO_SUBJECT,
+    MARKS_BUCKET,
     PROBE_SUBJECT,
     event_filter,
     event_subject,
     instance_filter,
 )
 
-__all__ = ["JetStreamStore", "ensure_stream"]
+__all__ = ["JetStreamStore", "ensure_bucket", "ensure_stream"]
 
 log = logging.getLogger("circuit_breaker.nats")
 
@@ -153,6 +162,37 @@ async def ensure_stream(
     return info
 
 
+async def ensure_bucket(js: Any, bucket: str, settings: StreamSettings, description: str) -> Any:
+    """Create the KV bucket, or check that the existing one can be used (never changes one that exists); returns
+    the bucket. Refused: entries that expire (a ``max_age``), memory storage when file storage was asked for."""
+    try:
+        kv = await js.key_value(bucket)
+    except BucketNotFoundError:
+        config = KeyValueConfig(
+            bucket=bucket,
+            description=description,
+            history=1,
+            storage=StorageType.FILE if settings.storage == "file" else StorageType.MEMORY,
+            replicas=settings.replicas,
+            direct=True,
+        )
+        try:
+            return await js.create_key_value(config)
+        except APIError as err:
+            if err.err_code != 10058:  # created meanwhile by another process; check it below
+                raise StoreError(f"cannot create key-value bucket {bucket!r}: {err.description}") from err
+            kv = await js.key_value(bucket)
+    have = (await js.stream_info(f"KV_{bucket}")).config
+    problems: list[str] = []
+    if have.max_age:
+        problems.append(f"max_age is {have.max_age:g}s, expected 0 (entries must not expire)")
+    if settings.storage == "file" and have.storage == StorageType.MEMORY:
+        problems.append("storage is memory, expected file (entries would not survive a restart)")
+    if problems:
+        raise StreamConfigError(f"KV_{bucket}", problems)
+    return kv
+
+
 class JetStreamStore:
     """Events of every instance in one JetStream stream; see the module docstring for the protocol.
 
@@ -198,6 +238,8 @@ class JetStreamStore:
         self.watched_up_to = 0
         self._hello_sub: Any = None
         self._probe_sub: Any = None
+        self._marks: Any = None  # the CB_MARKS bucket
+        self._stream_created = ""  # a mark counts only for the stream it was taken on (not a re-created one)
         # Takeover: which driving engine (store origin, this one included) last wrote each unfinished instance
         # this store wrote or followed, when each peer was last heard of, and the heartbeat that tells the peers
         # this engine is alive.
@@ -237,7 +279,11 @@ class JetStreamStore:
         delay, deadline = 0.2, loop.time() + self.startup_wait
         while True:
             try:
-                await ensure_stream(self._js, self.stream_name, [f"{EVENT_PREFIX}.>"], self.settings)
+                info = await ensure_stream(self._js, self.stream_name, [f"{EVENT_PREFIX}.>"], self.settings)
+                self._stream_created = info.created.isoformat() if info.created is not None else ""
+                self._marks = await ensure_bucket(
+                    self._js, MARKS_BUCKET, self.settings, "circuit_breaker: where each workflow's open instances begin"
+                )
                 return
             except (*_TRANSIENT, APIError) as err:
                 if isinstance(err, APIError) and err.code not in (None, 503):
@@ -249,6 +295,13 @@ class JetStreamStore:
                     ) from err
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def __aenter__(self) -> JetStreamStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def task_queue(self) -> Any:
         """The engine's task queue for remote actions: tasks and results on this store's NATS connection."""
@@ -468,6 +521,75 @@ class JetStreamStore:
             ids.append(event.instance_id)
         return ids
 
+    # -- marks: an engine opens without replaying the whole history ------------------------------------------
+    def _mark_key(self, workflow: str) -> str:
+        return f"{self.stream_name}.{workflow}"
+
+    async def read_mark(self, workflow: str) -> int:
+        """The stored position below which every instance of ``workflow`` has finished (0: none stored, or one
+        taken on an earlier stream of the same name)."""
+        if self._marks is None:
+            raise StoreError("the JetStream store is not open")
+        try:
+            entry = await self._ask(partial(self._marks.get, self._mark_key(workflow)))
+        except KeyNotFoundError:
+            return 0
+        try:
+            mark = json.loads(entry.value or b"{}")
+            position = int(mark["position"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed mark for workflow %s", workflow)
+            return 0
+        return position if mark.get("stream_created") == self._stream_created else 0
+
+    async def write_mark(self, workflow: str, position: int) -> None:
+        """Store that every instance of ``workflow`` that began at or below ``position`` has finished."""
+        if self._marks is None:
+            raise StoreError("the JetStream store is not open")
+        value = {"position": position, "stream_created": self._stream_created, "origin": self.origin}
+        await self._marks.put(self._mark_key(workflow), json.dumps(value).encode())
+
+    async def starts(self, workflow: str, after: int) -> tuple[list[tuple[str, int]], int]:
+        """The instances of ``workflow`` that began after stream position ``after``, with the position of their
+        first event, and the position up to which that answer is complete (headers only: no event is parsed)."""
+        end = await self.last_sequence()
+        found: list[tuple[str, int]] = []
+        if end <= after:
+            return found, max(end, after)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=after + 1,
+            inactive_threshold=60.0,
+            mem_storage=True,
+            headers_only=True,
+        )
+        subject = event_filter(workflow, None, EventType.TOKEN_INJECTED.value)
+        sub = await self._ask(
+            lambda: self.js.pull_subscribe(subject, durable=None, stream=self.stream_name, config=config)
+        )
+        try:
+            left = (await self._ask(sub.consumer_info)).num_pending
+            while left > 0:
+                try:
+                    msgs = await sub.fetch(min(left, SCAN_BATCH), timeout=5)
+                except NatsTimeoutError:
+                    left = (await self._ask(sub.consumer_info)).num_pending
+                    continue
+                for msg in msgs:
+                    left -= 1
+                    position = int(msg.metadata.sequence.stream)
+                    found.append((msg.subject.split(".")[3], position))
+                    end = max(end, position)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return found, end
+
+    def replay_after(self, workflow: str, after: int) -> AsyncIterator[tuple[Event, int]]:
+        """Every stored event of ``workflow`` after stream position ``after``, with its position."""
+        return self.scan(event_filter(workflow), after + 1)
+
     async def last_sequence(self) -> int:
         """The stream's newest sequence number (0 when empty): where a watcher starting now picks up."""
         info = await self._ask(lambda: self.js.stream_info(self.stream_name))
@@ -654,12 +776,13 @@ class JetStreamStore:
 
     def _scanned(self, event: Event, writer: str | None) -> None:
         """An event read from the stream that is newer than any this store saw of its instance: note its writer,
-        so that an engine loading its instances knows which of them a live peer drives. A later write by an
-        engine not known to be alive (an observer's firing, or an engine that left) does not take the instance
-        from a live one: that one drives it either way (it took it over when the other left)."""
+        so that an engine loading its instances knows which of them a live peer drives. A writer it does not know
+        to be alive (one that crashed before this engine started, or an observer) leaves the instance to the
+        loading engine: should a live peer drive it too, the store's check lets one of them fire each step and
+        the other steps aside, which beats an instance nobody drives."""
         if _ends(event):
             self.writer_of.pop(event.instance_id, None)
-        elif writer is not None and (writer in self._peers or self.writer_of.get(event.instance_id) not in self._peers):
+        elif writer is not None:
             self.writer_of[event.instance_id] = writer
 
     def _wrote(self, event: Event) -> None:

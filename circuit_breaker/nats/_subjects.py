@@ -32,6 +32,7 @@ __all__ = [
     "DLQ_PREFIX",
     "DLQ_STREAM",
     "EVENTS_STREAM",
+    "MARKS_BUCKET",
     "EVENT_PREFIX",
     "INBOX_PREFIX",
     "INBOX_STREAM",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 EVENTS_STREAM = "CB_EVENTS"
+MARKS_BUCKET = "CB_MARKS"  # KV: per event stream and workflow, the position below which every instance finished
 INBOX_STREAM = "CB_INBOX"
 EVENT_PREFIX = "cb.ev"
 INJECT_PREFIX = "cb.inject"

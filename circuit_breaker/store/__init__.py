@@ -1,6 +1,6 @@
 """Where instance state and events live."""
 
-from ._base import SharedStore, Store
+from ._base import MarkingStore, SharedStore, Store
 from ._memory import MemoryStore
 
-__all__ = ["MemoryStore", "SharedStore", "Store"]
+__all__ = ["MarkingStore", "MemoryStore", "SharedStore", "Store"]

@@ -76,3 +76,27 @@ class SharedStore(Store, Protocol):
     def watch(self, start_seq: int) -> AsyncIterator[Event]:
         """Events appended by *other* writers, live, from position ``start_seq`` on."""
         ...
+
+
+@runtime_checkable
+class MarkingStore(Protocol):
+    """A store that keeps, per workflow, a *mark*: a position in the log at or below which every instance that
+    began there has finished. An engine then opens by replaying the log after the mark only, so restart time
+    follows the instances that can still go on, not the whole history."""
+
+    async def read_mark(self, workflow: str) -> int:
+        """The stored mark of ``workflow`` (0 when none: replay everything)."""
+        ...
+
+    async def write_mark(self, workflow: str, position: int) -> None:
+        """Store ``position`` as the mark of ``workflow``: every instance begun at or below it has finished."""
+        ...
+
+    async def starts(self, workflow: str, after: int) -> tuple[list[tuple[str, int]], int]:
+        """The instances of ``workflow`` begun after ``after`` with the position they began at, and the position
+        up to which that list is complete."""
+        ...
+
+    def replay_after(self, workflow: str, after: int) -> AsyncIterator[tuple[Event, int]]:
+        """Every stored event of ``workflow`` after position ``after``, with its position, in log order."""
+        ...

@@ -152,12 +152,13 @@ async def test_a_served_engine_keeps_as_many_as_cb_keep_finished_says(
     nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CB_KEEP_FINISHED", "7")
+    monkeypatch.setenv("CB_MARK_EVERY", "12.5")
     settings = Settings()
     (tmp_path / "workflows").mkdir()
     nc = await nats.connect(nats_url)
     try:
         async with project_engine(nc, settings, tmp_path, drive=False) as engine:
-            assert engine.keep_finished == 7
+            assert engine.keep_finished == 7 and engine.mark_every == 12.5
     finally:
         await nc.close()
     monkeypatch.setenv("CB_KEEP_FINISHED", "-1")

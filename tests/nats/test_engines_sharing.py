@@ -707,3 +707,110 @@ async def test_an_engine_that_opens_next_to_a_running_one_leaves_it_the_instance
     finally:
         await first.close()
     assert runs["first"] == 6 and runs["second"] <= 1, runs  # each of the five ran once; the orphan once or twice
+
+
+def gated_watch(store: JetStreamStore, permits: asyncio.Semaphore) -> None:
+    """A watcher that lags: each event it delivers needs a permit."""
+    original = store.watch
+
+    async def watch(start: int) -> AsyncIterator[Event]:
+        events = original(start)
+        try:
+            while True:
+                await permits.acquire()
+                yield await events.__anext__()
+        finally:
+            await events.aclose()
+
+    store.watch = watch  # type: ignore[method-assign]
+
+
+async def test_a_late_event_of_a_finished_instance_out_of_memory_neither_revives_nor_reruns_it(url: str) -> None:
+    """Found in review: a lagging watcher delivered the first event of an instance that had finished and left
+    memory; the engine rebuilt it as running, listed it twice, and ran its action again once its writer left."""
+    runs: Counter[str] = Counter()
+
+    def lagged(tag: str) -> Workflow:
+        wf = Workflow("lagged")
+        s, mid, done = wf.states("s", "mid", "done")
+
+        @wf.flow(s >> mid, "work")
+        async def work(token: Any) -> dict[str, Any]:
+            runs[tag] += 1
+            return {"by": tag}
+
+        wf.flow(mid >> done, "finish")
+        return wf
+
+    first = engine(url, lagged("first"))
+    store = JetStreamStore(servers=[url])
+    permits = asyncio.Semaphore(0)
+    gated_watch(store, permits)
+    second = Engine(store=store, workflows=[lagged("second")], keep_finished=0)
+    await first.open()
+    await second.open()
+    try:
+        x = (await first.start("lagged", {})).id
+        assert (await first.wait(x, timeout=5)).status is InstanceStatus.COMPLETED
+        assert (await second.get(x)).status is InstanceStatus.COMPLETED  # read back, out of memory again
+        assert x in second._archived
+        permits.release()  # the watcher now delivers the instance's first event
+        await asyncio.sleep(0.3)
+        assert (await second.get(x)).status is InstanceStatus.COMPLETED
+        assert [i.id for i in await second.instances()].count(x) == 1
+        await first.close()  # its writer leaves: nothing of it is taken over
+        for _ in range(10):
+            permits.release()
+        await asyncio.sleep(0.5)
+    finally:
+        await second.close()
+        await first.close()
+    assert runs == {"first": 1}
+
+
+async def test_an_engine_restarted_after_a_crash_drives_what_the_crashed_one_drove(url: str) -> None:
+    """Found in review: the replacement of a crashed engine (no bye) that opened at once stepped aside from the
+    instances the crashed one drove, because another live engine had written them before; the live one later
+    chose the replacement for half of them, which never heard of the crashed one: nobody drove those."""
+    heartbeat = 0.2
+    runs: Counter[str] = Counter()
+
+    def crashy(tag: str) -> Workflow:
+        wf = Workflow("crashy")
+        s, m, n, done = wf.states("s", "m", "n", "done")
+        wf.flow(s >> m, "prep")
+        wf.flow(m >> n, "go", trigger="manual")
+
+        @wf.flow(n >> done, "work")
+        async def work(token: Any) -> dict[str, Any]:
+            runs[tag] += 1
+            await asyncio.sleep(0.3 if tag != "crashed" else 30)
+            return {"by": tag}
+
+        return wf
+
+    def start(tag: str) -> Engine:
+        return Engine(store=JetStreamStore(servers=[url], heartbeat=heartbeat), workflows=[crashy(tag)])
+
+    live, crashed = start("live"), start("crashed")
+    await live.open()
+    await crashed.open()
+    ids = []
+    for _ in range(8):
+        x = (await live.start("crashy", {})).id
+        await live.wait(x, timeout=5)
+        await crashed.fire(x, "go")  # the crashed engine writes last: it drives x, its long action in flight
+        ids.append(x)
+    await asyncio.sleep(0.3)
+    beats = crashed.store._beats  # type: ignore[attr-defined]
+    beats.cancel()  # it dies: no bye, no more heartbeats
+    crashed.store._beats = None  # type: ignore[attr-defined]
+    await crashed.close()
+    replacement = start("replacement")
+    await replacement.open()
+    try:
+        done = await asyncio.gather(*(replacement.wait(x, timeout=10) for x in ids))
+        assert all(i.status is InstanceStatus.COMPLETED for i in done)
+    finally:
+        await replacement.close()
+        await live.close()
