@@ -54,7 +54,14 @@ async def main() -> None:
     workflow = sys.argv[2] if len(sys.argv) > 2 else "data_pipeline"
     data = json.loads(sys.argv[3]) if len(sys.argv) > 3 else DEFAULT_DATA
     run = uuid.uuid4().hex[:8]  # fresh dedupe ids for each run of the example
-    nc = await nats.connect(servers=[url])
+
+    async def quiet(err: Exception) -> None:  # (nats-py prints each failed attempt's traceback otherwise)
+        return None
+
+    try:  # one attempt, so that a wrong URL is an error at once, not a loop of retries
+        nc = await nats.connect(servers=[url], connect_timeout=2, max_reconnect_attempts=1, error_cb=quiet)
+    except Exception as err:
+        sys.exit(f"cannot reach NATS at {url} ({type(err).__name__}): pass the URL serve printed, or set CB_NATS_URL")
     js = nc.jetstream()
     try:
         # 1. Request/reply: the engine answers once the instance is stored.

@@ -1,5 +1,3 @@
-"""Project-specific custom executors live here and are discovered like workflows.
-
-The executor framework (``circuit_breaker.executors``) arrives with the executors issue; until then
-transition actions are plain Python functions, sync or async.
-"""
+"""The project's own executors: every ``Executor`` subclass defined in a module of this folder is registered by
+its name (``circuit-breaker executors`` lists them), for workflows and for workers, next to the built-ins.
+``rate_limited.py`` is an example."""

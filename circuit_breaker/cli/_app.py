@@ -406,6 +406,20 @@ def _count(n: int, noun: str) -> str:
 
 
 # -- executors -----------------------------------------------------------------------------------------------
+def _worker_epilog() -> str:
+    """The worker's settings (env, or a [worker] table in the TOML file), then what its exit codes mean."""
+    from ..config import WorkerSettings
+
+    lines = ["Settings (environment, or the \\[worker] table of the settings file):"]
+    for name, field in WorkerSettings.model_fields.items():
+        default = "all" if field.default is None and name == "executors" else field.default
+        lines.append(f"  CB_WORKER__{name.upper()}  {field.description} (default: {default})")
+    lines += ["", "Exit codes:", "  0  stopped (Ctrl-C or SIGTERM, tasks in hand finished or handed back)"]
+    lines += ["  1  NATS cannot be reached, or refused the worker (a subject it may not use)"]
+    lines += ["  2  usage error (an executor kind that is not registered, a bad option)"]
+    return "\n".join(lines)
+
+
 EXECUTORS_EPILOG = "\n".join(
     [
         "Exit codes:",
@@ -527,7 +541,7 @@ app.command(epilog=NATS_EPILOG)(nats)
 for _command in (serve, inject, events, instances, status, fire, history):
     app.command(epilog=EPILOG)(_command)
 app.command()(schema)
-app.command(epilog=EPILOG)(worker)
+app.command(epilog=_worker_epilog())(worker)
 app.add_typer(dlq_app, name="dlq")
 
 

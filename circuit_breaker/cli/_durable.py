@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["SchemaName", "load_project_workflows", "nats_session", "project_engine"]
 
 T = TypeVar("T")
+log = logging.getLogger("circuit_breaker.serve")
 DOCUMENT_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 
 NatsUrlOpt = Annotated[
@@ -154,6 +157,8 @@ def serve(
         if metrics_port is not None:
             overrides["metrics_port"] = metrics_port
         settings = settings_for(nats_url, **overrides)
+        if not (project / "workflows").is_dir():  # before an embedded server is started for nothing
+            raise WorkflowLoadError(f"no workflows/ folder in {project.resolve()}", path=str(project / "workflows"))
         asyncio.run(_serve(settings, project, as_json))
 
 
@@ -167,7 +172,7 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stopper(stop, loop))
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
         inject = InjectService(engine, nc, settings=settings.stream)
         control = ControlService(engine, nc)
@@ -192,6 +197,27 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
             ops.stop()
         await control.stop()
         await inject.stop()
+
+
+SHUTDOWN_LIMIT = 30.0  # seconds serve may take to stop after Ctrl-C or SIGTERM before it exits regardless
+
+
+def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """The first Ctrl-C or SIGTERM stops serve cleanly; a second one, or a clean stop that takes longer than
+    SHUTDOWN_LIMIT (NATS gone, say), ends the process at once. Nothing is lost: the events are the state."""
+
+    def now(why: str) -> None:
+        log.warning("stopping now (%s)", why)
+        logging.shutdown()
+        os._exit(1)
+
+    def signalled() -> None:
+        if stop.is_set():
+            now("asked twice")
+        stop.set()
+        loop.call_later(SHUTDOWN_LIMIT, now, f"not stopped after {SHUTDOWN_LIMIT:g}s")
+
+    return signalled
 
 
 async def _start_ops(settings: Settings, engine: Engine, nc: NATS) -> tuple[Any, asyncio.Task[None] | None]:
@@ -278,6 +304,12 @@ def events(
     start: str | int = int(since) if since.isdigit() else since
     if start not in ("start", "new") and not isinstance(start, int):
         raise typer.BadParameter("must be start, new or a stream sequence number", param_hint="--since")
+    from ..events import EventType
+
+    known = [t.value for t in EventType]
+    for name in types or ():
+        if name not in known:
+            raise typer.BadParameter(f"unknown event type {name!r} (known: {', '.join(known)})", param_hint="--type")
     with _errors(), contextlib.suppress(KeyboardInterrupt):
         settings = settings_for(nats_url)
         asyncio.run(_events(settings, workflow, instance, types, follow, start, as_json))
@@ -342,7 +374,9 @@ def instances(
     from ._app import _console
 
     table = Table(title=f"{len(found)} instance(s)", title_justify="left")
-    for column in ("instance", "workflow", "status", "places", "updated"):
+    # Ids whole, whatever the terminal's width (they are what status, fire and history take): others give way.
+    table.add_column("instance", no_wrap=True, min_width=max((len(i.id) for i in found), default=8))
+    for column in ("workflow", "status", "places", "updated"):
         table.add_column(column)
     for i in found:
         table.add_row(i.id, i.workflow, i.status.value, ", ".join(i.places), f"{i.updated_at:%Y-%m-%d %H:%M:%S}")

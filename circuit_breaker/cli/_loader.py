@@ -81,12 +81,12 @@ def _load_document(file: Path) -> Workflow:
     from ..dsl._declarative import load_workflow
 
     registry = None
-    project_executors = Path.cwd() / "executors"
-    if project_executors.is_dir():
+    project = file.resolve().parent.parent if file.resolve().parent.name == "workflows" else Path.cwd()
+    if (project / "executors").is_dir():
         from ..executors import default_registry
 
         try:
-            registry = default_registry(Path.cwd())
+            registry = default_registry(project)
         except ExecutorConfigError as err:
             raise WorkflowLoadError(f"cannot load {file}: {err}", path=str(file)) from err
     # Errors already name the file (and the line) as given, so they pass through unchanged.
@@ -119,7 +119,7 @@ def _import(file: Path, shown: str) -> ModuleType:
     # Registered before executing, like a normal import: pydantic models and dataclasses look themselves up here.
     sys.modules[module_name] = module
     try:
-        with _search_path(file.parent, Path.cwd()):
+        with _search_path(*_roots_of(file)):
             spec.loader.exec_module(module)
     except (DefinitionError, RuleDefinitionError) as err:
         del sys.modules[module_name]
@@ -142,6 +142,16 @@ def _line_in(err: BaseException, file: Path) -> str:
         if Path(frame.filename) == file:
             line = frame.lineno
     return f", line {line}" if line is not None else ""
+
+
+def _roots_of(file: Path) -> list[Path]:
+    """Where a workflow file's own imports resolve: its folder, the project it belongs to (the folder holding
+    ``workflows/``, so ``from rules import ...`` works from anywhere, also with ``--project``), the current one."""
+    roots = [file.parent]
+    if file.parent.name == "workflows":
+        roots.append(file.parent.parent)
+    roots.append(Path.cwd())
+    return list(dict.fromkeys(roots))
 
 
 @contextmanager

@@ -63,6 +63,16 @@ def worker(
 
     with _errors():
         kinds = [k.strip() for k in executors.split(",") if k.strip()] if executors else None
+        if kinds:  # checked before NATS is reached (or an embedded server started) for nothing
+            from ..executors import default_registry
+
+            known = default_registry().names()
+            unknown = sorted(k for k in kinds if k not in known)
+            if unknown:
+                raise typer.BadParameter(
+                    f"executor kind(s) {unknown} are not registered; known: {', '.join(known)}",
+                    param_hint="--executors",
+                )
         settings = _settings(nats_url, executors=kinds, concurrency=concurrency, metrics_port=metrics_port)
         if status:
             asyncio.run(_status(settings, as_json))

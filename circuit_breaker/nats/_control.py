@@ -187,6 +187,13 @@ async def workflow_of(connection: NATS, instance_id: str) -> str:
         msg = await js.get_msg(EVENTS_STREAM, seq=1, subject=instance_filter(instance_id), next=True, direct=True)
     except NotFoundError:
         raise UnknownInstanceError(instance_id) from None
+    except NoRespondersError:
+        # Direct gets have nobody to answer them before the events stream exists: nothing was stored yet.
+        try:
+            await js.stream_info(EVENTS_STREAM)
+        except NotFoundError:
+            raise UnknownInstanceError(instance_id) from None
+        raise
     return str(msg.subject).split(".")[2]
 
 

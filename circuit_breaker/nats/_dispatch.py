@@ -145,7 +145,11 @@ class NatsTaskQueue:
                 raise
             except Exception as err:
                 log.warning(
-                    "reading results of %s failed (%s: %s); again in %.1fs", workflow, type(err).__name__, err, delay
+                    "reading results of %s failed (%s: %s); again in %.1fs",
+                    workflow,
+                    type(err).__name__,
+                    err or "no answer",
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -191,7 +195,10 @@ class NatsTaskQueue:
             raise
         except Exception as err:
             log.warning(
-                "applying the result of task %s failed (%s: %s); handed back", result.task_id, type(err).__name__, err
+                "applying the result of task %s failed (%s: %s); handed back",
+                result.task_id,
+                type(err).__name__,
+                err or "no detail",
             )
             await _settle(msg.nak(delay=1.0))
             return

@@ -36,6 +36,7 @@ log = logging.getLogger("circuit_breaker.nats.inbox")
 INBOX_SUBJECTS = [f"{INBOX_PREFIX}.>"]
 UNEXPECTED_ATTEMPTS = 5  # a message that keeps hitting a bug is terminated after this many deliveries
 MAX_NAK_DELAY = 30.0
+STOP_WAIT = 2.0  # seconds stop() waits for the fetch loop to end
 
 # (workflow, request, dedupe key) -> the started (or earlier) instance; raises InjectError.
 Handler = Callable[[str, InjectRequest, str | None], Awaitable[InjectAccepted]]
@@ -102,7 +103,8 @@ class InboxConsumer:
         """Stop fetching, let messages in hand finish for up to ``grace`` seconds; the rest are redelivered."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Bounded: a fetch cancelled while the connection is down may not end (nats-py's next_msg).
+            await asyncio.wait({self._task}, timeout=STOP_WAIT)
             self._task = None
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
@@ -143,7 +145,9 @@ class InboxConsumer:
                 if self.connection.is_closed:
                     log.error("inbox consumer stops: the NATS connection is closed")
                     return
-                log.warning("inbox consumer: %s: %s; subscribing again in %.1fs", type(err).__name__, err, delay)
+                log.warning(
+                    "inbox consumer: %s: %s; subscribing again in %.1fs", type(err).__name__, err or "no answer", delay
+                )
                 await self._unsubscribe()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -248,6 +248,9 @@ class NatsServer:
                     stderr=subprocess.STDOUT,
                     cwd=self.data_dir,
                     pass_fds=lock.fds,  # the server holds the lock too, even if this process dies first
+                    # Its own session: a terminal's Ctrl-C reaches only the parent, which then closes its
+                    # connections cleanly before it stops the server (not the other way round).
+                    start_new_session=True,
                 )
         except BaseException as err:
             lock.release()

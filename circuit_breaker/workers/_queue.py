@@ -20,7 +20,7 @@ from typing import Any
 
 import nats.errors
 from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from ..config import StreamSettings
 from ..errors import DeadLetterError
@@ -54,6 +54,8 @@ __all__ = [
 MSG_ID = "Nats-Msg-Id"
 PUBLISH_TIMEOUT = 5.0
 STREAM_NOT_FOUND = 10059  # JetStream error code: the stream itself is missing (not just the message)
+
+NO_SUCH_MESSAGE = (10037, 10057)  # JetStream: no message found; stream store EOF (past the end)
 
 
 async def ensure_task_streams(js: Any, settings: StreamSettings) -> None:
@@ -189,8 +191,11 @@ async def retry_dead_letter(js: Any, entry: int) -> Task:
 async def drop_dead_letter(js: Any, entry: int) -> None:
     try:
         await js.delete_msg(DLQ_STREAM, entry)
-    except NotFoundError:
-        raise DeadLetterError(f"no dead letter {entry} in {DLQ_STREAM}", entry=entry) from None
+    except APIError as err:
+        # Not found, or past the end of the stream ("stream store EOF"): either way there is no such letter.
+        if isinstance(err, NotFoundError) or err.err_code in NO_SUCH_MESSAGE:
+            raise DeadLetterError(f"no dead letter {entry} in {DLQ_STREAM}", entry=entry) from None
+        raise
 
 
 async def _read_all(js: Any, stream: str, subject: str, timeout: float) -> list[tuple[int, bytes]]:

@@ -222,7 +222,11 @@ class Worker:
                     log.error("worker %s stops fetching %s: the NATS connection is closed", self.worker_id, kind)
                     return
                 log.warning(
-                    "fetching %s tasks: %s: %s; subscribing again in %.1fs", kind, type(err).__name__, err, delay
+                    "fetching %s tasks: %s: %s; subscribing again in %.1fs",
+                    kind,
+                    type(err).__name__,
+                    err or "no answer",
+                    delay,
                 )
                 await self._unsubscribe(kind)
                 await asyncio.sleep(delay)
@@ -435,7 +439,13 @@ class Worker:
                 await self._acks.publish(subject, payload, {MSG_ID: msg_id}, 5.0)
                 return True
             except Exception as err:
-                log.warning("publishing to %s failed (attempt %d): %s: %s", subject, attempt, type(err).__name__, err)
+                log.warning(
+                    "publishing to %s failed (attempt %d): %s: %s",
+                    subject,
+                    attempt,
+                    type(err).__name__,
+                    err or "no answer",
+                )
                 if attempt < PUBLISH_ATTEMPTS:
                     await asyncio.sleep(delay)
                     delay *= 2

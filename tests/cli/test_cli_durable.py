@@ -110,6 +110,26 @@ def test_bad_input_is_one_error_line_and_a_meaningful_exit_code(project: Path, s
     assert missing.code == 1 and "0" * 32 in missing.error_line()  # type: ignore[attr-defined]
     wrong = cli(project, served, "instances", "--status", "sleeping")
     assert wrong.code == 2 and "sleeping" in wrong.error_line()  # type: ignore[attr-defined]
+    bogus = cli(project, served, "events", "--type", "bogus")
+    assert bogus.code == 2 and "unknown event type 'bogus'" in bogus.err  # type: ignore[attr-defined]
+    assert "Traceback" not in bogus.err  # type: ignore[attr-defined]
+
+
+def test_a_project_is_usable_from_any_directory(project: Path, served: str, tmp_path: Path) -> None:
+    """Found in review: with --project (or a path to a project's workflow) from another directory, the
+    workflows' own imports (``from rules import ...``) failed, and the queries silently found nothing."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = json.dumps({"input_file": str(project / "examples" / "data" / "measurements.csv")})
+    started = cli(project, served, "inject", "data_pipeline", "--data", data, "--json")
+    iid = started.json()["instance_id"]  # type: ignore[attr-defined]
+    listed = run_cli("instances", "--project", str(project), "--json", cwd=elsewhere, env={"CB_NATS_URL": served})
+    assert listed.code == 0 and "warning" not in listed.err, listed.err
+    assert iid in {i["instance"] for i in listed.json()}
+    shown = run_cli("status", iid, "--project", str(project), "--json", cwd=elsewhere, env={"CB_NATS_URL": served})
+    assert shown.code == 0 and shown.json()["instance"] == iid, shown.err
+    ran = run_cli("run", str(project / "workflows" / "data_pipeline.py"), "--data", data, "--json", cwd=elsewhere)
+    assert ran.code in (0, 3) and "cannot load" not in ran.err, ran.err  # (3: it waits for a review)
 
 
 def test_schemas_are_json_schema_documents(project: Path) -> None:

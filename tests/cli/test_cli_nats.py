@@ -125,3 +125,42 @@ def test_a_taken_port_exits_1_quoting_the_servers_log(tmp_path: Path) -> None:
             assert "address already in use" in err and "Traceback" not in err
         first.send_signal(signal.SIGTERM)
         assert first.wait(15) == 0
+
+
+def test_serve_on_the_embedded_server_stops_on_ctrl_c_with_its_server(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole foreground job. The embedded server runs in a session of its own, so it does not
+    die before serve has closed its connections (serve then stops it); when it died first, serve could hang
+    reconnecting, depending on timing."""
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "tiny.py").write_text(
+        "from circuit_breaker import Workflow\n"
+        "wf = Workflow('tiny')\n"
+        "a, b = wf.states('a', 'b')\n"
+        "wf.flow(a >> b, 'go')\n"
+    )
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [console_script(), "serve", "--json"],
+            cwd=tmp_path,
+            env=_env(CB_DATA_DIR=str(tmp_path / "state")),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert json.loads(first_line(proc))["workflows"] == ["tiny"]
+            server = running_server(tmp_path / "state" / "nats")
+            assert server is not None and server["pid"] is not None
+            assert os.getpgid(server["pid"]) != os.getpgid(proc.pid), "the server is not in serve's process group"
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(15) == 0
+            assert running_server(tmp_path / "state" / "nats") is None, "the embedded server stopped with it"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()

@@ -125,3 +125,17 @@ async def test_an_instance_too_large_for_one_message_is_answered_without_its_bul
             await control.stop()
             await nc.close()
     await drop_streams(nats_url)
+
+
+async def test_firing_before_anything_was_stored_names_the_unknown_instance(fresh_nats: str) -> None:
+    """Found in review: with no events stream yet, the lookup of the instance's workflow had nobody to answer
+    it, and the CLI showed a NoRespondersError traceback."""
+    from circuit_breaker.errors import UnknownInstanceError
+    from circuit_breaker.nats._control import request_fire
+
+    nc = await nats.connect(fresh_nats)
+    try:
+        with pytest.raises(UnknownInstanceError, match="abc"):
+            await request_fire(nc, "abc", "run", timeout=5)
+    finally:
+        await nc.close()

@@ -326,3 +326,37 @@ def test_schemas_describe_request_and_replies() -> None:
     jsonschema.validate({"error": {"code": "invalid_data", "message": "m", "field": "qty", "retryable": False}}, reply)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"error": {"code": "nonsense", "message": "m"}}, reply)
+
+
+async def test_stopping_the_inbox_returns_even_when_its_fetch_does_not_end(fresh_nats: str) -> None:
+    """A fetch cancelled while NATS is gone may never end (nats-py's next_msg); stop() must still return, or
+    serve would hang on Ctrl-C."""
+    from circuit_breaker.nats._inbox import InboxConsumer
+
+    async def handler(workflow: str, request: Any, key: str | None) -> Any:
+        raise AssertionError("no message expected")
+
+    nc = await nats.connect(fresh_nats)
+    try:
+        inbox = InboxConsumer(nc, handler, settings=StreamSettings(), durable="cb-test-stubborn")
+        await inbox.start()
+        assert inbox._task is not None
+        inbox._task.cancel()
+        release = asyncio.Event()
+
+        async def stubborn() -> None:
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue  # as the hung fetch did: the cancellation never ends it
+
+        loop = asyncio.get_running_loop()
+        inbox._task = loop.create_task(stubborn())
+        stopping = loop.create_task(inbox.stop())
+        returned, _ = await asyncio.wait({stopping}, timeout=10)
+        release.set()  # (so that nothing is left hanging either way)
+        await asyncio.wait({stopping}, timeout=5)
+        assert returned, "stop() waited for a fetch loop that does not end"
+    finally:
+        await nc.close()
