@@ -24,6 +24,7 @@ import typer
 
 from ..errors import (
     CircuitBreakerError,
+    ControlError,
     DefinitionError,
     InjectError,
     RuleDefinitionError,
@@ -32,7 +33,7 @@ from ..errors import (
     WorkflowLoadError,
 )
 from ..secrets import default_masker
-from ._durable import events, fire, history, inject, instances, schema, serve, status
+from ._durable import cancel, events, fire, history, inject, instances, pause, resume, retry, schema, serve, status
 from ._loader import WorkflowChoiceError, load_workflows, pick_workflow, split_target
 from ._nats_cmd import NATS_EPILOG, nats
 from ._worker import dlq_app, worker
@@ -113,7 +114,10 @@ def _errors() -> Iterator[None]:
         raise _die(ExitCode.BAD_DATA, str(err)) from None
     except InjectError as err:
         bad_data = err.code in ("invalid_data", "not_an_object", "malformed_json", "payload_too_large")
-        raise _die(ExitCode.BAD_DATA if bad_data else ExitCode.FAILED, str(err)) from None
+        code = ExitCode.BAD_DATA if bad_data else ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED
+        raise _die(code, str(err)) from None
+    except ControlError as err:
+        raise _die(ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED, str(err)) from None
     except WaitTimeoutError as err:
         raise _die(ExitCode.TIMEOUT, f"{err}; raise --timeout to wait longer") from None
     except CircuitBreakerError as err:
@@ -538,8 +542,21 @@ def _show_executors(entries: list[dict[str, Any]], folder: Path) -> None:
 
 # -- nats ----------------------------------------------------------------------------------------------------
 app.command(epilog=NATS_EPILOG)(nats)
-for _command in (serve, inject, events, instances, status, fire, history):
-    app.command(epilog=EPILOG)(_command)
+DURABLE_EPILOG = "\n".join(
+    [
+        "Exit codes:",
+        "  0  ok",
+        "  1  refused or not found: an unknown instance or workflow of the engine, a transition not enabled or",
+        "     rejected, an instance in the wrong status; no engine serves the workflow; NATS cannot be reached",
+        "  2  usage error (bad option or value)",
+        "  3  a workflow of the project is defined wrongly",
+        "  4  bad input data (--data, the workflow's token model)",
+        "  5  the project's workflows cannot be loaded (no workflows/ folder, an import error)",
+        "  6  timed out waiting for the engine",
+    ]
+)
+for _command in (serve, inject, events, instances, status, fire, retry, pause, resume, cancel, history):
+    app.command(epilog=DURABLE_EPILOG)(_command)
 app.command()(schema)
 app.command(epilog=_worker_epilog())(worker)
 app.add_typer(dlq_app, name="dlq")

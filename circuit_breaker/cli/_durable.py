@@ -384,7 +384,12 @@ def instances(
 
 
 async def _instances(settings: Settings, project: Path, workflow: str | None, status: str | None) -> list[Any]:
+    from ._app import ExitCode, _Fail
+
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=False) as engine:
+        if workflow is not None and workflow not in engine.workflows:
+            known = ", ".join(engine.workflows) or "none"
+            raise _Fail(ExitCode.USAGE, f"--workflow {workflow!r} is not a workflow of the project (it has: {known})")
         return await engine.instances(workflow, status)
 
 
@@ -515,6 +520,77 @@ async def _fire(
 
     async with nats_session(settings) as nc:
         return await request_fire(nc, instance, transition, data=data, actor=actor, timeout=timeout)
+
+
+def _control(
+    verb: str, instance: str, actor: str | None, timeout: float, nats_url: list[str] | None, as_json: bool, **extra: Any
+) -> None:
+    """Ask the serving engine to ``verb`` the instance; print it afterwards."""
+    from ..engine import Instance
+    from ..nats._control import ControlRequest, request_control
+    from ._app import _errors, _print_json, _show_instance
+
+    async def ask(settings: Settings) -> dict[str, Any]:
+        request = ControlRequest(instance_id=instance, actor=actor, **extra)
+        async with nats_session(settings) as nc:
+            return await request_control(nc, verb, request, timeout=timeout)  # type: ignore[arg-type]
+
+    with _errors():
+        settings = settings_for(nats_url)
+        done = Instance.model_validate(asyncio.run(ask(settings)))
+    if as_json:
+        _print_json(done.summary())
+    else:
+        _show_instance(done)
+
+
+TimeoutOpt = Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.")]
+InstanceArg = Annotated[str, typer.Argument(help="The instance id.")]
+
+
+def retry(
+    instance: InstanceArg,
+    actor: ActorOpt = "cli",
+    timeout: TimeoutOpt = 30.0,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Try a failed instance again (its incidents resolved), or reconsider what a waiting one's rules refused."""
+    _control("retry", instance, actor, timeout, nats_url, as_json)
+
+
+def pause(
+    instance: InstanceArg,
+    actor: ActorOpt = "cli",
+    timeout: TimeoutOpt = 30.0,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pause an instance: nothing fires until it is resumed (running actions finish)."""
+    _control("pause", instance, actor, timeout, nats_url, as_json)
+
+
+def resume(
+    instance: InstanceArg,
+    actor: ActorOpt = "cli",
+    timeout: TimeoutOpt = 30.0,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume a paused instance."""
+    _control("resume", instance, actor, timeout, nats_url, as_json)
+
+
+def cancel(
+    instance: InstanceArg,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the history).")] = None,
+    actor: ActorOpt = "cli",
+    timeout: TimeoutOpt = 30.0,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel an instance: running actions are stopped and no token moves any more."""
+    _control("cancel", instance, actor, timeout, nats_url, as_json, reason=reason)
 
 
 # -- schema --------------------------------------------------------------------------------------------------

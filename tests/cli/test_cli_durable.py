@@ -110,9 +110,32 @@ def test_bad_input_is_one_error_line_and_a_meaningful_exit_code(project: Path, s
     assert missing.code == 1 and "0" * 32 in missing.error_line()  # type: ignore[attr-defined]
     wrong = cli(project, served, "instances", "--status", "sleeping")
     assert wrong.code == 2 and "sleeping" in wrong.error_line()  # type: ignore[attr-defined]
+    nope = cli(project, served, "instances", "--workflow", "nope")
+    assert nope.code == 2 and "'nope' is not a workflow of the project" in nope.error_line()  # type: ignore[attr-defined]
     bogus = cli(project, served, "events", "--type", "bogus")
     assert bogus.code == 2 and "unknown event type 'bogus'" in bogus.err  # type: ignore[attr-defined]
     assert "Traceback" not in bogus.err  # type: ignore[attr-defined]
+
+
+def test_pause_resume_and_cancel_an_instance_through_the_serving_engine(project: Path, served: str) -> None:
+    data = json.dumps({"csv": "a,b\n1,2\n"})
+    iid = cli(project, served, "inject", "data_pipeline", "--data", data, "--json").json()["instance_id"]  # type: ignore[attr-defined]
+    status = cli(project, served, "status", iid, "--json").json()  # type: ignore[attr-defined]
+    for _ in range(50):
+        if status["status"] == "waiting":
+            break
+        status = cli(project, served, "status", iid, "--json").json()  # type: ignore[attr-defined]
+    paused = cli(project, served, "pause", iid, "--actor", "ops", "--json")
+    assert paused.code == 0 and paused.json()["status"] == "paused", paused.err  # type: ignore[attr-defined]
+    refused = cli(project, served, "fire", iid, "approve")
+    assert refused.code == 1 and "paused" in refused.error_line()  # type: ignore[attr-defined]
+    resumed = cli(project, served, "resume", iid, "--json")
+    assert resumed.json()["status"] in ("running", "waiting")  # type: ignore[attr-defined]
+    cancelled = cli(project, served, "cancel", iid, "--reason", "a duplicate order", "--json").json()  # type: ignore[attr-defined]
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["history"][-1]["details"]["reason"] == "a duplicate order"
+    again = cli(project, served, "retry", iid)
+    assert again.code == 1 and "cancelled" in again.error_line()  # type: ignore[attr-defined]
 
 
 def test_a_project_is_usable_from_any_directory(project: Path, served: str, tmp_path: Path) -> None:
