@@ -1,3 +1,6 @@
-"""The project's own executors: every ``Executor`` subclass defined in a module of this folder is registered by
-its name (``circuit-breaker executors`` lists them), for workflows and for workers, next to the built-ins.
-``rate_limited.py`` is an example."""
+"""The project's own executors and stage patterns.
+
+Every ``Executor`` subclass defined in a module of this folder is registered by its name for the project's
+workflows (``circuit-breaker executors`` lists them next to the built-ins); a worker serves installed executor
+packages (entry points) and the built-ins. ``rate_limited.py`` is a custom stage pattern.
+"""

@@ -18,6 +18,9 @@ Errors are one line on stderr starting with ``error:``, never a traceback; resul
 """
 
 
+import signal
+
+
 def main() -> None:
     """Console-script entry point (``circuit-breaker``)."""
     import logging
@@ -28,4 +31,12 @@ def main() -> None:
     # The library only logs; the command decides where logs go, and masks secrets on the way out.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mask_logs()
+    if hasattr(signal, "SIGHUP"):  # (not on Windows)
+        signal.signal(signal.SIGHUP, _hung_up)
     app()
+
+
+def _hung_up(signum: int, frame: object) -> None:
+    """A closed terminal ends a command as Ctrl-C does, with its clean-up (an embedded nats-server runs in a
+    session of its own, so nothing else would stop it); the long-running commands handle it in their loop."""
+    raise KeyboardInterrupt

@@ -171,7 +171,7 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     setup_logging()  # JSON lines when stderr is not a terminal, with workflow, instance and task fields
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: its terminal was closed)
         loop.add_signal_handler(sig, _stopper(stop, loop))
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
         inject = InjectService(engine, nc, settings=settings.stream)
@@ -207,7 +207,10 @@ def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Callable[[
     SHUTDOWN_LIMIT (NATS gone, say), ends the process at once. Nothing is lost: the events are the state."""
 
     def now(why: str) -> None:
+        from ..nats._server import _reap_children
+
         log.warning("stopping now (%s)", why)
+        _reap_children(grace=2.0)  # an embedded server runs in its own session: it must not outlive serve
         logging.shutdown()
         os._exit(1)
 

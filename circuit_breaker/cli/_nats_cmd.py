@@ -88,7 +88,7 @@ async def _serve(server: NatsServer, *, as_json: bool) -> int:
     """Start, announce, wait for a signal (or the server's own end), stop; returns the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (a closed terminal: stop the server too)
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
@@ -99,7 +99,8 @@ async def _serve(server: NatsServer, *, as_json: bool) -> int:
         _announce(server, as_json=as_json)
         while not stop.is_set():
             if server.exit_code is not None:
-                # A Ctrl-C in the terminal reaches the server too, and it may exit before our handler runs.
+                # The server runs in a session of its own (a Ctrl-C here does not reach it); it was stopped
+                # from outside, or failed: give a signal to us a moment to arrive, else report it.
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
                 except TimeoutError:

@@ -119,7 +119,7 @@ async def _serve(settings: Settings, as_json: bool) -> None:
                 tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.add_signal_handler(sig, stop.set)
             ready = {"worker": wk.worker_id, "executors": wk.kinds, "metrics_port": ops.port if ops else None}
             if as_json:

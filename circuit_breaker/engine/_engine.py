@@ -488,9 +488,11 @@ class Engine:
             return
         store = cast(MarkingStore, self.store)
         after = await store.read_mark(workflow) if self.drive else 0  # an observer lists the whole history
-        self._known_to[workflow] = max(self._open_start - 1, after)  # every instance begun up to here is read
         async for event, position in store.replay_after(workflow, after):
             yield event, position
+        # Every instance begun up to here has been read; only now may the marker work on this workflow (a load
+        # still going, or one that failed, would let it mark above instances it has not seen).
+        self._known_to[workflow] = max(self._open_start - 1, after)
 
     async def _mark_forever(self) -> None:
         """Every ``mark_every`` seconds: store each loaded workflow's new mark (never stopping for one failure)."""
@@ -513,10 +515,17 @@ class Engine:
         found, known_to = await store.starts(workflow, self._known_to[workflow])
         begun = self._begun.setdefault(workflow, {})
         for iid, position in found:
+            if iid in self._starting:  # this engine's own start, its first event not acknowledged yet
+                begun.setdefault(iid, position)
+                continue
             run = self._runs.get(iid)
             if run is None and iid not in self._archived:
                 run = await self._adopt(iid, cw)
-                if run is not None and run.status not in TERMINAL and not run.local:
+                if run is None:
+                    # Begun, yet not readable (a replica behind its leader?): not past it, this pass.
+                    log.info("instance %s of workflow %s cannot be read yet; marking later", iid, workflow)
+                    return
+                if run.status not in TERMINAL and not run.local:
                     self._step_aside(run)
             if run is not None and run.status not in TERMINAL:
                 begun.setdefault(iid, position)

@@ -162,3 +162,27 @@ async def test_the_marks_bucket_is_made_once_and_an_incompatible_one_is_refused(
         with contextlib.suppress(NotFoundError):
             await js.delete_key_value(MARKS_BUCKET)  # the next store makes it again, as it should be
         await nc.close()
+
+
+async def test_a_workflow_registered_after_open_is_marked_only_once_loaded(url: str) -> None:
+    """Found in review: the marker worked on a workflow registered after open while its load still ran, and
+    stored a mark above an unfinished instance the load had not reached yet: a restart never loaded it."""
+    stray = await store_unstarted(url, "marked", "draft")  # unfinished, early in the stream
+    async with engine(url, mark_every=0) as first:
+        await finished(first, 3)
+    store = JetStreamStore(servers=[url])
+    replay_after = store.replay_after
+
+    async def slow(workflow: str, after: int) -> AsyncIterator[tuple[Any, int]]:
+        async for item in replay_after(workflow, after):
+            await asyncio.sleep(0.1)  # a long history
+            yield item
+
+    store.replay_after = slow  # type: ignore[method-assign]
+    async with Engine(store=store, mark_every=FAST) as late:
+        late.register(review())  # loads while the marker runs
+        await asyncio.sleep(0.6)
+        assert await stored_mark(url) < await began_at(url, stray)
+        assert (await late.wait(stray, timeout=10)).places == ["pending"]  # loaded, and driven
+        await asyncio.sleep(5 * FAST)  # a few passes of the marker
+        assert await stored_mark(url) < await began_at(url, stray), "it waits at pending: unfinished"
