@@ -695,6 +695,10 @@ class Engine:
     async def instances(
         self, workflow: str | None = None, status: InstanceStatus | str | None = None
     ) -> list[Instance]:
+        """The instances this engine knows, optionally of one workflow and in one status; finished ones that
+        left memory are read back from the store. A driving engine on a store that keeps marks knows those
+        begun from its workflows' marks on (older ones all finished; get() still reads them by id); an observer
+        (``drive=False``) replays the whole history, so it lists every instance."""
         wanted = InstanceStatus(status) if status is not None else None
         if self._loading:
             await self._ready()
