@@ -551,37 +551,28 @@ TimeoutOpt = Annotated[float, typer.Option(metavar="SECONDS", help="How long to 
 InstanceArg = Annotated[str, typer.Argument(help="The instance id.")]
 
 
-def retry(
-    instance: InstanceArg,
-    actor: ActorOpt = "cli",
-    timeout: TimeoutOpt = 30.0,
-    nats_url: NatsUrlOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Try a failed instance again (its incidents resolved), or reconsider what a waiting one's rules refused."""
-    _control("retry", instance, actor, timeout, nats_url, as_json)
+def _control_command(verb: str, doc: str) -> Callable[..., None]:
+    """A command that asks the serving engine to ``verb`` an instance (retry, pause, resume)."""
+
+    def command(
+        instance: InstanceArg,
+        actor: ActorOpt = "cli",
+        timeout: TimeoutOpt = 30.0,
+        nats_url: NatsUrlOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        _control(verb, instance, actor, timeout, nats_url, as_json)
+
+    command.__name__ = command.__qualname__ = verb
+    command.__doc__ = doc
+    return command
 
 
-def pause(
-    instance: InstanceArg,
-    actor: ActorOpt = "cli",
-    timeout: TimeoutOpt = 30.0,
-    nats_url: NatsUrlOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Pause an instance: nothing fires until it is resumed (running actions finish)."""
-    _control("pause", instance, actor, timeout, nats_url, as_json)
-
-
-def resume(
-    instance: InstanceArg,
-    actor: ActorOpt = "cli",
-    timeout: TimeoutOpt = 30.0,
-    nats_url: NatsUrlOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Resume a paused instance."""
-    _control("resume", instance, actor, timeout, nats_url, as_json)
+retry = _control_command(
+    "retry", "Try a failed instance again (its incidents resolved), or reconsider what a waiting one's rules refused."
+)
+pause = _control_command("pause", "Pause an instance: nothing fires until it is resumed (running actions finish).")
+resume = _control_command("resume", "Resume a paused instance.")
 
 
 def cancel(

@@ -22,7 +22,7 @@ import logging
 import os
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -485,12 +485,28 @@ class JetStreamStore:
     async def scan(self, subject: str, start_seq: int = 1) -> AsyncIterator[tuple[Event, int]]:
         """Every stored event on ``subject`` (a filter) from ``start_seq`` up to the stream's end when the scan
         began, with its stream sequence."""
+        async with contextlib.aclosing(self._pull_all(subject, start_seq)) as msgs:  # (its consumer ends with us)
+            async for msg in msgs:
+                event = parse_event(msg.data)
+                position = int(msg.metadata.sequence.stream)
+                known = self._last.get(event.instance_id)
+                self._saw(event.instance_id, event.seq, position)
+                if known is None or known[0] < event.seq:
+                    self._scanned(event, (msg.headers or {}).get("Cb-Origin"))
+                yield event, position
+
+    async def _pull_all(
+        self, subject: str, start_seq: int = 1, *, headers_only: bool = False
+    ) -> AsyncGenerator[Any, None]:
+        """Every stored message on ``subject`` from ``start_seq`` up to the stream's end when the pull began,
+        through an ephemeral pull consumer that acknowledges nothing (``headers_only``: without payloads)."""
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
             opt_start_seq=start_seq if start_seq > 1 else None,
             inactive_threshold=60.0,
             mem_storage=True,
+            headers_only=headers_only or None,
         )
         sub = await self._ask(
             lambda: self.js.pull_subscribe(subject, durable=None, stream=self.stream_name, config=config)
@@ -503,14 +519,9 @@ class JetStreamStore:
                 except NatsTimeoutError:
                     left = (await self._ask(sub.consumer_info)).num_pending
                     continue
+                left -= len(msgs)
                 for msg in msgs:
-                    left -= 1
-                    event = parse_event(msg.data)
-                    known = self._last.get(event.instance_id)
-                    self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
-                    if known is None or known[0] < event.seq:
-                        self._scanned(event, (msg.headers or {}).get("Cb-Origin"))
-                    yield event, msg.metadata.sequence.stream
+                    yield msg
         finally:
             with contextlib.suppress(Exception):  # the consumer ends by itself after inactive_threshold
                 await sub.unsubscribe()
@@ -556,34 +567,12 @@ class JetStreamStore:
         found: list[tuple[str, int]] = []
         if end <= after:
             return found, max(end, after)
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=after + 1,
-            inactive_threshold=60.0,
-            mem_storage=True,
-            headers_only=True,
-        )
         subject = event_filter(workflow, None, EventType.TOKEN_INJECTED.value)
-        sub = await self._ask(
-            lambda: self.js.pull_subscribe(subject, durable=None, stream=self.stream_name, config=config)
-        )
-        try:
-            left = (await self._ask(sub.consumer_info)).num_pending
-            while left > 0:
-                try:
-                    msgs = await sub.fetch(min(left, SCAN_BATCH), timeout=5)
-                except NatsTimeoutError:
-                    left = (await self._ask(sub.consumer_info)).num_pending
-                    continue
-                for msg in msgs:
-                    left -= 1
-                    position = int(msg.metadata.sequence.stream)
-                    found.append((msg.subject.split(".")[3], position))
-                    end = max(end, position)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        async with contextlib.aclosing(self._pull_all(subject, after + 1, headers_only=True)) as msgs:
+            async for msg in msgs:
+                position = int(msg.metadata.sequence.stream)
+                found.append((msg.subject.split(".")[3], position))
+                end = max(end, position)
         return found, end
 
     def replay_after(self, workflow: str, after: int) -> AsyncIterator[tuple[Event, int]]:

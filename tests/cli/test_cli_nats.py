@@ -29,9 +29,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def serving(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+def serving(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, command: str = "nats"
+) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        [console_script(), "nats", *args],
+        [console_script(), command, *args],
         cwd=cwd,
         env=env or _env(),
         stdin=subprocess.DEVNULL,
@@ -144,33 +146,18 @@ def test_serve_on_the_embedded_server_stops_with_its_server(tmp_path: Path, sign
         "a, b = wf.states('a', 'b')\n"
         "wf.flow(a >> b, 'go')\n"
     )
-    proc = subprocess.Popen(
-        [console_script(), "serve", "--json"],
-        cwd=tmp_path,
-        env=_env(CB_DATA_DIR=str(tmp_path / "state")),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     server: dict[str, Any] | None = None
     try:
-        assert json.loads(first_line(proc))["workflows"] == ["tiny"]
-        server = running_server(tmp_path / "state" / "nats")
-        assert server is not None and server["pid"] is not None
-        assert os.getpgid(server["pid"]) != os.getpgid(proc.pid), "the server is not in serve's process group"
-        for sig in signals:
-            os.killpg(proc.pid, sig)
-            time.sleep(0.05)  # (two signals sent at once would arrive as one)
-        assert proc.wait(15) in (0, 1)  # (1: told twice, it stopped at once)
-        assert running_server(tmp_path / "state" / "nats") is None, "the embedded server stopped with it"
+        with serving("--json", cwd=tmp_path, env=_env(CB_DATA_DIR=str(tmp_path / "state")), command="serve") as proc:
+            assert json.loads(first_line(proc))["workflows"] == ["tiny"]
+            server = running_server(tmp_path / "state" / "nats")
+            assert server is not None and server["pid"] is not None
+            assert os.getpgid(server["pid"]) != os.getpgid(proc.pid), "the server is not in serve's process group"
+            for sig in signals:
+                os.killpg(proc.pid, sig)
+                time.sleep(0.05)  # (two signals sent at once would arrive as one)
+            assert proc.wait(15) in (0, 1)  # (1: told twice, it stopped at once)
+            assert running_server(tmp_path / "state" / "nats") is None, "the embedded server stopped with it"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
         if server is not None and server.get("pid") and running_server(tmp_path / "state" / "nats"):
             os.kill(int(server["pid"]), signal.SIGTERM)  # (never left behind by a failing test)
