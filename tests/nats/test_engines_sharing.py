@@ -633,22 +633,27 @@ async def test_an_instance_whose_events_arrive_after_its_driver_left_is_taken_ov
         await first.close()
 
 
+def slow_counted(name: str, tag: str, runs: Counter[str]) -> Workflow:
+    """``s -> done`` whose action takes a second and counts its runs under ``tag``."""
+    wf = Workflow(name)
+    s, done = wf.states("s", "done")
+
+    @wf.flow(s >> done, "work")
+    async def work(token: Any) -> dict[str, Any]:
+        runs[tag] += 1
+        await asyncio.sleep(1.0)
+        return {"worked": True}
+
+    return wf
+
+
 async def test_a_workflow_registered_later_leaves_the_instances_another_engine_drives_alone(url: str) -> None:
     """An open engine that follows another registers the other's workflow: it loads the instances, but leaves
     those the other engine drives to it, so their actions do not run twice."""
     runs: Counter[str] = Counter()
 
     def slow(tag: str) -> Workflow:
-        wf = Workflow("registered_later")
-        s, done = wf.states("s", "done")
-
-        @wf.flow(s >> done, "work")
-        async def work(token: Any) -> dict[str, Any]:
-            runs[tag] += 1
-            await asyncio.sleep(1.0)
-            return {"worked": True}
-
-        return wf
+        return slow_counted("registered_later", tag, runs)
 
     elsewhere = Workflow("elsewhere")
     a, b = elsewhere.states("a", "b")
@@ -676,16 +681,7 @@ async def test_an_engine_that_opens_next_to_a_running_one_leaves_it_the_instance
     runs: Counter[str] = Counter()
 
     def slow(tag: str) -> Workflow:
-        wf = Workflow("opened_next")
-        s, done = wf.states("s", "done")
-
-        @wf.flow(s >> done, "work")
-        async def work(token: Any) -> dict[str, Any]:
-            runs[tag] += 1
-            await asyncio.sleep(1.0)
-            return {"worked": True}
-
-        return wf
+        return slow_counted("opened_next", tag, runs)
 
     orphan = await store_unstarted(url, "opened_next", "s")  # stored by a writer that is gone: nobody drives it
     first = engine(url, slow("first"), follow=False)  # (it drives the orphan too: it does not step aside)
