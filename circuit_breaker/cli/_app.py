@@ -115,7 +115,7 @@ def _errors() -> Iterator[None]:
     except InjectError as err:
         bad_data = err.code in ("invalid_data", "not_an_object", "malformed_json", "payload_too_large")
         code = ExitCode.BAD_DATA if bad_data else ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED
-        raise _die(code, str(err)) from None
+        raise _die(code, err.message) from None  # (the protocol's code is for programs: the exit code says it)
     except ControlError as err:
         raise _die(ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED, str(err)) from None
     except WaitTimeoutError as err:
@@ -329,7 +329,10 @@ def _show_instance(inst: Instance) -> None:
             incidents.add_row(i.transition, error, str(i.attempts), "yes" if i.resolved else "no")
         console.print(incidents)
     if inst.enabled_manual:
-        console.print(Text("waiting on manual transition(s): " + ", ".join(inst.enabled_manual), style="yellow"))
+        waiting = ", ".join(inst.enabled_manual)
+        console.print(
+            Text(f"waiting on manual transition(s): {waiting} (validations are checked when fired)", style="yellow")
+        )
 
 
 # -- graph ---------------------------------------------------------------------------------------------------
