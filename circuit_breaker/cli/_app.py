@@ -427,6 +427,8 @@ def _worker_epilog() -> str:
     return "\n".join(lines)
 
 
+WIDE_TABLE = 120  # columns below which executors are listed, not tabled
+
 EXECUTORS_EPILOG = "\n".join(
     [
         "Exit codes:",
@@ -507,10 +509,19 @@ def _short_origin(origin: str, folder: Path) -> str:
         return origin
 
 
+def _plain(text: str) -> str:
+    """Docstring markup (``name``) as a terminal shows it: plain."""
+    return text.replace("``", "")
+
+
 def _show_executors(entries: list[dict[str, Any]], folder: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    console = _console()
+    if console.width < WIDE_TABLE:
+        _list_executors(entries, folder, console)
+        return
     table = Table(title="Executors", title_justify="left")
     for column in ("executor", "origin", "parameter", "type", "required", "default", "description"):
         table.add_column(column, no_wrap=column in ("executor", "parameter", "required"))
@@ -521,7 +532,7 @@ def _show_executors(entries: list[dict[str, Any]], folder: Path) -> None:
         if entry["error"] is not None:
             table.add_row(*head, "", "", "", "", Text(f"cannot be loaded: {entry['error']}", style="red"))
             continue
-        note = entry["description"] or ("(no parameters)" if not entry["params"] else "")
+        note = _plain(entry["description"]) or ("(no parameters)" if not entry["params"] else "")
         table.add_row(*head, "", "", "", "", Text(note, style="italic"))
         for p in entry["params"]:
             default = "" if p["required"] else json.dumps(p["default"], ensure_ascii=False, default=str)
@@ -532,10 +543,39 @@ def _show_executors(entries: list[dict[str, Any]], folder: Path) -> None:
                 Text(p["type"]),
                 "yes" if p["required"] else "no",
                 Text(default),
-                Text(p["description"]),
+                Text(_plain(p["description"])),
             )
-    console = _console()
     console.print(table)
+    _show_broken(entries, console)
+
+
+def _list_executors(entries: list[dict[str, Any]], folder: Path, console: Console) -> None:
+    """The executors as an indented list, for a terminal too narrow for the table's seven columns."""
+    from rich.text import Text
+
+    for entry in entries:
+        head = Text(entry["name"], style="bold cyan")
+        head.append(f"  {_short_origin(entry['origin'], folder)}", style="dim")
+        console.print(head)
+        if entry["error"] is not None:
+            continue
+        if entry["description"] or not entry["params"]:
+            console.print(Text("  " + (_plain(entry["description"]) or "(no parameters)"), style="italic"))
+        for p in entry["params"]:
+            line = Text(f"  - {p['name']}" + (" (secret)" if p["secret"] else ""), style="bold")
+            extra = (
+                "required" if p["required"] else f"default {json.dumps(p['default'], ensure_ascii=False, default=str)}"
+            )
+            line.append(f": {p['type']}, {extra}")
+            if p["description"]:
+                line.append(f" - {_plain(p['description'])}")
+            console.print(line)
+    _show_broken(entries, console)
+
+
+def _show_broken(entries: list[dict[str, Any]], console: Console) -> None:
+    from rich.text import Text
+
     broken = [e for e in entries if e["error"] is not None]
     for entry in broken:  # in full below the table: a narrow terminal would cut the reason short in a cell
         console.print(Text(f"{entry['name']} cannot be loaded: {entry['error']}", style="red"), soft_wrap=True)

@@ -286,3 +286,14 @@ def test_help_describes_the_options() -> None:
     assert res.code == 0
     assert "--json" in res.out and "--project" in res.out
     assert "executors/" in res.out
+
+
+def test_a_narrow_terminal_gets_a_list_without_docstring_markup() -> None:
+    """Found in review: at 80 columns the seven-column table took about a thousand lines of one-word cells."""
+    narrow = run_cli("executors", cwd=PROJECT, columns=80)
+    assert narrow.code == 0, narrow.err
+    lines = narrow.out.splitlines()
+    assert len(lines) < 400 and "``" not in narrow.out
+    assert any(line.startswith("shell") for line in lines) and "  - argv:" in narrow.out
+    for name in PROJECT_NAMES:
+        assert any(line.startswith(name) for line in lines)
