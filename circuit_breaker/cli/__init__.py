@@ -18,25 +18,16 @@ Errors are one line on stderr starting with ``error:``, never a traceback; resul
 """
 
 
-import signal
-
-
 def main() -> None:
     """Console-script entry point (``circuit-breaker``)."""
     import logging
 
     from ..secrets import mask_logs
     from ._app import app
+    from ._signals import hang_up_as_ctrl_c
 
     # The library only logs; the command decides where logs go, and masks secrets on the way out.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mask_logs()
-    if hasattr(signal, "SIGHUP"):  # (not on Windows)
-        signal.signal(signal.SIGHUP, _hung_up)
+    hang_up_as_ctrl_c()
     app()
-
-
-def _hung_up(signum: int, frame: object) -> None:
-    """A closed terminal ends a command as Ctrl-C does, with its clean-up (an embedded nats-server runs in a
-    session of its own, so nothing else would stop it); the long-running commands handle it in their loop."""
-    raise KeyboardInterrupt

@@ -26,6 +26,7 @@ import typer
 
 from ..errors import CircuitBreakerError, UnknownInstanceError, WorkflowLoadError
 from ..secrets import default_masker
+from ._signals import stop_signals
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -171,8 +172,9 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     setup_logging()  # JSON lines when stderr is not a terminal, with workflow, instance and task fields
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (SIGHUP: its terminal was closed)
-        loop.add_signal_handler(sig, _stopper(stop, loop))
+    stopper = _stopper(stop, loop)
+    for sig in stop_signals():
+        loop.add_signal_handler(sig, _first_only(stop, stopper) if sig == signal.SIGHUP else stopper)
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
         inject = InjectService(engine, nc, settings=settings.stream)
         control = ControlService(engine, nc)
@@ -221,6 +223,16 @@ def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Callable[[
         loop.call_later(SHUTDOWN_LIMIT, now, f"not stopped after {SHUTDOWN_LIMIT:g}s")
 
     return signalled
+
+
+def _first_only(stop: asyncio.Event, stopper: Callable[[], None]) -> Callable[[], None]:
+    """A closed terminal sends several hang-ups: only the first stops serve (cleanly); none forces it."""
+
+    def hung_up() -> None:
+        if not stop.is_set():
+            stopper()
+
+    return hung_up
 
 
 async def _start_ops(settings: Settings, engine: Engine, nc: NATS) -> tuple[Any, asyncio.Task[None] | None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,6 +18,7 @@ import typer
 
 from ..errors import CircuitBreakerError
 from ..secrets import default_masker
+from ._signals import stop_signals
 
 if TYPE_CHECKING:
     from ..nats._server import NatsServer
@@ -88,7 +88,7 @@ async def _serve(server: NatsServer, *, as_json: bool) -> int:
     """Start, announce, wait for a signal (or the server's own end), stop; returns the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (a closed terminal: stop the server too)
+    for sig in stop_signals():  # (a closed terminal stops the server too, unless under nohup)
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()

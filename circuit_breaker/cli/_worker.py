@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ._durable import JsonOpt, NatsUrlOpt, nats_session
+from ._signals import stop_signals
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -119,7 +119,7 @@ async def _serve(settings: Settings, as_json: bool) -> None:
                 tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for sig in stop_signals():
                 loop.add_signal_handler(sig, stop.set)
             ready = {"worker": wk.worker_id, "executors": wk.kinds, "metrics_port": ops.port if ops else None}
             if as_json:

@@ -516,7 +516,7 @@ class JetStreamStore:
             while left > 0:
                 try:
                     msgs = await sub.fetch(min(left, SCAN_BATCH), timeout=5)
-                except NatsTimeoutError:
+                except (NatsTimeoutError, TimeoutError):  # (nats-py raises either)
                     left = (await self._ask(sub.consumer_info)).num_pending
                     continue
                 left -= len(msgs)

@@ -131,11 +131,13 @@ def test_a_taken_port_exits_1_quoting_the_servers_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "signals",
-    [[signal.SIGINT], [signal.SIGHUP], [signal.SIGINT, signal.SIGINT]],
+    ("signals", "codes"),
+    [([signal.SIGINT], (0,)), ([signal.SIGHUP, signal.SIGHUP], (0,)), ([signal.SIGINT, signal.SIGINT], (0, 1))],
     ids=["ctrl-c", "terminal-closed", "ctrl-c-twice"],
 )
-def test_serve_on_the_embedded_server_stops_with_its_server(tmp_path: Path, signals: list[signal.Signals]) -> None:
+def test_serve_on_the_embedded_server_stops_with_its_server(
+    tmp_path: Path, signals: list[signal.Signals], codes: tuple[int, ...]
+) -> None:
     """A signal reaches the whole foreground job. The embedded server runs in a session of its own, so it does
     not die before serve has closed its connections (when it did, serve could hang reconnecting); serve stops
     it, also when told twice (it then exits at once) or when its terminal is closed (SIGHUP)."""
@@ -156,8 +158,83 @@ def test_serve_on_the_embedded_server_stops_with_its_server(tmp_path: Path, sign
             for sig in signals:
                 os.killpg(proc.pid, sig)
                 time.sleep(0.05)  # (two signals sent at once would arrive as one)
-            assert proc.wait(15) in (0, 1)  # (1: told twice, it stopped at once)
+            assert proc.wait(15) in codes  # (1: told twice, it stopped at once; hang-ups never force it)
             assert running_server(tmp_path / "state" / "nats") is None, "the embedded server stopped with it"
     finally:
         if server is not None and server.get("pid") and running_server(tmp_path / "state" / "nats"):
             os.kill(int(server["pid"]), signal.SIGTERM)  # (never left behind by a failing test)
+
+
+def test_serve_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:
+    """SIGHUP ignored when serve starts (``nohup``): a hang-up leaves it running; Ctrl-C still stops it."""
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "tiny.py").write_text(
+        "from circuit_breaker import Workflow\nwf = Workflow('tiny')\na, b = wf.states('a', 'b')\nwf.flow(a >> b, 'go')\n"
+    )
+    proc = subprocess.Popen(
+        ["nohup", console_script(), "serve", "--json"],
+        cwd=tmp_path,
+        env=_env(CB_DATA_DIR=str(tmp_path / "state")),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert json.loads(first_line(proc))["workflows"] == ["tiny"]
+        os.killpg(proc.pid, signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None, "nohup: the hang-up is ignored"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(15) == 0
+        assert running_server(tmp_path / "state" / "nats") is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.parametrize("in_background", [False, True], ids=["foreground", "started-with-sigint-ignored"])
+def test_a_hang_up_ends_run_durable_as_ctrl_c_does(tmp_path: Path, in_background: bool) -> None:
+    """Found in review: a hang-up raised KeyboardInterrupt inside whichever task ran (an engine task), which
+    printed "Task exception was never retrieved"; now it takes asyncio's Ctrl-C path, also for a command a shell
+    started in the background (SIGINT ignored)."""
+    (tmp_path / "spin.py").write_text(
+        "from circuit_breaker import Workflow\nwf = Workflow('spin')\na, b = wf.states('a', 'b')\n"
+        "wf.flow(a >> b, 'go')\nwf.flow(b >> a, 'back')\n"
+    )
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [console_script(), "run", "spin.py", "--durable", "--timeout", "60"],
+        cwd=tmp_path,
+        env=_env(CB_DATA_DIR=str(tmp_path / "state")),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=ignore_sigint if in_background else None,
+    )
+    try:
+        for _ in range(100):  # until the engine is busy firing
+            if running_server(tmp_path / "state" / "nats") is not None:
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGHUP)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130, err
+        for noise in ("Traceback", "never retrieved", "never awaited", "was destroyed"):
+            assert noise not in err, err
+        assert running_server(tmp_path / "state" / "nats") is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
