@@ -81,6 +81,7 @@ _TRANSIENT = (
     OutboundBufferLimitError,
 )
 SCAN_BATCH = 512
+PULL_TIMEOUT = 10.0  # seconds one batch request may take before it is asked again
 # A starting engine's probe for running peers: how long to wait for a first answer (only when some engine
 # is subscribed but slow; with none the server says so at once), and for more answers after one came.
 DISCOVERY_TIMEOUT = 1.0
@@ -191,6 +192,34 @@ async def ensure_bucket(js: Any, bucket: str, settings: StreamSettings, descript
     if problems:
         raise StreamConfigError(f"KV_{bucket}", problems)
     return kv
+
+
+class _Batch:
+    """The messages one pull request brings into an inbox, until it has them all or the server says it ends
+    (a status message: 404 no messages, 408 expired, 409 ...)."""
+
+    __slots__ = ("done", "msgs", "wanted")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.msgs: list[Any] = []
+        self.wanted = 0
+
+    def expect(self, wanted: int) -> None:
+        self.msgs, self.wanted = [], wanted
+        self.done.clear()
+
+    async def take(self, msg: Any) -> None:
+        if not msg.data and msg.headers and msg.headers.get("Status"):
+            self.done.set()
+            return
+        self.msgs.append(msg)
+        if len(self.msgs) >= self.wanted:
+            self.done.set()
+
+    def drain(self) -> list[Any]:
+        msgs, self.msgs = self.msgs, []
+        return msgs
 
 
 class JetStreamStore:
@@ -499,7 +528,12 @@ class JetStreamStore:
         self, subject: str, start_seq: int = 1, *, headers_only: bool = False
     ) -> AsyncGenerator[Any, None]:
         """Every stored message on ``subject`` from ``start_seq`` up to the stream's end when the pull began,
-        through an ephemeral pull consumer that acknowledges nothing (``headers_only``: without payloads)."""
+        through an ephemeral consumer that acknowledges nothing (``headers_only``: without payloads).
+
+        Batches are pulled by hand (a ``no_wait`` request to the consumer, answered into an inbox whose callback
+        collects them): nats-py's ``fetch`` spends two tasks on every message, which made a scan three times
+        slower than the server can deliver.
+        """
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
@@ -507,24 +541,36 @@ class JetStreamStore:
             inactive_threshold=60.0,
             mem_storage=True,
             headers_only=headers_only or None,
+            filter_subject=subject,
         )
-        sub = await self._ask(
-            lambda: self.js.pull_subscribe(subject, durable=None, stream=self.stream_name, config=config)
-        )
+        info = await self._ask(lambda: self.js.add_consumer(self.stream_name, config))
+        batch = _Batch()
+        nc = self.connection
+        inbox = await nc.subscribe(nc.new_inbox(), cb=batch.take)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream_name}.{info.name}"
         try:
-            left = (await self._ask(sub.consumer_info)).num_pending
+            left = info.num_pending
             while left > 0:
-                try:
-                    msgs = await sub.fetch(min(left, SCAN_BATCH), timeout=5)
-                except (NatsTimeoutError, TimeoutError):  # (nats-py raises either)
-                    left = (await self._ask(sub.consumer_info)).num_pending
+                wanted = min(left, SCAN_BATCH)
+                batch.expect(wanted)
+                request = json.dumps({"batch": wanted, "no_wait": True}).encode()
+                await nc.publish(next_subject, request, reply=inbox.subject)
+                with contextlib.suppress(TimeoutError):  # (the request was lost: a reconnect) ask again below
+                    await asyncio.wait_for(batch.done.wait(), PULL_TIMEOUT)
+                msgs = batch.drain()
+                if not msgs:
+                    left = (await self._ask(partial(self.js.consumer_info, self.stream_name, info.name))).num_pending
                     continue
                 left -= len(msgs)
                 for msg in msgs:
                     yield msg
+            for msg in batch.drain():  # (late answers to a request that had timed out)
+                yield msg
         finally:
-            with contextlib.suppress(Exception):  # the consumer ends by itself after inactive_threshold
-                await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await inbox.unsubscribe()
+            with contextlib.suppress(Exception):  # (else it ends by itself after inactive_threshold)
+                await asyncio.wait_for(self.js.delete_consumer(self.stream_name, info.name), 2.0)
 
     async def instance_ids(self, workflow: str | None = None) -> list[str]:
         ids: list[str] = []
