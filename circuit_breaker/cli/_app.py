@@ -421,7 +421,11 @@ def _worker_epilog() -> str:
     for name, field in WorkerSettings.model_fields.items():
         default = "all" if field.default is None and name == "executors" else field.default
         lines.append(f"  CB_WORKER__{name.upper()}  {field.description} (default: {default})")
-    lines += ["", "Exit codes:", "  0  stopped (Ctrl-C or SIGTERM, tasks in hand finished or handed back)"]
+    lines += [
+        "",
+        "Exit codes:",
+        "  0  stopped (Ctrl-C, SIGTERM or a closed terminal; tasks in hand finished or handed back)",
+    ]
     lines += ["  1  NATS cannot be reached, or refused the worker (a subject it may not use)"]
     lines += ["  2  usage error (an executor kind that is not registered, a bad option)"]
     return "\n".join(lines)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..dsl import Workflow
     from ..engine import Engine
     from ..events import Event
+    from ..nats._control import Verb
 
 __all__ = ["SchemaName", "load_project_workflows", "nats_session", "project_engine"]
 
@@ -496,74 +497,57 @@ async def _history(settings: Settings, project: Path, instance: str, at: int | N
 
 
 # -- fire ------------------------------------------------------------------------------------------------------
+TimeoutOpt = Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.")]
+InstanceArg = Annotated[str, typer.Argument(help="The instance id.")]
+
+
 def fire(
-    instance: Annotated[str, typer.Argument(help="The instance id.")],
+    instance: InstanceArg,
     transition: Annotated[str, typer.Argument(help="The manual transition to fire.")],
     data: Annotated[
         str | None, typer.Option("--data", "-d", metavar="JSON", help="Data merged into the token (a verdict...).")
     ] = None,
     actor: ActorOpt = "cli",
-    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.")] = 30.0,
+    timeout: TimeoutOpt = 30.0,
     nats_url: NatsUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fire a manual transition through a serving engine; prints the instance afterwards."""
-    from ._app import _errors, _parse_data, _print_json, _show_instance
-
-    with _errors():
-        extra = _parse_data(data) if data is not None else None
-        settings = settings_for(nats_url)
-        inst = asyncio.run(_fire(settings, instance, transition, extra, actor, timeout))
-    from ..engine import Instance
-
-    fired = Instance.model_validate(inst)
-    if as_json:
-        _print_json(fired.summary())
-    else:
-        _show_instance(fired)
-
-
-async def _fire(
-    settings: Settings,
-    instance: str,
-    transition: str,
-    data: dict[str, Any] | None,
-    actor: str | None,
-    timeout: float,
-) -> dict[str, Any]:
-    from ..nats._control import request_fire
-
-    async with nats_session(settings) as nc:
-        return await request_fire(nc, instance, transition, data=data, actor=actor, timeout=timeout)
+    _control("fire", instance, actor, timeout, nats_url, as_json, transition=transition, data=data)
 
 
 def _control(
-    verb: str, instance: str, actor: str | None, timeout: float, nats_url: list[str] | None, as_json: bool, **extra: Any
+    verb: Verb,
+    instance: str,
+    actor: str | None,
+    timeout: float,
+    nats_url: list[str] | None,
+    as_json: bool,
+    *,
+    data: str | None = None,
+    **extra: Any,
 ) -> None:
-    """Ask the serving engine to ``verb`` the instance; print it afterwards."""
+    """Ask the serving engine to ``verb`` the instance (``data``: JSON, @file or @- merged into the token, for
+    fire); print the instance afterwards."""
     from ..engine import Instance
     from ..nats._control import ControlRequest, request_control
-    from ._app import _errors, _print_json, _show_instance
+    from ._app import _errors, _parse_data, _print_json, _show_instance
 
-    async def ask(settings: Settings) -> dict[str, Any]:
-        request = ControlRequest(instance_id=instance, actor=actor, **extra)
+    async def ask(request: ControlRequest, settings: Settings) -> dict[str, Any]:
         async with nats_session(settings) as nc:
-            return await request_control(nc, verb, request, timeout=timeout)  # type: ignore[arg-type]
+            return await request_control(nc, verb, request, timeout=timeout)
 
     with _errors():
-        settings = settings_for(nats_url)
-        done = Instance.model_validate(asyncio.run(ask(settings)))
+        merged = _parse_data(data) if data is not None else None
+        request = ControlRequest(instance_id=instance, actor=actor, data=merged, **extra)
+        done = Instance.model_validate(asyncio.run(ask(request, settings_for(nats_url))))
     if as_json:
         _print_json(done.summary())
     else:
         _show_instance(done)
 
 
-TimeoutOpt = Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.")]
-InstanceArg = Annotated[str, typer.Argument(help="The instance id.")]
-
-
-def _control_command(verb: str, doc: str) -> Callable[..., None]:
+def _control_command(verb: Verb, doc: str) -> Callable[..., None]:
     """A command that asks the serving engine to ``verb`` an instance (retry, pause, resume)."""
 
     def command(

@@ -113,6 +113,9 @@ class Engine:
         mark_every: float = MARK_EVERY,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
+        # What the store can do, looked up once (a Protocol isinstance or getattr per event would cost).
+        self._atomic = getattr(self.store, "appends_atomically", False)
+        self._store_forget: Callable[[str], None] | None = getattr(self.store, "forget", None)
         # Memory stays bounded however long the engine runs: past the ``keep_finished`` most recently finished
         # instances (completed, cancelled, rolled back), an instance leaves memory, and only its workflow and
         # status stay; get(), wait() and instances() read it back from the store.
@@ -373,7 +376,6 @@ class Engine:
     def _evict(self) -> None:
         """Let the oldest finished instances beyond ``keep_finished`` leave memory (their events stay stored)."""
         finished = self._finished
-        forget = getattr(self.store, "forget", None)
         for _ in range(len(finished) - self.keep_finished):
             iid, _ = finished.popitem(last=False)
             run = self._runs.get(iid)
@@ -384,12 +386,21 @@ class Engine:
                 continue
             del self._runs[iid]
             self._archived[iid] = (run.cw.name, run.status)
-            if forget is not None:
-                forget(iid)  # the store's position cache: a finished instance is never appended to again
+            self._forget(iid)
+
+    def _forget(self, *instance_ids: str) -> None:
+        """Let the store drop what it remembers of these instances' positions: finished, they are never appended
+        to again."""
+        if self._store_forget is not None:
+            for iid in instance_ids:
+                self._store_forget(iid)
+
+    def _new_run(self, instance_id: str, cw: CompiledWorkflow) -> Run:
+        return Run(instance_id, cw, atomic_store=self._atomic)
 
     async def _fold_stored(self, instance_id: str, cw: CompiledWorkflow) -> Run | None:
         """A run rebuilt from the store's events of ``instance_id`` (None when it has none)."""
-        run = Run(instance_id, cw, atomic_store=getattr(self.store, "appends_atomically", False))
+        run = self._new_run(instance_id, cw)
         for event in await self.store.read(instance_id):
             if event.seq == run.seq + 1:
                 run.apply(event)
@@ -443,7 +454,6 @@ class Engine:
         """Fold every stored instance of ``cw``: the runs, and which of them finished (oldest first). Finished
         instances beyond ``keep_finished`` leave memory as soon as the replay finishes them, so a long history
         never has to fit in memory at once."""
-        atomic = getattr(self.store, "appends_atomically", False)
         runs: dict[str, Run] = {}
         ended: OrderedDict[str, None] = OrderedDict()
         archived: dict[str, tuple[str, InstanceStatus]] = {}
@@ -458,8 +468,9 @@ class Engine:
                 elif event.seq != 1:
                     continue  # it began before the mark (it has finished), or the log was trimmed
                 else:
-                    run = runs[iid] = Run(iid, cw, atomic_store=atomic)
-                    begun[iid] = position
+                    run = runs[iid] = self._new_run(iid, cw)
+                    if self._marking:
+                        begun[iid] = position
             if run is not None and event.seq == run.seq + 1:
                 run.apply(event)
                 if run.status in TERMINAL:
@@ -468,12 +479,10 @@ class Engine:
                     if len(ended) > self.keep_finished:
                         oldest, _ = ended.popitem(last=False)
                         archived[oldest] = (cw.name, runs.pop(oldest).status)
-        forget = getattr(self.store, "forget", None)
         for iid, status in archived.items():
             if iid not in self._runs:  # (unless followed live meanwhile)
                 self._archived[iid] = status
-                if forget is not None:
-                    forget(iid)
+                self._forget(iid)
         for iid in reread:
             self._archived.pop(iid, None)
             await self._adopt(iid, cw)
@@ -596,8 +605,7 @@ class Engine:
                 if adopted is not None and self.drive and self.follow and not self._closed:
                     self._take_over(adopted)  # read after its driver left (the watcher lagged): it is an orphan
                 return
-            run = Run(event.instance_id, cw, atomic_store=getattr(self.store, "appends_atomically", False))
-            self._runs[event.instance_id] = run
+            run = self._runs[event.instance_id] = self._new_run(event.instance_id, cw)
         async with run.lock:
             if event.seq == run.seq + 1:
                 run.apply(event)
@@ -662,7 +670,7 @@ class Engine:
             updated_at=now,
             history=History().append(entry),
         )
-        run = Run(iid, cw, atomic_store=getattr(self.store, "appends_atomically", False))
+        run = self._new_run(iid, cw)
         run.local = True
         event = build(
             TokenInjected,
@@ -720,30 +728,25 @@ class Engine:
     async def _read_back(self, wanted: dict[str, str]) -> list[Run]:
         """Runs rebuilt from the store for the instance ids in ``wanted`` (id -> workflow), without keeping
         them: one by one for a few, else in one pass over each workflow's events."""
-        if len(wanted) <= READ_BACK_ONE_BY_ONE:
-            runs = [await self._fold_stored(iid, self._workflows[name]) for iid, name in wanted.items()]
-            forget = getattr(self.store, "forget", None)
-            if forget is not None:
-                for iid in wanted:
-                    forget(iid)
-            return [run for run in runs if run is not None]
-        atomic = getattr(self.store, "appends_atomically", False)
         rebuilt: dict[str, Run] = {}
-        forget = getattr(self.store, "forget", None)
-        for name in sorted(set(wanted.values())):
-            cw = self._workflows[name]
-            async for event in self.store.replay(workflow=name):
-                iid = event.instance_id
-                if iid not in wanted:
-                    continue
-                run = rebuilt.get(iid)
-                if run is None:
-                    run = rebuilt[iid] = Run(iid, cw, atomic_store=atomic)
-                if event.seq == run.seq + 1:
-                    run.apply(event)
-        if forget is not None:
-            for iid in rebuilt:
-                forget(iid)  # read for the caller, not kept: the store need not remember where it ends
+        if len(wanted) <= READ_BACK_ONE_BY_ONE:
+            for iid, name in wanted.items():
+                run = await self._fold_stored(iid, self._workflows[name])
+                if run is not None:
+                    rebuilt[iid] = run
+        else:
+            for name in sorted(set(wanted.values())):
+                cw = self._workflows[name]
+                async for event in self.store.replay(workflow=name):
+                    iid = event.instance_id
+                    if iid not in wanted:
+                        continue
+                    run = rebuilt.get(iid)
+                    if run is None:
+                        run = rebuilt[iid] = self._new_run(iid, cw)
+                    if event.seq == run.seq + 1:
+                        run.apply(event)
+        self._forget(*wanted)  # read for the caller, not kept
         return [run for run in rebuilt.values() if run.seq]
 
     async def wait(self, instance_id: str, timeout: float | None = None) -> Instance:

@@ -89,11 +89,14 @@ DISCOVERY_QUIET = 0.05
 T = TypeVar("T")
 
 
+FINAL_STATUSES = frozenset({"cancelled", "rolled_back"})  # (and completed): nothing changes an instance after
+
+
 def _ends(event: Event) -> bool:
     """Whether ``event`` ends its instance (nobody needs to drive it any more)."""
     kind = event.type
     return kind is EventType.INSTANCE_COMPLETED or (
-        kind is EventType.INSTANCE_STATUS_CHANGED and getattr(event, "status", None) == "cancelled"
+        kind is EventType.INSTANCE_STATUS_CHANGED and getattr(event, "status", None) in FINAL_STATUSES
     )
 
 

@@ -338,13 +338,13 @@ async def test_stopping_the_inbox_returns_even_when_its_fetch_does_not_end(fresh
 
     nc = await nats.connect(fresh_nats)
     try:
-        inbox = InboxConsumer(nc, handler, settings=StreamSettings(), durable="cb-test-stubborn")
+        inbox = InboxConsumer(nc, handler, settings=StreamSettings(), durable="cb-test-unending")
         await inbox.start()
         assert inbox._task is not None
         inbox._task.cancel()
         release = asyncio.Event()
 
-        async def stubborn() -> None:
+        async def unending() -> None:
             while not release.is_set():
                 try:
                     await release.wait()
@@ -352,7 +352,7 @@ async def test_stopping_the_inbox_returns_even_when_its_fetch_does_not_end(fresh
                     continue  # as the hung fetch did: the cancellation never ends it
 
         loop = asyncio.get_running_loop()
-        inbox._task = loop.create_task(stubborn())
+        inbox._task = loop.create_task(unending())
         stopping = loop.create_task(inbox.stop())
         returned, _ = await asyncio.wait({stopping}, timeout=10)
         release.set()  # (so that nothing is left hanging either way)
