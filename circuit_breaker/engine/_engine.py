@@ -754,7 +754,8 @@ class Engine:
         run = await self._find(instance_id)
         if not run.settled.is_set():
             try:
-                await asyncio.wait_for(run.settled.wait(), timeout)
+                async with asyncio.timeout(timeout):  # (wait_for would cost a task per call)
+                    await run.settled.wait()
             except TimeoutError:
                 raise WaitTimeoutError(instance_id, timeout or 0.0, run.status.value) from None
         return run.snapshot()

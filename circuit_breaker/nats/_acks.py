@@ -52,7 +52,7 @@ class _ReplyRouter:
     def __init__(self, nc: Any) -> None:
         self._original: Callable[..., Awaitable[None]] = nc._process_msg
         self._stats: dict[str, int] = nc.stats
-        self.handlers: dict[int, Callable[[bytes, bytes, bytes], None]] = {}
+        self.handlers: dict[int, Callable[[bytes, bytes, bytes, bytes], None]] = {}  # (subject, reply, data, headers)
         nc._process_msg = self._process_msg
 
     @classmethod
@@ -70,7 +70,7 @@ class _ReplyRouter:
         stats = self._stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
-        handler(subject, data, headers)
+        handler(subject, reply, data, headers)
 
 
 class AckedPublisher:
@@ -201,7 +201,7 @@ class AckedPublisher:
         no_responders = bool(msg.headers and msg.headers.get("Status") == "503")
         self._resolve(msg.subject[len(self._prefix) :], msg.data, no_responders)
 
-    def _on_raw_reply(self, subject: bytes, data: bytes, headers: bytes) -> None:
+    def _on_raw_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         """An acknowledgement as nats-py's parser read it (subject and headers as bytes)."""
         self._resolve(subject[len(self._prefix) :].decode(), data, bool(headers) and headers.startswith(_NO_RESPONDERS))
 

@@ -16,8 +16,8 @@ import contextlib
 import logging
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
@@ -26,6 +26,7 @@ from ..engine._tasks import ResultHandler
 from ..tasks import Task, TaskResult, task_msg_id
 from ..workers._queue import MSG_ID, ensure_task_streams, queued_task, stored_result
 from ._acks import AckedPublisher
+from ._pull import Puller
 from ._subjects import RESULTS_STREAM, result_filter, task_subject
 
 __all__ = ["NatsTaskQueue", "engine_durable"]
@@ -65,7 +66,7 @@ class NatsTaskQueue:
         self._deliver: ResultHandler | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._pumps: dict[str, asyncio.Task[None]] = {}
-        self._subs: dict[str, Any] = {}
+        self._subs: dict[str, Puller] = {}
         self._handling: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -78,8 +79,8 @@ class NatsTaskQueue:
     async def listen(self, workflow: str) -> None:
         if workflow in self._pumps:
             return
-        sub = self._subs[workflow] = await self._subscribe(workflow)
-        self._pumps[workflow] = asyncio.get_running_loop().create_task(self._pump(workflow, sub))
+        self._subs[workflow] = await self._subscribe(workflow)
+        self._pumps[workflow] = asyncio.get_running_loop().create_task(self._pump(workflow))
 
     async def submit(self, task: Task) -> None:
         await self._acks.publish(
@@ -114,14 +115,14 @@ class NatsTaskQueue:
             await asyncio.wait(pumps, timeout=0.1)
             pumps = [p for p in pumps if not p.done()]
         self._pumps.clear()
-        for sub in self._subs.values():  # a pull request left open would hold up the connection's drain
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+        for puller in self._subs.values():  # a pull request left open would hold up the connection's drain
+            await puller.stop()
         self._subs.clear()
         await self._acks.stop()
 
     # -- results -----------------------------------------------------------------------------------------------
-    async def _subscribe(self, workflow: str) -> Any:
+    async def _subscribe(self, workflow: str) -> Puller:
+        """Create the workflow's shared durable if it is not there yet; a puller on it."""
         config = ConsumerConfig(
             durable_name=engine_durable(workflow),
             filter_subject=result_filter(workflow),
@@ -130,17 +131,32 @@ class NatsTaskQueue:
             ack_wait=self.ack_wait,
             max_ack_pending=100_000,
         )
-        return await self._js.pull_subscribe(
-            result_filter(workflow), durable=engine_durable(workflow), stream=RESULTS_STREAM, config=config
-        )
+        await self._js.add_consumer(RESULTS_STREAM, config)
+        puller = Puller(self.connection, RESULTS_STREAM, engine_durable(workflow), stray=self._hand_back)
+        await puller.start()
+        return puller
 
-    async def _pump(self, workflow: str, sub: Any) -> None:
+    async def _pump(self, workflow: str) -> None:
+        """Pull results while slots are free; each is applied in its own task as it arrives."""
+        loop = asyncio.get_running_loop()
         delay = 0.2
         while not self._closed:
+            await self._slots.acquire()
+            held = 1
+            while held < self.batch and not self._slots.locked():
+                await self._slots.acquire()  # (free: returns at once)
+                held += 1
+            delivered = 0
+
+            def apply(msg: Msg) -> None:
+                nonlocal delivered
+                delivered += 1
+                job = loop.create_task(self._handle(msg))
+                self._handling.add(job)
+                job.add_done_callback(self._handled)
+
             try:
-                msgs = await sub.fetch(self.batch, timeout=self.poll)
-            except nats.errors.TimeoutError:
-                continue
+                await self._subs[workflow].pull(held, apply, self.poll)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -154,22 +170,26 @@ class NatsTaskQueue:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(sub.unsubscribe(), 2.0)
+                    await self._subs[workflow].stop()
                 with contextlib.suppress(Exception):
-                    sub = self._subs[workflow] = await self._subscribe(workflow)  # the consumer may be gone
+                    self._subs[workflow] = await self._subscribe(workflow)  # the consumer may be gone
                 continue
+            finally:
+                for _ in range(held - delivered):
+                    self._slots.release()
             delay = 0.2
-            for msg in msgs:
-                await self._slots.acquire()
-                job = asyncio.get_running_loop().create_task(self._handle(msg))
-                self._handling.add(job)
-                job.add_done_callback(self._handled)
+
+    def _hand_back(self, msg: Msg) -> None:
+        """A result delivered for a pull that had already ended (see ``Puller``): the next pull takes it at once."""
+        job = asyncio.get_running_loop().create_task(_settle(msg.nak()))
+        self._handling.add(job)
+        job.add_done_callback(self._handling.discard)
 
     def _handled(self, job: asyncio.Task[None]) -> None:
         self._handling.discard(job)
         self._slots.release()
 
-    async def _handle(self, msg: Any) -> None:
+    async def _handle(self, msg: Msg) -> None:
         try:
             result = TaskResult.model_validate_json(msg.data)
         except ValidationError as err:

@@ -33,7 +33,6 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -45,6 +44,7 @@ from ..events import ErrorInfo
 from ..executors import ExecutorRegistry, default_registry
 from ..executors._local_tasks import ExecutorCache, execute_task, expired_error, prepare_task
 from ..nats._acks import AckedPublisher
+from ..nats._pull import Puller
 from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_filter, task_subject, worker_durable
 from ..tasks import DeadLetter, ResultStatus, Task, TaskResult, parse_task, result_msg_id
 from ..token import utcnow
@@ -105,10 +105,11 @@ class Worker:
         self.health = health or Health()
         self.kinds: list[str] = []
         self._slots = asyncio.Semaphore(self.settings.concurrency)
-        self._subs: dict[str, Any] = {}
+        self._subs: dict[str, Puller] = {}
         self._generation = 0  # bumped on reconnect: every pump re-creates its pull subscription
         self._pumps: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._nats_errors: list[str] = []
         self._acks = AckedPublisher(connection)
@@ -179,8 +180,8 @@ class Worker:
         self._generation += 1
 
     # -- subscriptions ---------------------------------------------------------------------------------------
-    async def _subscribe(self, kind: str) -> Any:
-        """Create or update the kind's shared durable (the last worker started sets ``ack_wait``) and bind."""
+    async def _subscribe(self, kind: str) -> Puller:
+        """Create or update the kind's shared durable (the last worker started sets ``ack_wait``); a puller on it."""
         config = ConsumerConfig(
             durable_name=worker_durable(kind),
             filter_subject=task_filter(kind),
@@ -196,13 +197,19 @@ class Worker:
                 f"cannot create consumer {worker_durable(kind)!r} on {TASKS_STREAM}: {err.description}",
                 subject=task_filter(kind),
             ) from err
-        return await self.js.pull_subscribe_bind(durable=worker_durable(kind), stream=TASKS_STREAM)
+        puller = Puller(self.connection, TASKS_STREAM, worker_durable(kind), stray=self._hand_back)
+        await puller.start()
+        return puller
 
     async def _unsubscribe(self, kind: str) -> None:
-        sub = self._subs.pop(kind, None)
-        if sub is not None:
-            with contextlib.suppress(Exception):  # the durable stays on the server for the other workers
-                await asyncio.wait_for(sub.unsubscribe(), 2.0)
+        puller = self._subs.pop(kind, None)
+        if puller is not None:  # the durable stays on the server for the other workers
+            await puller.stop()
+
+    def _hand_back(self, msg: Msg) -> None:
+        """A task delivered for a pull that had already ended (see ``Puller``): another fetch takes it at once."""
+        self._settling.add(task := asyncio.get_running_loop().create_task(_settle(msg.nak())))
+        task.add_done_callback(self._settling.discard)
 
     async def _pump(self, kind: str) -> None:
         delay, seen = 0.1, self._generation
@@ -232,11 +239,12 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _fetch(self, kind: str, sub: Any) -> None:
-        """Take a free slot (waiting for one), then as many more as are free, and fetch that many tasks.
+    async def _fetch(self, kind: str, puller: Puller) -> None:
+        """Take a free slot (waiting for one), then as many more as are free, and pull that many tasks.
 
         When only a few slots are free while tasks run, wait a moment (``FETCH_GATHER``) for more to free up:
-        fast tasks then share one fetch request instead of costing one each."""
+        fast tasks then share one pull request instead of costing one each. The request stays open (up to
+        ``poll`` seconds) until all those tasks came, each starting as it arrives."""
         await self._slots.acquire()
         held = 1
         want = max(1, self.settings.concurrency // 4)
@@ -259,20 +267,20 @@ class Worker:
             for _ in range(held):
                 self._slots.release()
             raise
-        try:
-            msgs = await sub.fetch(held, timeout=self.settings.poll)
-        except nats.errors.TimeoutError:
-            msgs = []  # nothing waiting (fetch raises rather than returning an empty list)
-        except BaseException:
-            for _ in range(held):
-                self._slots.release()
-            raise
-        for _ in range(held - len(msgs)):
-            self._slots.release()
-        for msg in msgs:
+        delivered = 0
+
+        def run(msg: Msg) -> None:  # each task starts as it arrives, while the pull waits for the rest
+            nonlocal delivered
+            delivered += 1
             task = loop.create_task(self._handle(kind, msg))
             self._inflight.add(task)
             task.add_done_callback(self._done)
+
+        try:
+            await puller.pull(held, run, self.settings.poll)
+        finally:
+            for _ in range(held - delivered):
+                self._slots.release()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

@@ -1,0 +1,132 @@
+"""The puller that workers and the engine's result reader share: messages handed out as they arrive, never more
+than asked for, a pull that ends on expiry, a missing consumer named, and nothing dropped between pulls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from circuit_breaker.nats._pull import ConsumerGoneError, Puller, parse_headers
+
+
+async def fresh_stream(nc: NATS) -> JetStreamContext:
+    js: JetStreamContext = nc.jetstream()
+    with contextlib.suppress(NotFoundError):
+        await js.delete_stream("PULL")
+    await js.add_stream(StreamConfig(name="PULL", subjects=["pull.>"], retention=RetentionPolicy.WORK_QUEUE))
+    return js
+
+
+def test_header_blocks_with_and_without_a_status() -> None:
+    assert parse_headers(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 3\r\n\r\n") == (
+        408,
+        "Request Timeout",
+        {"Nats-Pending-Messages": "3"},
+    )
+    assert parse_headers(b"NATS/1.0\r\nNats-Msg-Id: a:1:b\r\nCb-Origin: e1\r\n\r\n") == (
+        0,
+        "",
+        {"Nats-Msg-Id": "a:1:b", "Cb-Origin": "e1"},
+    )
+    assert parse_headers(b"NATS/1.0 503\r\n\r\n") == (503, "", {})
+
+
+async def test_a_pull_hands_out_messages_as_they_arrive_and_ends_on_expiry(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = await fresh_stream(nc)
+        await js.add_consumer("PULL", ConsumerConfig(durable_name="w", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+        strays: list[Msg] = []
+        puller = Puller(nc, "PULL", "w", stray=strays.append)
+        arrived: list[tuple[float, Msg]] = []
+        acks: list[asyncio.Task[None]] = []
+
+        def handle(msg: Msg) -> None:
+            arrived.append((time.monotonic(), msg))
+            acks.append(asyncio.get_running_loop().create_task(msg.ack()))
+
+        # Nothing waiting: the pull ends when its request expires, empty-handed.
+        began = time.monotonic()
+        assert await puller.pull(5, handle, 0.3) == 0
+        assert 0.25 < time.monotonic() - began < 2.0
+
+        # Three waiting, two more published while the pull is open: each handed out on arrival, the pull ends
+        # as soon as the fifth came (long before its expiry), headers and delivery count readable.
+        for i in range(3):
+            await js.publish(f"pull.{i}", b"early", headers={"Nats-Msg-Id": f"early-{i}"})
+
+        async def later() -> float:
+            await asyncio.sleep(0.3)
+            sent = time.monotonic()
+            for i in range(2):
+                await js.publish(f"pull.late{i}", b"late")
+            return sent
+
+        sender = asyncio.create_task(later())
+        began = time.monotonic()
+        assert await puller.pull(5, handle, 10) == 5
+        assert time.monotonic() - began < 5
+        sent = await sender
+        assert [m.data for _, m in arrived] == [b"early"] * 3 + [b"late"] * 2
+        assert all(at < sent for at, m in arrived if m.data == b"early")  # not held back for the batch
+        first = arrived[0][1]
+        assert first.subject == "pull.0" and first.headers == {"Nats-Msg-Id": "early-0"}
+        assert first.metadata.num_delivered == 1 and first.metadata.sequence.stream == 1
+
+        # Never more than asked for: the rest stays for the next pull.
+        for i in range(7):
+            await js.publish(f"pull.more{i}", b"more")
+        assert await puller.pull(4, handle, 5) == 4
+        assert await puller.pull(10, handle, 0.3) == 3
+        await asyncio.gather(*acks)
+        await nc.flush()
+        for _ in range(50):
+            if (await js.stream_info("PULL")).state.messages == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await js.stream_info("PULL")).state.messages == 0  # every acknowledgement reached the server
+        assert strays == []
+
+        # A message reaching the puller's inbox while no pull is open is not dropped: it goes to ``stray``.
+        await nc.publish(puller._prefix + "old", b"late answer")  # (where a late delivery lands)
+        await nc.flush()
+        for _ in range(50):
+            if strays:
+                break
+            await asyncio.sleep(0.02)
+        assert [m.data for m in strays] == [b"late answer"]
+
+        # Stopping ends an open pull at once.
+        pulling = asyncio.create_task(puller.pull(3, handle, 30))
+        await asyncio.sleep(0.2)
+        await puller.stop()
+        assert await asyncio.wait_for(pulling, 2) == 0
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream("PULL")
+        await nc.close()
+
+
+async def test_a_missing_consumer_is_named(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await fresh_stream(nc)
+        puller = Puller(nc, "PULL", "nobody", stray=lambda msg: None)
+        began = time.monotonic()
+        with pytest.raises(ConsumerGoneError, match="'nobody'"):
+            await puller.pull(1, lambda msg: None, 5)
+        assert time.monotonic() - began < 2  # said at once, not after the request's expiry
+        await puller.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream("PULL")
+        await nc.close()
