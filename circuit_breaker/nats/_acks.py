@@ -28,7 +28,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from ..errors import StoreError
 
-__all__ = ["AckedPublisher"]
+__all__ = ["AckedPublisher", "msg_id_block"]
 
 # The acknowledgement of a stored message, as the server writes it (an optional domain, an optional duplicate
 # flag); anything else (errors, fields added by later servers) goes through json.loads.
@@ -214,6 +214,13 @@ class AckedPublisher:
             future.set_exception(NoStreamResponseError())
         else:
             future.set_result(data)
+
+
+def msg_id_block(msg_id: str) -> bytes:
+    """The wire-form header block of a publish de-duplicated by ``msg_id`` (for ``publish_encoded``)."""
+    if "\r" in msg_id or "\n" in msg_id:
+        raise ValueError(f"a message id cannot hold a line break: {msg_id!r}")
+    return f"NATS/1.0\r\nNats-Msg-Id: {msg_id}\r\n\r\n".encode()
 
 
 def _answer(data: bytes) -> dict[str, Any]:

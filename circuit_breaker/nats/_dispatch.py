@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from ..config import StreamSettings
 from ..engine._tasks import ResultHandler
 from ..tasks import Task, TaskResult, task_msg_id
-from ..workers._queue import MSG_ID, ensure_task_streams, queued_task, stored_result
-from ._acks import AckedPublisher
+from ..workers._queue import ensure_task_streams, queued_task, stored_result
+from ._acks import AckedPublisher, msg_id_block
 from ._pull import Puller
 from ._subjects import RESULTS_STREAM, result_filter, task_subject
 
@@ -83,10 +83,10 @@ class NatsTaskQueue:
         self._pumps[workflow] = asyncio.get_running_loop().create_task(self._pump(workflow))
 
     async def submit(self, task: Task) -> None:
-        await self._acks.publish(
+        await self._acks.publish_encoded(
             task_subject(task.kind, task.task_id),
-            task.model_dump_json().encode(),
-            {MSG_ID: task_msg_id(task.task_id, task.attempt)},
+            msg_id_block(task_msg_id(task.task_id, task.attempt)),
+            type(task).__pydantic_serializer__.to_json(task),
             self.publish_timeout,
         )
 

@@ -30,6 +30,7 @@ from ._acks import _ReplyRouter
 __all__ = ["ConsumerGoneError", "Puller"]
 
 END_MARGIN = 2.0  # seconds after its expiry that a request without a status message counts as ended
+REFUSED_PAUSE = 0.1  # seconds a pull waits before returning when the server refused the request (409)
 _STATUS = b"NATS/1.0 "
 # 409 descriptions after which pulling again cannot work until the consumer is made again.
 _GONE = ("consumer deleted", "consumer is push based")
@@ -58,12 +59,13 @@ def parse_headers(block: bytes) -> tuple[int, str, dict[str, str]]:
 
 
 class _Request:
-    __slots__ = ("delivered", "done", "error", "token", "wanted")
+    __slots__ = ("delivered", "done", "error", "pause", "token", "wanted")
 
     def __init__(self, token: str, wanted: int) -> None:
         self.token, self.wanted, self.delivered = token, wanted, 0
         self.done = asyncio.Event()
         self.error: Exception | None = None
+        self.pause = 0.0
 
 
 class Puller:
@@ -125,6 +127,8 @@ class Puller:
             self._open = self._handle = None
         if request.error is not None:
             raise request.error
+        if request.pause:
+            await asyncio.sleep(request.pause)
         return request.delivered
 
     # -- the connection's reader calls these ----------------------------------------------------------------
@@ -150,6 +154,8 @@ class Puller:
                 request.error = ConsumerGoneError(
                     f"pulling from consumer {self.consumer!r}: {code} {description or 'no responders'}"
                 )
+            elif code == 409:  # a leader change, too many waiting requests...: worth asking again, not at once
+                request.pause = REFUSED_PAUSE
             if code != 100:  # (100: an idle heartbeat, which these requests never ask for)
                 request.done.set()
             return

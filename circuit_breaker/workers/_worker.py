@@ -43,13 +43,13 @@ from ..errors import CircuitBreakerError, WorkerError
 from ..events import ErrorInfo
 from ..executors import ExecutorRegistry, default_registry
 from ..executors._local_tasks import ExecutorCache, execute_task, expired_error, prepare_task
-from ..nats._acks import AckedPublisher
+from ..nats._acks import AckedPublisher, msg_id_block
 from ..nats._pull import Puller
 from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_filter, task_subject, worker_durable
 from ..tasks import DeadLetter, ResultStatus, Task, TaskResult, parse_task, result_msg_id
 from ..token import utcnow
 from ._ops import Health, Metrics
-from ._queue import MSG_ID, ensure_task_streams
+from ._queue import ensure_task_streams
 
 __all__ = ["Worker", "backoff_delay"]
 
@@ -444,7 +444,7 @@ class Worker:
         delay = 0.2
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
-                await self._acks.publish(subject, payload, {MSG_ID: msg_id}, 5.0)
+                await self._acks.publish_encoded(subject, msg_id_block(msg_id), payload, 5.0)
                 return True
             except Exception as err:
                 log.warning(

@@ -15,7 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from circuit_breaker.nats._pull import ConsumerGoneError, Puller, parse_headers
+from circuit_breaker.nats._pull import REFUSED_PAUSE, ConsumerGoneError, Puller, parse_headers
 
 
 async def fresh_stream(nc: NATS) -> JetStreamContext:
@@ -126,6 +126,31 @@ async def test_a_missing_consumer_is_named(nats_url: str) -> None:
             await puller.pull(1, lambda msg: None, 5)
         assert time.monotonic() - began < 2  # said at once, not after the request's expiry
         await puller.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream("PULL")
+        await nc.close()
+
+
+async def test_a_refused_request_ends_the_pull_after_a_pause(nats_url: str) -> None:
+    """More waiting requests than the consumer allows: the server refuses the extra one (409), and its pull
+    returns empty after a short pause instead of asking again in a tight loop."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = await fresh_stream(nc)
+        config = ConsumerConfig(durable_name="tiny", ack_policy=AckPolicy.EXPLICIT, max_waiting=1)
+        await js.add_consumer("PULL", config)
+        first = Puller(nc, "PULL", "tiny", stray=lambda msg: None)
+        second = Puller(nc, "PULL", "tiny", stray=lambda msg: None)
+        waiting = asyncio.create_task(first.pull(1, lambda msg: None, 3))
+        await asyncio.sleep(0.2)
+        began = time.monotonic()
+        assert await second.pull(1, lambda msg: None, 3) == 0
+        assert REFUSED_PAUSE <= time.monotonic() - began < 1.5
+        await js.publish("pull.x", b"for the first")
+        assert await asyncio.wait_for(waiting, 3) == 1
+        await first.stop()
+        await second.stop()
     finally:
         with contextlib.suppress(Exception):
             await nc.jetstream().delete_stream("PULL")
