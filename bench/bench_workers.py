@@ -27,13 +27,15 @@ from pathlib import Path
 
 import nats
 import nats.errors
+from bench_nats import served_gc  # the GC policy of `serve`, for one case (bench/ is this script's directory)
 from nats.js.api import RetentionPolicy, StreamConfig
 
 from circuit_breaker import Engine, EventType, InstanceStatus, Workflow
+from circuit_breaker.events import TransitionStarted
 from circuit_breaker.executors import default_registry
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.nats._server import NatsServer
-from circuit_breaker.workers import Task, results, submit_task
+from circuit_breaker.workers import Task, TaskResult, results, submit_task
 
 CLI = shutil.which("circuit-breaker") or str(Path(sys.executable).with_name("circuit-breaker"))
 
@@ -97,7 +99,7 @@ async def ours(url: str, n: int, cwd: Path) -> tuple[float, float, float]:
         t0 = time.perf_counter()
         for chunk in range(0, n, 500):
             await asyncio.gather(*(submit_task(js, t) for t in tasks[chunk : chunk + 500]))
-        got = []
+        got: list[TaskResult] = []
         while len(got) < n:
             await asyncio.sleep(0.2)
             info = await js.stream_info("CB_RESULTS")
@@ -112,11 +114,21 @@ async def ours(url: str, n: int, cwd: Path) -> tuple[float, float, float]:
         stop_workers(procs)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, float] = {}  # CPU per task (us) of the last end_to_end run: engine, workers
+
+
 async def end_to_end(url: str, n: int, cwd: Path, chain: int = 1) -> tuple[float, float, float]:
     """``n`` tasks through an engine: ``n / chain`` instances, each a chain of ``chain`` remote transitions,
-    until every instance is completed. Returns tasks/s and the dispatch-to-start latency p50/p99 (ms)."""
+    until every instance is completed. Returns tasks/s and the dispatch-to-start latency p50/p99 (ms); the
+    engine's and the workers' CPU per task go to ``CPU``."""
     procs = start_workers(url, cwd)
-    name = f"bench_remote_{chain}"
+    name = f"bench_remote_{chain}_{len(CPU)}"
     try:
         wf = Workflow(name)
         places = wf.states(*(f"p{i}" for i in range(chain + 1)))
@@ -125,15 +137,22 @@ async def end_to_end(url: str, n: int, cwd: Path, chain: int = 1) -> tuple[float
             wf.flow(places[i] >> places[i + 1], f"run{i}").action(action, remote=True)
         instances = n // chain
         async with Engine(JetStreamStore(servers=[url])) as engine:
-            t0 = time.perf_counter()
+            workers0 = sum(cpu_seconds(p.pid) for p in procs)
+            t0, cpu0 = time.perf_counter(), time.process_time()
             ids: list[str] = []
             for chunk in range(0, instances, 500):
                 batch = range(chunk, min(chunk + 500, instances))
                 ids.extend(i.id for i in await asyncio.gather(*(engine.start(wf, {"n": i}) for i in batch)))
             done = await asyncio.gather(*(engine.wait(i, timeout=600) for i in ids))
             elapsed = time.perf_counter() - t0
+            CPU["engine"] = (time.process_time() - cpu0) / n * 1e6
+            CPU["workers"] = (sum(cpu_seconds(p.pid) for p in procs) - workers0) / n * 1e6
             assert all(i.status is InstanceStatus.COMPLETED for i in done)
-            since = {e.task_id: e.time async for e in engine.events(types=[EventType.TRANSITION_STARTED])}
+            since = {
+                e.task_id: e.time
+                async for e in engine.events(types=[EventType.TRANSITION_STARTED])
+                if isinstance(e, TransitionStarted)
+            }
         nc = await nats.connect(url)
         got = await results(nc.jetstream(timeout=10), workflow=name)
         await nc.close()
@@ -153,7 +172,11 @@ async def main() -> None:
             raw_rate = await raw(server.url, args.tasks)
             rate, p50, p99 = await ours(server.url, args.tasks, Path(tmp))
             e2e, e2e_p50, e2e_p99 = await end_to_end(server.url, args.tasks, Path(tmp))
+            cpu = dict(CPU)
             e2e5, e2e5_p50, e2e5_p99 = await end_to_end(server.url, args.tasks, Path(tmp), chain=5)
+            with served_gc():
+                served, served_p50, served_p99 = await end_to_end(server.url, args.tasks, Path(tmp))
+            served_cpu = dict(CPU)
     ratio = rate / raw_rate
     e2e_ratio = e2e / raw_rate
     e2e5_ratio = e2e5 / raw_rate
@@ -176,6 +199,13 @@ async def main() -> None:
         f"| ratio end to end / raw | {e2e_ratio:.3f}x | >= 0.3x | {'met' if e2e_ratio >= 0.3 else 'missed'} |",
         f"| end to end dispatch-to-start latency p50 | {e2e_p50:.1f} ms |  |  |",
         f"| end to end dispatch-to-start latency p99 | {e2e_p99:.1f} ms |  |  |",
+        f"| end to end: CPU per task, engine / both workers | {cpu['engine']:,.0f} / {cpu['workers']:,.0f} us |  |  |",
+        f"| end to end with `serve`'s GC policy in the engine | {served:,.0f} tasks/s |  |  |",
+        f"| ratio end to end with `serve`'s GC policy / raw | {served / raw_rate:.3f}x | >= 0.3x |"
+        f" {'met' if served / raw_rate >= 0.3 else 'missed'} |",
+        f"| the same: dispatch-to-start p50 / p99 | {served_p50:.1f} / {served_p99:.1f} ms |  |  |",
+        f"| the same: CPU per task, engine / both workers | {served_cpu['engine']:,.0f} / "
+        f"{served_cpu['workers']:,.0f} us |  |  |",
         f"| end to end, chains of 5 remote transitions per instance | {e2e5:,.0f} tasks/s |  |  |",
         f"| ratio chains of 5 / raw | {e2e5_ratio:.3f}x | >= 0.3x | {'met' if e2e5_ratio >= 0.3 else 'missed'} |",
         f"| chains of 5: dispatch-to-start latency p50 / p99 | {e2e5_p50:.1f} / {e2e5_p99:.1f} ms |  |  |",
