@@ -23,7 +23,7 @@ from ..events import (
     TransitionStarted,
 )
 from ..net import Marking, fire, is_enabled
-from ..token import History, HistoryEntry, Token
+from ..token import History, HistoryEntry, Token, make_token
 from ._instance import Incident, Instance
 from ._lifecycle import SETTLED, TERMINAL, InstanceStatus
 from ._tasks import PendingTask
@@ -338,7 +338,9 @@ class Run:
                 if tok.id == wanted:
                     base = tok.history
                     break
-        return [t.model_copy(update={"history": base.append(entry)}) for t in tokens]
+        # (make_token adopts the dict: a copy of the token's fields with the history replaced, ~5x cheaper than
+        # model_copy, which also copies the fields set and runs copy.copy.)
+        return [make_token({**t.__dict__, "history": base.append(entry)}) for t in tokens]
 
     def _move(self, consumed_ids: list[str], produced: Mapping[str, tuple[Token, ...]]) -> Marking[Token]:
         ids = set(consumed_ids)

@@ -26,7 +26,7 @@ from ..engine._tasks import ResultHandler
 from ..tasks import Task, TaskResult, task_msg_id
 from ..workers._queue import ensure_task_streams, queued_task, stored_result
 from ._acks import AckedPublisher, msg_id_block
-from ._pull import Puller
+from ._pull import Puller, delivery
 from ._subjects import RESULTS_STREAM, result_filter, task_subject
 
 __all__ = ["NatsTaskQueue", "engine_durable"]
@@ -196,7 +196,7 @@ class NatsTaskQueue:
             log.warning("dropping a malformed result on %s: %s", msg.subject, err)
             await _settle(msg.ack())
             return
-        deliveries = int(msg.metadata.num_delivered or 1)
+        deliveries = delivery(msg)[0] or 1
         if deliveries > MAX_DELIVERIES:  # the store has been failing for a long while: stop going round
             log.error(
                 "giving up on the result of task %s after %d deliveries; the task stays in flight (its instance "

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from ..errors import StoreError
 from ._acks import _ReplyRouter
 
-__all__ = ["ConsumerGoneError", "Puller"]
+__all__ = ["ConsumerGoneError", "Puller", "delivery"]
 
 END_MARGIN = 2.0  # seconds after its expiry that a request without a status message counts as ended
 REFUSED_PAUSE = 0.1  # seconds a pull waits before returning when the server refused the request (409)
@@ -56,6 +56,19 @@ def parse_headers(block: bytes) -> tuple[int, str, dict[str, str]]:
         if sep:
             headers[name.strip()] = value.strip()
     return code, description, headers
+
+
+def delivery(msg: Msg) -> tuple[int, int]:
+    """``(times delivered, stream sequence)`` of a JetStream message, read from its reply subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``, or the longer form with a domain and an
+    account hash) without building nats-py's ``Metadata`` (a datetime and two dataclasses per message)."""
+    tokens: list[str] = msg.reply.split(".") if msg.reply else []
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4]), int(tokens[5])
+    if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[6]), int(tokens[7])
+    metadata = msg.metadata  # (raises NotJSMessageError, naming what is wrong)
+    return metadata.num_delivered, metadata.sequence.stream
 
 
 class _Request:
@@ -108,16 +121,22 @@ class Puller:
         if self._open is not None:
             self._open.done.set()
 
-    async def pull(self, wanted: int, handle: Callable[[Msg], None], expires: float) -> int:
+    async def pull(
+        self, wanted: int, handle: Callable[[Msg], None], expires: float, *, no_wait: bool = False
+    ) -> int:
         """Ask for up to ``wanted`` messages, hand each to ``handle`` as it arrives, and return how many came
-        once the request ends (at most about ``expires`` seconds). Raises :class:`ConsumerGoneError` when the
-        consumer is gone; connection errors of the request's publish propagate."""
+        once the request ends (at most about ``expires`` seconds). With ``no_wait`` the server sends only what it
+        has now and ends the request at once (404) instead of waiting for more. Raises
+        :class:`ConsumerGoneError` when the consumer is gone; connection errors of the request's publish
+        propagate."""
         if self._sub is None:
             await self.start()
         self._count += 1
         request = _Request(f"{self._prefix}{self._count}", wanted)
         self._open, self._handle = request, handle
-        payload = json.dumps({"batch": wanted, "expires": int(expires * 1e9)}).encode()
+        # (With an expiry the server would treat no_wait as a long poll.)
+        asked = {"batch": wanted, "no_wait": True} if no_wait else {"batch": wanted, "expires": int(expires * 1e9)}
+        payload = json.dumps(asked).encode()
         try:
             await self._nc.publish(self._next_subject, payload, reply=request.token)
             with contextlib.suppress(TimeoutError):

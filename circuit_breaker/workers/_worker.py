@@ -44,7 +44,7 @@ from ..events import ErrorInfo
 from ..executors import ExecutorRegistry, default_registry
 from ..executors._local_tasks import ExecutorCache, execute_task, expired_error, prepare_task
 from ..nats._acks import AckedPublisher, msg_id_block
-from ..nats._pull import Puller
+from ..nats._pull import Puller, delivery
 from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_filter, task_subject, worker_durable
 from ..tasks import DeadLetter, ResultStatus, Task, TaskResult, parse_task, result_msg_id
 from ..token import utcnow
@@ -300,7 +300,7 @@ class Worker:
 
     # -- one task --------------------------------------------------------------------------------------------
     async def _handle(self, kind: str, msg: Msg) -> None:
-        deliveries = int(msg.metadata.num_delivered or 1)
+        deliveries = delivery(msg)[0] or 1
         try:
             task = parse_task(msg.data)
             if task.kind != kind or msg.subject != task_subject(task.kind, task.task_id):

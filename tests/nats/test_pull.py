@@ -11,11 +11,12 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from circuit_breaker.nats._pull import REFUSED_PAUSE, ConsumerGoneError, Puller, parse_headers
+from circuit_breaker.nats._pull import REFUSED_PAUSE, ConsumerGoneError, Puller, delivery, parse_headers
 
 
 async def fresh_stream(nc: NATS) -> JetStreamContext:
@@ -38,6 +39,24 @@ def test_header_blocks_with_and_without_a_status() -> None:
         {"Nats-Msg-Id": "a:1:b", "Cb-Origin": "e1"},
     )
     assert parse_headers(b"NATS/1.0 503\r\n\r\n") == (503, "", {})
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.CB_TASKS.cb-workers-set.3.42.7.1763800000000000000.5",
+        "$JS.ACK.hub.ACCHASH.CB_TASKS.cb-workers-set.3.42.7.1763800000000000000.5.token",
+        "$JS.ACK._.ACCHASH.CB_TASKS.cb-workers-set.3.42.7.1763800000000000000.5",
+    ],
+)
+def test_delivery_count_and_stream_sequence_agree_with_nats_py(reply: str) -> None:
+    msg = Msg(_client=None, reply=reply)  # type: ignore[arg-type]  # (no client needed to read the reply)
+    assert delivery(msg) == (msg.metadata.num_delivered, msg.metadata.sequence.stream) == (3, 42)
+
+
+def test_delivery_refuses_a_message_that_is_not_from_jetstream() -> None:
+    with pytest.raises(NotJSMessageError):
+        delivery(Msg(_client=None, reply="_INBOX.abc.1"))  # type: ignore[arg-type]
 
 
 async def test_a_pull_hands_out_messages_as_they_arrive_and_ends_on_expiry(nats_url: str) -> None:
