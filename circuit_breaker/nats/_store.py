@@ -612,7 +612,8 @@ class JetStreamStore:
         try:
             while True:
                 msg = await queue.get()
-                self.watched_up_to = max(self.watched_up_to, msg.metadata.sequence.stream)
+                position = delivery(msg)[1]
+                self.watched_up_to = max(self.watched_up_to, position)
                 if (msg.headers or {}).get("Cb-Origin") == self.origin:
                     continue
                 try:
@@ -621,7 +622,7 @@ class JetStreamStore:
                     log.warning("skipping a message on %s that is not an event", msg.subject)
                     continue
                 known = self._last.get(event.instance_id)
-                self._saw(event.instance_id, event.seq, msg.metadata.sequence.stream)
+                self._saw(event.instance_id, event.seq, position)
                 if known is None or known[0] <= event.seq:  # not read late (this store knows nothing newer)
                     self._followed(event, (msg.headers or {}).get("Cb-Origin"))
                 yield event
