@@ -19,6 +19,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from ..config import StreamSettings
@@ -103,63 +104,60 @@ class NatsTaskQueue:
 
     async def close(self) -> None:
         self._closed = True
+        for puller in self._subs.values():  # open pulls end now (a pull request left open would hold up the
+            await puller.stop()  # connection's drain); the pumps see the flag
         pumps = list(self._pumps.values())
-        for pump in pumps:
-            pump.cancel()
-        handling = list(self._handling)
-        if handling:
-            await asyncio.wait(handling, timeout=5.0)
-        while pumps:  # cancelled again until they end: nats-py swallows a cancellation while it writes
+        if pumps:
+            await asyncio.wait(pumps, timeout=1.0)
+        while pumps:  # cancelled until they end: nats-py swallows a cancellation while it writes
             for pump in pumps:
                 pump.cancel()
             await asyncio.wait(pumps, timeout=0.1)
             pumps = [p for p in pumps if not p.done()]
         self._pumps.clear()
-        for puller in self._subs.values():  # a pull request left open would hold up the connection's drain
-            await puller.stop()
+        handling = list(self._handling)
+        if handling:
+            await asyncio.wait(handling, timeout=5.0)
         self._subs.clear()
         await self._acks.stop()
 
     # -- results -----------------------------------------------------------------------------------------------
     async def _subscribe(self, workflow: str) -> Puller:
-        """Create the workflow's shared durable if it is not there yet; a puller on it."""
-        config = ConsumerConfig(
-            durable_name=engine_durable(workflow),
-            filter_subject=result_filter(workflow),
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self.ack_wait,
-            max_ack_pending=100_000,
-        )
-        await self._js.add_consumer(RESULTS_STREAM, config)
-        puller = Puller(self.connection, RESULTS_STREAM, engine_durable(workflow), stray=self._hand_back)
+        """A puller on the workflow's shared durable, made first if it is not there (an existing one is used as
+        it is: another engine may run with other settings, and a setting the server cannot update would fail)."""
+        durable = engine_durable(workflow)
+        try:
+            await self._js.consumer_info(RESULTS_STREAM, durable)
+        except NotFoundError:
+            config = ConsumerConfig(
+                durable_name=durable,
+                filter_subject=result_filter(workflow),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.ack_wait,
+                max_ack_pending=100_000,
+            )
+            await self._js.add_consumer(RESULTS_STREAM, config)
+        puller = Puller(self.connection, RESULTS_STREAM, durable, stray=self._hand_back)
         await puller.start()
         return puller
 
     async def _pump(self, workflow: str) -> None:
-        """Pull results while slots are free; each is applied in its own task as it arrives."""
-        loop = asyncio.get_running_loop()
+        """Pull results while a slot is free; each is applied in its own task (holding a slot) as it arrives.
+
+        The pull holds no slot while it waits: the workflows' pumps share the slots, and an idle one must not
+        keep them from the others."""
         delay = 0.2
         while not self._closed:
-            await self._slots.acquire()
-            held = 1
-            while held < self.batch and not self._slots.locked():
-                await self._slots.acquire()  # (free: returns at once)
-                held += 1
-            delivered = 0
-
-            def apply(msg: Msg) -> None:
-                nonlocal delivered
-                delivered += 1
-                job = loop.create_task(self._handle(msg))
-                self._handling.add(job)
-                job.add_done_callback(self._handled)
-
+            async with self._slots:  # (wait until applying one more is possible)
+                pass
             try:
-                await self._subs[workflow].pull(held, apply, self.poll)
+                await self._subs[workflow].pull(self.batch, self._apply, self.poll)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                if self._closed:
+                    return
                 log.warning(
                     "reading results of %s failed (%s: %s); again in %.1fs",
                     workflow,
@@ -174,20 +172,23 @@ class NatsTaskQueue:
                 with contextlib.suppress(Exception):
                     self._subs[workflow] = await self._subscribe(workflow)  # the consumer may be gone
                 continue
-            finally:
-                for _ in range(held - delivered):
-                    self._slots.release()
             delay = 0.2
 
+    def _apply(self, msg: Msg) -> None:
+        self._track(self._handle_in_slot(msg))
+
     def _hand_back(self, msg: Msg) -> None:
-        """A result delivered for a pull that had already ended (see ``Puller``): the next pull takes it at once."""
-        job = asyncio.get_running_loop().create_task(_settle(msg.nak()))
+        """A result that reached an inbox after its pull had ended (see ``Puller``): another pull takes it."""
+        self._track(_settle(msg.nak()))
+
+    def _track(self, coro: Any) -> None:
+        job = asyncio.get_running_loop().create_task(coro)
         self._handling.add(job)
         job.add_done_callback(self._handling.discard)
 
-    def _handled(self, job: asyncio.Task[None]) -> None:
-        self._handling.discard(job)
-        self._slots.release()
+    async def _handle_in_slot(self, msg: Msg) -> None:
+        async with self._slots:
+            await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -8,10 +8,13 @@ delivered messages straight from nats-py's protocol parser (see ``_acks._ReplyRo
 ``nats.aio.msg.Msg`` (so ``ack``, ``nak``, ``in_progress``, ``term`` and ``metadata`` work as usual) and goes to
 the caller's function at once, while the request stays open for the rest of its batch.
 
-A request ends when its whole batch was delivered, when the server ends it with a status message (408 expired,
-409 and the like), or at the latest ``expires + END_MARGIN`` seconds after it was sent (a request lost with a
-reconnection never gets its status). The server fills waiting requests in turn, so a message of a request that
-ended that way may still arrive later: it goes to ``stray``, which hands it back.
+A request ends when its whole batch was delivered or when the server ends it with a status message (404 no
+messages, 408 expired; 409 and 503 are errors). Otherwise (no status within ``expires + END_MARGIN`` seconds,
+a cancelled pull, ``stop``) the server may still hold the request: the puller then drops its inbox, so the
+server drops the request instead of filling it, and the next pull subscribes a fresh inbox. A message that
+still reaches a dropped inbox goes to ``stray`` (whose owner hands it back) and never counts for a later pull.
+While the connection is down no request is sent at all: one buffered for the reconnect would reach the server
+late, with nobody waiting for its answer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -27,10 +31,10 @@ from nats.aio.msg import Msg
 from ..errors import StoreError
 from ._acks import _ReplyRouter
 
-__all__ = ["ConsumerGoneError", "Puller", "delivery"]
+__all__ = ["ConsumerGoneError", "PullRefusedError", "Puller", "delivery"]
 
 END_MARGIN = 2.0  # seconds after its expiry that a request without a status message counts as ended
-REFUSED_PAUSE = 0.1  # seconds a pull waits before returning when the server refused the request (409)
+DISCONNECTED_PAUSE = 0.25  # seconds a pull waits (and returns empty) while the connection is down
 _STATUS = b"NATS/1.0 "
 # 409 descriptions after which pulling again cannot work until the consumer is made again.
 _GONE = ("consumer deleted", "consumer is push based")
@@ -38,6 +42,10 @@ _GONE = ("consumer deleted", "consumer is push based")
 
 class ConsumerGoneError(StoreError):
     """The consumer a puller reads is not there (deleted, never made, or JetStream itself not answering)."""
+
+
+class PullRefusedError(StoreError):
+    """The server refused a pull request (a 409 such as too many waiting requests, or another status)."""
 
 
 def parse_headers(block: bytes) -> tuple[int, str, dict[str, str]]:
@@ -72,21 +80,33 @@ def delivery(msg: Msg) -> tuple[int, int]:
 
 
 class _Request:
-    __slots__ = ("delivered", "done", "error", "pause", "token", "wanted")
+    __slots__ = ("delivered", "done", "ended", "error", "token", "wanted")
 
     def __init__(self, token: str, wanted: int) -> None:
         self.token, self.wanted, self.delivered = token, wanted, 0
         self.done = asyncio.Event()
+        self.ended = False  # by the server: the whole batch delivered, or a status message
         self.error: Exception | None = None
-        self.pause = 0.0
+
+
+class _Inbox:
+    """One inbox subscription of a puller; once dropped (``live`` false) what reaches it goes to ``stray``."""
+
+    __slots__ = ("live", "prefix", "sub")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sub: Any = None
+        self.live = True
 
 
 class Puller:
-    """``Puller(nc, stream, consumer)``; ``await start()``, then ``await pull(n, handle, expires)`` in a loop.
+    """``Puller(nc, stream, consumer, stray)``; ``await pull(n, handle, expires)`` in a loop, ``await stop()``.
 
     One request is open at a time. ``handle(msg)`` is called from the connection's reader for each message as
-    it arrives, so it must not block (start a task for the work); ``stray(msg)`` gets a message that arrived
-    when no request of this puller was open (see the module docstring).
+    it arrives, so it must not block (start a task for the work); ``stray(msg)`` gets a message that arrived for
+    no open request (see the module docstring). ``interrupted`` says whether the last pull ended without the
+    server's word (its inbox was dropped; messages the server sent it meanwhile may be lost to this puller).
     """
 
     def __init__(self, nc: Any, stream: str, consumer: str, stray: Callable[[Msg], None]) -> None:
@@ -94,32 +114,34 @@ class Puller:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.consumer = consumer
         self._stray = stray
-        self._prefix = ""
-        self._sub: Any = None
-        self._routed = False
+        self._routed = hasattr(nc, "_process_msg")
+        self._inbox: _Inbox | None = None
         self._count = 0
         self._open: _Request | None = None
         self._handle: Callable[[Msg], None] | None = None
+        self._dropping: set[asyncio.Task[None]] = set()
+        self.interrupted = False
 
     async def start(self) -> None:
+        """Subscribe the inbox (``pull`` does it when needed)."""
+        if self._inbox is not None:
+            return
         nc = self._nc
-        self._prefix = nc.new_inbox() + "."
-        self._sub = await nc.subscribe(self._prefix + "*", cb=self._on_msg)
-        if hasattr(nc, "_process_msg"):
-            _ReplyRouter.of(nc).handlers[self._sub._id] = self._on_raw
-            self._routed = True
+        inbox = _Inbox(nc.new_inbox() + ".")
+        inbox.sub = await nc.subscribe(inbox.prefix + "*", cb=partial(self._on_msg, inbox))
+        if self._routed:
+            _ReplyRouter.of(nc).handlers[inbox.sub._id] = partial(self._on_raw, inbox)
+        self._inbox = inbox
 
     async def stop(self) -> None:
-        """Stop taking messages; an open pull returns at once (what it got so far)."""
-        sub, self._sub = self._sub, None
-        if sub is None:
-            return
-        if self._routed:
-            _ReplyRouter.of(self._nc).handlers.pop(sub._id, None)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sub.unsubscribe(), 2.0)
+        """Stop taking messages: an open pull returns at once (what it got so far); the inbox is dropped."""
         if self._open is not None:
             self._open.done.set()
+        inbox = self._forget()
+        if inbox is not None:
+            await self._unsubscribe(inbox)
+        if self._dropping:
+            await asyncio.wait(self._dropping, timeout=2.0)
 
     async def pull(
         self, wanted: int, handle: Callable[[Msg], None], expires: float, *, no_wait: bool = False
@@ -127,63 +149,86 @@ class Puller:
         """Ask for up to ``wanted`` messages, hand each to ``handle`` as it arrives, and return how many came
         once the request ends (at most about ``expires`` seconds). With ``no_wait`` the server sends only what it
         has now and ends the request at once (404) instead of waiting for more. Raises
-        :class:`ConsumerGoneError` when the consumer is gone; connection errors of the request's publish
-        propagate."""
-        if self._sub is None:
-            await self.start()
+        :class:`ConsumerGoneError` when the consumer is gone and :class:`PullRefusedError` when the server
+        refuses the request; connection errors of the request's publish propagate."""
+        self.interrupted = False
+        if not self._nc.is_connected:
+            await asyncio.sleep(min(expires, DISCONNECTED_PAUSE))
+            return 0
+        await self.start()
+        assert self._inbox is not None
         self._count += 1
-        request = _Request(f"{self._prefix}{self._count}", wanted)
+        request = _Request(f"{self._inbox.prefix}{self._count}", wanted)
         self._open, self._handle = request, handle
         # (With an expiry the server would treat no_wait as a long poll.)
         asked = {"batch": wanted, "no_wait": True} if no_wait else {"batch": wanted, "expires": int(expires * 1e9)}
-        payload = json.dumps(asked).encode()
         try:
-            await self._nc.publish(self._next_subject, payload, reply=request.token)
+            await self._nc.publish(self._next_subject, json.dumps(asked).encode(), reply=request.token)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(expires + END_MARGIN):
                     await request.done.wait()
         finally:
             self._open = self._handle = None
+            if not request.ended:  # the server may still hold it: take away its inbox so that it drops it
+                self.interrupted = True
+                inbox = self._forget()
+                if inbox is not None:  # (a task: the UNSUB must go out even when this pull is being cancelled)
+                    task = asyncio.get_running_loop().create_task(self._unsubscribe(inbox))
+                    self._dropping.add(task)
+                    task.add_done_callback(self._dropping.discard)
         if request.error is not None:
             raise request.error
-        if request.pause:
-            await asyncio.sleep(request.pause)
         return request.delivered
 
-    # -- the connection's reader calls these ----------------------------------------------------------------
-    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        self._take(subject.decode(), reply.decode(), data, headers or b"")
+    def _forget(self) -> _Inbox | None:
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            inbox.live = False
+        return inbox
 
-    async def _on_msg(self, msg: Msg) -> None:
+    async def _unsubscribe(self, inbox: _Inbox) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(inbox.sub.unsubscribe(), 2.0)
+        if self._routed:  # (after the UNSUB went out: what still arrives before it goes to stray, not nowhere)
+            _ReplyRouter.of(self._nc).handlers.pop(inbox.sub._id, None)
+
+    # -- the connection's reader calls these ----------------------------------------------------------------
+    def _on_raw(self, inbox: _Inbox, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        self._take(inbox, subject.decode(), reply.decode(), data, headers or b"")
+
+    async def _on_msg(self, inbox: _Inbox, msg: Msg) -> None:
         """(A client without the parser hook: the subscription's own task delivers, headers already parsed.)"""
         text = ""
         if msg.headers:
             status = msg.headers.get("Status", "")
             text = "NATS/1.0" + (f" {status} {msg.headers.get('Description', '')}" if status else "") + "\r\n"
             text += "".join(f"{k}: {v}\r\n" for k, v in msg.headers.items() if k not in ("Status", "Description"))
-        self._take(msg.subject, msg.reply, msg.data, text.encode())
+        self._take(inbox, msg.subject, msg.reply, msg.data, text.encode())
 
-    def _take(self, subject: str, reply: str, data: bytes, block: bytes) -> None:
+    def _take(self, inbox: _Inbox, subject: str, reply: str, data: bytes, block: bytes) -> None:
         request = self._open
         if block.startswith(_STATUS) and not data:
             code, description, _ = parse_headers(block)
-            if request is None or subject != request.token:
-                return  # the end of a request that already counted as ended
+            if code == 100 or request is None or not inbox.live or subject != request.token:
+                return  # an idle heartbeat (never asked for), or the end of a request that already ended
+            request.ended = True
             if code == 503 or (code == 409 and description.lower().startswith(_GONE)):
                 request.error = ConsumerGoneError(
                     f"pulling from consumer {self.consumer!r}: {code} {description or 'no responders'}"
                 )
-            elif code == 409:  # a leader change, too many waiting requests...: worth asking again, not at once
-                request.pause = REFUSED_PAUSE
-            if code != 100:  # (100: an idle heartbeat, which these requests never ask for)
-                request.done.set()
+            elif code not in (404, 408):  # (404: nothing more for a no_wait request; 408: it expired)
+                request.error = PullRefusedError(
+                    f"pulling from consumer {self.consumer!r}: the server refused the request: {code} {description}"
+                )
+            request.done.set()
             return
         headers = parse_headers(block)[2] if block else None
         msg = Msg(_client=self._nc, subject=subject, reply=reply, data=data, headers=headers)
-        if request is None or self._handle is None or request.done.is_set():
+        if request is None or self._handle is None or not inbox.live or request.done.is_set():
             self._stray(msg)
             return
         request.delivered += 1
         if request.delivered >= request.wanted:
+            request.ended = True
             request.done.set()
         self._handle(msg)

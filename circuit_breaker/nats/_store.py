@@ -54,7 +54,7 @@ from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataE
 from ..events import Event, EventType, parse_event
 from ._acks import AckedPublisher
 from ._embedded import connect_nats
-from ._pull import Puller, delivery
+from ._pull import ConsumerGoneError, Puller, delivery
 from ._subjects import (
     EVENT_PREFIX,
     EVENTS_STREAM,
@@ -83,6 +83,7 @@ _TRANSIENT = (
 )
 SCAN_BATCH = 512
 PULL_TIMEOUT = 10.0  # seconds one batch request may take before it is asked again
+SCAN_RESTARTS = 5  # scan consumers made again in a row without getting a message, before a scan gives up
 # A starting engine's probe for running peers: how long to wait for a first answer (only when some engine
 # is subscribed but slow; with none the server says so at once), and for more answers after one came.
 DISCOVERY_TIMEOUT = 1.0
@@ -508,38 +509,59 @@ class JetStreamStore:
 
         Batches are pulled by a :class:`Puller` (``no_wait`` requests whose answers are taken from nats-py's
         parser): nats-py's ``fetch`` spends two tasks on every message and parses headers character by
-        character, which made a scan three times slower than the server can deliver.
+        character, which made a scan three times slower than the server can deliver. When a pull ends without
+        the server's word (no answer within ``PULL_TIMEOUT``, a reconnect) or the consumer goes away, what the
+        server sent meanwhile may never arrive, and the consumer counts it as delivered: the scan goes on through
+        a new consumer from the message after the last one it yielded, so every message comes once, in order.
         """
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
-            opt_start_seq=start_seq if start_seq > 1 else None,
-            inactive_threshold=60.0,
-            mem_storage=True,
-            headers_only=headers_only or None,
-            filter_subject=subject,
-        )
-        info = await self._ask(lambda: self.js.add_consumer(self.stream_name, config))
-        msgs: list[Any] = []
-        # A late answer to a request that had timed out lands in ``msgs`` too, in stream order.
-        puller = Puller(self.connection, self.stream_name, info.name, stray=msgs.append)
-        try:
-            left = info.num_pending
-            while left > 0:
-                await puller.pull(min(left, SCAN_BATCH), msgs.append, PULL_TIMEOUT, no_wait=True)
-                if not msgs:  # (the request was lost to a reconnect, or the stream changed): look again
-                    left = (await self._ask(partial(self.js.consumer_info, self.stream_name, info.name))).num_pending
-                    continue
-                got, msgs[:] = list(msgs), []
-                left -= len(got)
-                for msg in got:
-                    yield msg
-            for msg in list(msgs):
-                yield msg
-        finally:
-            await puller.stop()
-            with contextlib.suppress(Exception):  # (else it ends by itself after inactive_threshold)
-                await asyncio.wait_for(self.js.delete_consumer(self.stream_name, info.name), 2.0)
+        next_seq = start_seq
+        left: int | None = None
+        restarts = 0
+        while True:
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if next_seq > 1 else DeliverPolicy.ALL,
+                opt_start_seq=next_seq if next_seq > 1 else None,
+                inactive_threshold=60.0,
+                mem_storage=True,
+                headers_only=headers_only or None,
+                filter_subject=subject,
+            )
+            info = await self._ask(lambda: self.js.add_consumer(self.stream_name, config))  # noqa: B023 (awaited here)
+            left = info.num_pending if left is None else min(left, info.num_pending)
+            msgs: list[Any] = []  # (a late answer to this consumer's pulls lands here too, in stream order)
+            puller = Puller(self.connection, self.stream_name, info.name, stray=msgs.append)
+            try:
+                while left > 0:
+                    try:
+                        await puller.pull(min(left, SCAN_BATCH), msgs.append, PULL_TIMEOUT, no_wait=True)
+                        lost = puller.interrupted
+                    except ConsumerGoneError:
+                        lost = True
+                    got, msgs[:] = list(msgs), []
+                    for msg in got:
+                        yield msg
+                    if got:
+                        next_seq = delivery(got[-1])[1] + 1
+                        left -= len(got)
+                        restarts = 0
+                    if lost:
+                        break
+                    if not got:  # the server ended the request with nothing (messages deleted meanwhile)
+                        name = info.name
+                        pending = await self._ask(partial(self.js.consumer_info, self.stream_name, name))
+                        left = min(left, pending.num_pending)
+                else:
+                    return
+            finally:
+                await puller.stop()
+                with contextlib.suppress(Exception):  # (else it ends by itself after inactive_threshold)
+                    await asyncio.wait_for(self.js.delete_consumer(self.stream_name, info.name), 2.0)
+            restarts += 1
+            if restarts > SCAN_RESTARTS:
+                raise StoreError(
+                    f"reading {subject} in stream {self.stream_name}: no answer to {restarts} pull requests in a row"
+                )
 
     async def instance_ids(self, workflow: str | None = None) -> list[str]:
         ids: list[str] = []

@@ -165,6 +165,8 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
         for kind in list(self._subs):
             await self._unsubscribe(kind)
+        if self._settling:  # tasks handed back on the way out
+            await asyncio.wait(set(self._settling), timeout=2.0)
         await self._acks.stop()
 
     def note_nats_error(self, err: Exception) -> None:
@@ -244,14 +246,17 @@ class Worker:
 
         When only a few slots are free while tasks run, wait a moment (``FETCH_GATHER``) for more to free up:
         fast tasks then share one pull request instead of costing one each. The request stays open (up to
-        ``poll`` seconds) until all those tasks came, each starting as it arrives."""
+        ``poll`` seconds) until all those tasks came, each starting as it arrives; so that an open request of
+        one kind cannot hold every slot while tasks of another kind wait, one request takes at most an equal
+        share of the slots when the worker serves several kinds."""
         await self._slots.acquire()
         held = 1
-        want = max(1, self.settings.concurrency // 4)
+        share = max(1, self.settings.concurrency // len(self.kinds))
+        want = max(1, share // 4)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FETCH_GATHER
         try:
-            while held < self.settings.concurrency:
+            while held < share:
                 if not self._slots.locked():
                     await self._slots.acquire()
                     held += 1
