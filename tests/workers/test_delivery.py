@@ -95,6 +95,24 @@ async def test_sigterm_hands_back_what_does_not_finish_within_the_grace(spawn, j
     assert [r.task_id for r in got] == [short.task_id]  # the worker serves again; the long one is back in line
 
 
+async def test_an_idle_kind_does_not_hold_back_another_kinds_tasks(spawn, js) -> None:
+    """A worker serving two kinds keeps a pull open for each while nothing comes; a task of either kind starts
+    at once, not when the other kind's pull expires (``poll``: 5 s here)."""
+    spawn("--executors", "set,wait", "--concurrency", "2", env={"CB_WORKER__POLL": "5"})
+    await asyncio.sleep(1.0)  # both kinds' pulls are open and waiting
+    for kind, executor in (("wait", {"executor": "wait", "params": {"duration": 0.01}}), ("set", NOOP)):
+        task = make_task(executor, data={"n": 1})
+        began = time.monotonic()
+        await submit_task(js, task)
+        got = [r for r in await wait_results(js, 1, timeout=10) if r.task_id == task.task_id]
+        while not got and time.monotonic() - began < 10:
+            got = [r for r in await results(js) if r.task_id == task.task_id]
+            await asyncio.sleep(0.1)
+        assert got and got[0].status == "succeeded", kind
+        waited = (got[0].started - task.created).total_seconds()
+        assert waited < 2.0, f"the {kind} task waited {waited:.1f}s for a slot"
+
+
 async def _in_hand(js) -> bool:
     info = await js.consumer_info("CB_TASKS", "cb-workers-wait")
     return info.num_ack_pending > 0
