@@ -229,12 +229,27 @@ class RemoteActions:
                 if pending is None or not pending.dead:
                     break  # another engine handed it out (or it ended)
                 try:
-                    await self._again(run, task_id, pending.attempt, actor)
+                    # (past any attempt handed out without this engine: ``dlq retry`` publishes one)
+                    seen = await self._seen_attempt(run, pending)
+                    await self._again(run, task_id, pending.attempt, actor, next_attempt=max(seen, pending.attempt) + 1)
                     break
                 except ConcurrencyError:
                     continue  # another write came first: judge again on the new state
 
-    async def _again(self, run: Run, task_id: str, attempt: int, actor: str | None) -> None:
+    async def _seen_attempt(self, run: Run, pending: PendingTask) -> int:
+        """The highest attempt of the task its queue knows of (0 for a queue that cannot tell)."""
+        last_attempt = getattr(self.queue, "last_attempt", None)
+        if last_attempt is None:
+            return 0
+        try:
+            return int(await last_attempt(self._task(run, pending)))
+        except Exception as err:  # (then the engine's own count decides, as before)
+            log.warning("could not look up the attempts of task %s: %s", pending.task_id, err)
+            return 0
+
+    async def _again(
+        self, run: Run, task_id: str, attempt: int, actor: str | None, *, next_attempt: int | None = None
+    ) -> None:
         async with run.lock:
             pending = run.pending.get(task_id)
             if pending is None or pending.attempt != attempt or run.status in TERMINAL:
@@ -243,7 +258,7 @@ class RemoteActions:
                 run,
                 pending.transition,
                 task_id,
-                attempt + 1,
+                next_attempt or attempt + 1,
                 [],
                 pending.data,
                 actor,

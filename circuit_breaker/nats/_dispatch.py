@@ -18,6 +18,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
@@ -102,6 +103,14 @@ class NatsTaskQueue:
             return
         await self.submit(task)
 
+    async def last_attempt(self, task: Task) -> int:
+        """The highest attempt of ``task`` this queue has seen, still queued or answered (0: none). ``dlq retry``
+        hands a task out again without its engine: the engine's next attempt must come after that one, or the
+        stream would drop its publish as a repeat and the task would never run."""
+        queued = await queued_task(self._js, task.kind, task.task_id)
+        result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
+        return max(queued.attempt if queued is not None else 0, result.attempt if result is not None else 0)
+
     async def close(self) -> None:
         self._closed = True
         for puller in self._subs.values():  # open pulls end now (a pull request left open would hold up the
@@ -138,7 +147,7 @@ class NatsTaskQueue:
                 max_ack_pending=100_000,
             )
             await self._js.add_consumer(RESULTS_STREAM, config)
-        puller = Puller(self.connection, RESULTS_STREAM, durable, stray=self._hand_back)
+        puller = Puller(self.connection, RESULTS_STREAM, durable, stray=self._apply)
         await puller.start()
         return puller
 
@@ -175,11 +184,10 @@ class NatsTaskQueue:
             delay = 0.2
 
     def _apply(self, msg: Msg) -> None:
+        """A delivered result, also one that reached the inbox after its pull had ended (see ``Puller``): applied
+        like any other. Handing it back instead could bounce it through a request the server still fills (one
+        it ends with "409 Server Shutdown" goes on delivering), each bounce counting a delivery."""
         self._track(self._handle_in_slot(msg))
-
-    def _hand_back(self, msg: Msg) -> None:
-        """A result that reached an inbox after its pull had ended (see ``Puller``): another pull takes it."""
-        self._track(_settle(msg.nak()))
 
     def _track(self, coro: Any) -> None:
         job = asyncio.get_running_loop().create_task(coro)
@@ -197,7 +205,11 @@ class NatsTaskQueue:
             log.warning("dropping a malformed result on %s: %s", msg.subject, err)
             await _settle(msg.ack())
             return
-        deliveries = delivery(msg)[0] or 1
+        try:
+            deliveries = delivery(msg)[0] or 1
+        except NotJSMessageError:
+            log.warning("dropping a message on %s that no JetStream consumer delivered", msg.subject)
+            return
         if deliveries > MAX_DELIVERIES:  # the store has been failing for a long while: stop going round
             log.error(
                 "giving up on the result of task %s after %d deliveries; the task stays in flight (its instance "

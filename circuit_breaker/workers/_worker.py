@@ -35,6 +35,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import APIError
 
@@ -151,7 +152,9 @@ class Worker:
         cancelled and handed back (nak) for another worker."""
         grace = self.settings.grace if grace is None else grace
         self._stopping = self.health.stopping = True
-        if self._pumps:  # a pump notices the flag after its current fetch (at most ``poll`` seconds)
+        for puller in list(self._subs.values()):  # open pulls end now, and the server drops their requests:
+            await puller.stop()  # a task it still sent would be handed back through them again and again
+        if self._pumps:
             _, late = await asyncio.wait(self._pumps, timeout=self.settings.poll + 2.0)
             for task in late:
                 task.cancel()
@@ -209,8 +212,12 @@ class Worker:
             await puller.stop()
 
     def _hand_back(self, msg: Msg) -> None:
-        """A task delivered for a pull that had already ended (see ``Puller``): another fetch takes it at once."""
-        self._settling.add(task := asyncio.get_running_loop().create_task(_settle(msg.nak())))
+        """A task delivered for a pull that had already ended (see ``Puller``): no slot was taken for it, so it
+        goes back, after ``poll`` seconds: a request the server still fills (one it ended with "409 Server
+        Shutdown" may go on delivering) has expired by then, so the task cannot bounce through it, each bounce
+        counting a delivery towards ``max_deliver``."""
+        nak = msg.nak(delay=self.settings.poll)
+        self._settling.add(task := asyncio.get_running_loop().create_task(_settle(nak)))
         task.add_done_callback(self._settling.discard)
 
     async def _pump(self, kind: str) -> None:
@@ -282,7 +289,8 @@ class Worker:
             task.add_done_callback(self._done)
 
         try:
-            await puller.pull(held, run, self.settings.poll)
+            if not self._stopping:  # (stop() may have ended the pulls while this one gathered slots)
+                await puller.pull(held, run, self.settings.poll)
         finally:
             for _ in range(held - delivered):
                 self._slots.release()
@@ -305,7 +313,11 @@ class Worker:
 
     # -- one task --------------------------------------------------------------------------------------------
     async def _handle(self, kind: str, msg: Msg) -> None:
-        deliveries = delivery(msg)[0] or 1
+        try:
+            deliveries = delivery(msg)[0] or 1
+        except NotJSMessageError:  # (nothing to acknowledge, nothing to dead-letter: it is in no stream)
+            log.warning("dropping a message on %s that no JetStream consumer delivered", msg.subject)
+            return
         try:
             task = parse_task(msg.data)
             if task.kind != kind or msg.subject != task_subject(task.kind, task.task_id):

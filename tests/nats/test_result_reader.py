@@ -5,9 +5,11 @@ is (another engine may run with other settings)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import nats
+import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from circuit_breaker.nats._dispatch import NatsTaskQueue, engine_durable
@@ -92,6 +94,41 @@ async def test_an_existing_results_consumer_is_used_as_it_is(nats_url: str) -> N
         await queue.listen("made")
         made = (await js.consumer_info(RESULTS_STREAM, engine_durable("made"))).config
         assert made.ack_wait == 30 and made.filter_subject == "cb.result.made.>"
+    finally:
+        await queue.close()
+        await nc.close()
+        await drop_streams(nats_url)
+
+
+async def test_a_message_no_consumer_delivered_is_dropped_and_the_reader_goes_on(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="circuit_breaker")
+    await drop_streams(nats_url)
+    nc = await nats.connect(nats_url)
+    applied: list[str] = []
+
+    async def deliver(result: TaskResult) -> None:
+        applied.append(result.task_id)
+
+    queue = NatsTaskQueue(nc)
+    try:
+        await queue.open(deliver)
+        await queue.listen("stray")
+        inbox = queue._subs["stray"]._inbox
+        assert inbox is not None
+        await nc.publish(inbox.prefix + "x", result_of("stray", 1).model_dump_json().encode())  # (no $JS.ACK reply)
+        await nc.flush()
+        real = result_of("stray", 2)
+        await nc.jetstream().publish(
+            result_subject("stray", real.instance_id, real.task_id), real.model_dump_json().encode()
+        )
+        for _ in range(100):
+            if applied:
+                break
+            await asyncio.sleep(0.02)
+        assert applied == [real.task_id]
+        assert any("no JetStream consumer delivered" in r.getMessage() for r in caplog.records)
     finally:
         await queue.close()
         await nc.close()

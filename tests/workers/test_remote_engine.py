@@ -155,6 +155,44 @@ async def test_a_poison_task_becomes_an_incident_and_dlq_retry_completes_the_ins
         assert done.status is InstanceStatus.COMPLETED and done.tokens[0].data["exit_code"] == 0
 
 
+async def test_retry_after_a_dlq_retry_that_failed_again_runs_the_task_once_more(spawn, fresh_nats, tmp_path) -> None:
+    """``dlq retry`` hands the task out as attempt 2 without the engine; when that fails for good too, the
+    engine's own retry must not reuse attempt 2 (the stream would drop it as a repeat and nothing would run)."""
+    flag = tmp_path / "healthy"
+    runs = tmp_path / "runs"
+    script = (
+        f"import os, sys; open({str(runs)!r}, 'a').write('run\\n'); "
+        f"sys.exit(0 if os.path.exists({str(flag)!r}) else 75)"
+    )
+    spawn("--executors", "shell")
+    wf = Workflow("poison_twice")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "run").action(ShellExecutor(argv=["python3", "-c", script], retry_exit_codes=[75]), remote=True)
+    async with Engine(JetStreamStore(servers=[fresh_nats])) as engine:
+        inst = await engine.start(wf, {})
+        assert (await engine.wait(inst.id, timeout=60)).status is InstanceStatus.FAILED
+        nc = await nats.connect(fresh_nats)
+        try:
+            js = nc.jetstream()
+            ((entry, _),) = await list_dead_letters(js)
+            assert (await retry_dead_letter(js, entry)).attempt == 2
+            for _ in range(300):  # attempt 2 fails for good as well
+                if [e for e, _ in await list_dead_letters(js)]:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(await list_dead_letters(js)) == 1
+        finally:
+            await nc.close()
+        before = len(runs.read_text().splitlines())
+        flag.write_text("ok")
+        await engine.retry(inst.id)
+        done = await until(engine, inst.id, InstanceStatus.COMPLETED, timeout=30)
+        assert done.status is InstanceStatus.COMPLETED and done.tokens[0].data["exit_code"] == 0
+        assert len(runs.read_text().splitlines()) == before + 1  # it ran once more
+        started = [e async for e in engine.events(instance=inst.id, types=[EventType.TRANSITION_STARTED])]
+        assert [getattr(e, "attempt", None) for e in started] == [1, 3]  # (attempt 2 was the dlq's)
+
+
 async def until(engine: Engine, instance_id: str, status: InstanceStatus, timeout: float) -> Any:
     """The instance once it reaches ``status`` (wait() returns at once for a failed one: it is settled)."""
     loop = asyncio.get_running_loop()

@@ -4,12 +4,17 @@ exactly one stored result."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from pathlib import Path
 
 import nats
+import pytest
 
+from circuit_breaker import Engine, InstanceStatus, Workflow
+from circuit_breaker.executors import default_registry
+from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.testing.nats import nats_server
 from circuit_breaker.workers import pending_tasks, results
 
@@ -79,6 +84,48 @@ async def test_server_restart_under_load_every_task_finishes_once(tmp_path: Path
             assert "reconnected to NATS" in logs, logs[-2000:]
             for worker in workers:
                 assert worker.terminate() == 0, worker.log()[-2000:]
+        finally:
+            for worker in workers:
+                worker.close()
+
+
+async def test_an_engine_applies_every_result_across_a_server_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Results in flight while the server shuts down (it ends waiting pulls with "409 Server Shutdown" and may
+    still deliver a moment longer): each is applied once the server is back, none is handed back so often that
+    the engine gives up on it, and every instance completes."""
+    caplog.set_level(logging.WARNING, logger="circuit_breaker")
+    async with nats_server(tmp_path / "nats") as server:
+        workers = [
+            WorkerProc(server.url, tmp_path, "--executors", "wait,set", "--concurrency", "4") for _ in range(2)
+        ]
+        try:
+            flows = []
+            for name in ("restart_a", "restart_b", "restart_c"):
+                wf = Workflow(name)
+                a, b, c = wf.states("a", "b", "c")
+                wf.flow(a >> b, "slow").action(default_registry().create("wait", duration=0.5), remote=True)
+                wf.flow(b >> c, "quick").action(default_registry().create("set", values={"ok": True}), remote=True)
+                flows.append(wf)
+            async with Engine(JetStreamStore(servers=[server.url])) as engine:
+                ids = [(await engine.start(flows[i % 3], {"n": i})).id for i in range(60)]
+                await asyncio.sleep(1.5)  # tasks running, results arriving
+                await server.stop()
+                await asyncio.sleep(3.0)
+                await server.start()
+                done = await asyncio.gather(*(engine.wait(i, timeout=60) for i in ids))
+                assert [d.status for d in done] == [InstanceStatus.COMPLETED] * 60
+                nc = await nats.connect(server.url)
+                try:
+                    js = nc.jetstream(timeout=5.0)
+                    for wf in flows:
+                        info = await js.consumer_info("CB_RESULTS", f"cb-engine-{wf.name}")
+                        assert info.num_ack_pending == 0 and info.num_pending == 0
+                        assert info.num_redelivered < 20, f"{wf.name}: results went round {info.num_redelivered} times"
+                finally:
+                    await nc.close()
+            assert not [r for r in caplog.records if "giving up" in r.getMessage()]
         finally:
             for worker in workers:
                 worker.close()
