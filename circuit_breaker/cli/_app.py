@@ -308,6 +308,17 @@ def _show_instance(inst: Instance) -> None:
     for t in inst.tokens:
         tokens.add_row(Text(t.place or ""), Text(json.dumps(masker.mask(t.data), ensure_ascii=False, default=str)))
     console.print(tokens)
+    if inst.tasks:  # tokens a remote action took: they are with the task until its result comes
+        tasks = Table(title="In flight (remote actions)", title_justify="left")
+        for column in ("transition", "executor", "attempt", "since", "task", "state"):
+            tasks.add_column(column, no_wrap=column == "task")
+        for task in inst.tasks:
+            state = Text("queued or running")
+            if task.dead_lettered:
+                state = Text("dead-lettered: see dlq list / retry", style="red")
+            since = task.since.strftime("%H:%M:%S")
+            tasks.add_row(task.transition, task.executor, str(task.attempt), since, task.task_id, state)
+        console.print(tasks)
 
     history = Table(title="History", title_justify="left")
     for column in ("time", "event", "transition", "places", "details"):

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy
@@ -161,7 +160,7 @@ class InboxConsumer:
                 continue
             try:
                 msgs = await self._sub.fetch(free, timeout=self.poll)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # (nats-py raises its own subclass, or the builtin one from inside fetch)
                 continue  # nothing to do (the connection may also be reconnecting: the next fetch tells)
             for msg in msgs:
                 task = asyncio.get_running_loop().create_task(self._handle(msg))

@@ -127,6 +127,16 @@ class Worker:
                 f"executor kind(s) {unknown} are not registered in this worker; it knows {self.registry.names()}"
             )
         self.kinds = list(dict.fromkeys(wanted))
+        if self.settings.concurrency < len(self.kinds):
+            log.warning(
+                "worker %s serves %d executor kinds with concurrency %d: each kind waits for a free slot, and a task "
+                "may wait up to poll (%gs) while another kind's pull holds it; give it a concurrency of at least %d",
+                self.worker_id,
+                len(self.kinds),
+                self.settings.concurrency,
+                self.settings.poll,
+                len(self.kinds),
+            )
         try:
             await ensure_task_streams(self.js, self.stream)
             await self._acks.start()
@@ -154,8 +164,8 @@ class Worker:
         self._stopping = self.health.stopping = True
         for puller in list(self._subs.values()):  # open pulls end now, and the server drops their requests:
             await puller.stop()  # a task it still sent would be handed back through them again and again
-        if self._pumps:
-            _, late = await asyncio.wait(self._pumps, timeout=self.settings.poll + 2.0)
+        if self._pumps:  # (a pump waiting for a free slot has nothing more to do either)
+            _, late = await asyncio.wait(self._pumps, timeout=0.5)
             for task in late:
                 task.cancel()
             await asyncio.gather(*self._pumps, return_exceptions=True)
