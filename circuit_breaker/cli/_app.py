@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -191,10 +192,16 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+PIPED_WIDTH = 200  # columns of tables written to a pipe or a file when COLUMNS does not say
+
+
 def _console(*, soft_wrap: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=soft_wrap)
+    # Output that is not a terminal is read by programs and copied from: rich would cut it at 80 columns
+    # (ids and times ending in "…"); COLUMNS still decides when set.
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(highlight=False, soft_wrap=soft_wrap, width=PIPED_WIDTH if piped else None)
 
 
 # -- run -----------------------------------------------------------------------------------------------------

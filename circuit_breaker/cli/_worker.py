@@ -192,8 +192,15 @@ def dlq_list(nats_url: NatsUrlOpt = None, as_json: JsonOpt = False) -> None:
     if not letters:
         typer.echo("no dead letters")
     for seq, letter in letters:
-        what = f"task {letter.task.task_id} attempt {letter.task.attempt}" if letter.task else "malformed message"
-        typer.echo(f"{seq}  {letter.subject}  {what}  {letter.reason}: {letter.message}")
+        task = letter.task
+        if task is None:
+            typer.echo(f"{seq}  {letter.subject}  malformed message  {letter.reason}: {letter.message}")
+            continue
+        where = f"{task.workflow} instance {task.instance_id} transition {task.transition}"
+        typer.echo(
+            f"{seq}  task {task.task_id} attempt {task.attempt} ({task.kind}) of {where}  {letter.reason}: "
+            f"{letter.message}"
+        )
 
 
 @dlq_app.command("show")

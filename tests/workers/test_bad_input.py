@@ -74,6 +74,9 @@ async def test_a_poison_task_is_retried_on_the_backoff_schedule_then_dead_letter
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert [(r["id"], r["task"]["task_id"], r["reason"]) for r in rows] == [(entry, task.task_id, "max_deliver")]
+    text = cli(fresh_nats, "dlq", "list").stdout  # which instance and transition, without a dlq show each
+    assert f"{entry}  task {task.task_id} attempt 1 (shell) of {task.workflow} instance {task.instance_id}" in text
+    assert f"transition {task.transition}  max_deliver: " in text
     shown = cli(fresh_nats, "dlq", "show", str(entry))
     assert json.loads(shown.stdout)["last_error"]["kind"] == "exit_code"
 
