@@ -126,15 +126,21 @@ async def test_a_task_no_worker_serves_waits_visibly_and_runs_once_a_worker_come
         assert (await engine.wait(inst.id, timeout=30)).tokens[0].data == {"ok": True}
 
 
+def poison_workflow(name: str, script: str) -> Workflow:
+    """One remote shell transition running ``script`` with Python, exit code 75 counting as retryable."""
+    wf = Workflow(name)
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "run").action(ShellExecutor(argv=["python3", "-c", script], retry_exit_codes=[75]), remote=True)
+    return wf
+
+
 async def test_a_poison_task_becomes_an_incident_and_dlq_retry_completes_the_instance(
     spawn, fresh_nats, tmp_path
 ) -> None:
     flag = tmp_path / "healthy"
     script = f"import os, sys; sys.exit(0 if os.path.exists({str(flag)!r}) else 75)"
     spawn("--executors", "shell")
-    wf = Workflow("poison")
-    a, b = wf.states("a", "b")
-    wf.flow(a >> b, "run").action(ShellExecutor(argv=["python3", "-c", script], retry_exit_codes=[75]), remote=True)
+    wf = poison_workflow("poison", script)
     async with Engine(JetStreamStore(servers=[fresh_nats])) as engine:
         inst = await engine.start(wf, {})
         failed = await engine.wait(inst.id, timeout=60)  # 3 deliveries on the backoff schedule, then the DLQ
@@ -165,9 +171,7 @@ async def test_retry_after_a_dlq_retry_that_failed_again_runs_the_task_once_more
         f"sys.exit(0 if os.path.exists({str(flag)!r}) else 75)"
     )
     spawn("--executors", "shell")
-    wf = Workflow("poison_twice")
-    a, b = wf.states("a", "b")
-    wf.flow(a >> b, "run").action(ShellExecutor(argv=["python3", "-c", script], retry_exit_codes=[75]), remote=True)
+    wf = poison_workflow("poison_twice", script)
     async with Engine(JetStreamStore(servers=[fresh_nats])) as engine:
         inst = await engine.start(wf, {})
         assert (await engine.wait(inst.id, timeout=60)).status is InstanceStatus.FAILED
