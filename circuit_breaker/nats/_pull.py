@@ -9,7 +9,7 @@ delivered messages straight from nats-py's protocol parser (see ``_acks._ReplyRo
 the caller's function at once, while the request stays open for the rest of its batch.
 
 A request ends when its whole batch was delivered or when the server ends it with a status message (404 no
-messages, 408 expired; 409 and 503 are errors). Otherwise (no status within ``expires + END_MARGIN`` seconds,
+messages, 408 expired, 409 "Server Shutdown" before a restart; other 409s and 503 are errors). Otherwise (no status within ``expires + END_MARGIN`` seconds,
 a cancelled pull, ``stop``) the server may still hold the request: the puller then drops its inbox, so the
 server drops the request instead of filling it, and the next pull subscribes a fresh inbox. A message that
 still reaches a dropped inbox goes to ``stray`` (whose owner hands it back) and never counts for a later pull.
@@ -38,6 +38,9 @@ DISCONNECTED_PAUSE = 0.25  # seconds a pull waits (and returns empty) while the 
 _STATUS = b"NATS/1.0 "
 # 409 descriptions after which pulling again cannot work until the consumer is made again.
 _GONE = ("consumer deleted", "consumer is push based")
+# 409 descriptions that end a request without anything being wrong with it: the server is going away (a restart),
+# and the connection's reconnect takes over from there.
+_SHUTDOWN = ("server shutdown",)
 
 
 class ConsumerGoneError(StoreError):
@@ -80,13 +83,14 @@ def delivery(msg: Msg) -> tuple[int, int]:
 
 
 class _Request:
-    __slots__ = ("delivered", "done", "ended", "error", "token", "wanted")
+    __slots__ = ("delivered", "done", "ended", "error", "pause", "token", "wanted")
 
     def __init__(self, token: str, wanted: int) -> None:
         self.token, self.wanted, self.delivered = token, wanted, 0
         self.done = asyncio.Event()
         self.ended = False  # by the server: the whole batch delivered, or a status message
         self.error: Exception | None = None
+        self.pause = 0.0  # seconds to wait before the pull returns (the server is going away)
 
 
 class _Inbox:
@@ -178,6 +182,8 @@ class Puller:
                     task.add_done_callback(self._dropping.discard)
         if request.error is not None:
             raise request.error
+        if request.pause:
+            await asyncio.sleep(request.pause)
         return request.delivered
 
     def _forget(self) -> _Inbox | None:
@@ -216,6 +222,8 @@ class Puller:
                 request.error = ConsumerGoneError(
                     f"pulling from consumer {self.consumer!r}: {code} {description or 'no responders'}"
                 )
+            elif code == 409 and description.lower().startswith(_SHUTDOWN):
+                request.pause = DISCONNECTED_PAUSE  # (what it still delivers comes to stray, not lost)
             elif code not in (404, 408):  # (404: nothing more for a no_wait request; 408: it expired)
                 request.error = PullRefusedError(
                     f"pulling from consumer {self.consumer!r}: the server refused the request: {code} {description}"
