@@ -9,10 +9,11 @@ delivered messages straight from nats-py's protocol parser (see ``_acks._ReplyRo
 the caller's function at once, while the request stays open for the rest of its batch.
 
 A request ends when its whole batch was delivered or when the server ends it with a status message (404 no
-messages, 408 expired, 409 "Server Shutdown" before a restart; other 409s and 503 are errors). Otherwise (no status within ``expires + END_MARGIN`` seconds,
-a cancelled pull, ``stop``) the server may still hold the request: the puller then drops its inbox, so the
-server drops the request instead of filling it, and the next pull subscribes a fresh inbox. A message that
-still reaches a dropped inbox goes to ``stray`` (whose owner hands it back) and never counts for a later pull.
+messages, 408 expired, 409 "Server Shutdown" before a restart; other 409s and 503 are errors). Otherwise (no
+status within ``expires + END_MARGIN`` seconds, a cancelled pull, ``stop``) the server may still hold the
+request: the puller then drops its inbox, so the server drops the request instead of filling it, and the next
+pull subscribes a fresh inbox. A message that reaches the inbox outside an open request goes to ``stray``
+(whose owner applies it or hands it back) and never counts for a later pull.
 While the connection is down no request is sent at all: one buffered for the reconnect would reach the server
 late, with nobody waiting for its answer.
 """
