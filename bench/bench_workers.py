@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -123,6 +124,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def handed_out(engine: Engine) -> dict[str, Any]:
+    """When each task was handed out: its transition_started event's time, by task id."""
+    return {
+        e.task_id: e.time
+        async for e in engine.events(types=[EventType.TRANSITION_STARTED])
+        if isinstance(e, TransitionStarted)
+    }
+
+
 CPU: dict[str, float] = {}  # CPU per task (us) of the last end_to_end run: engine, workers
 
 
@@ -151,11 +161,7 @@ async def end_to_end(url: str, n: int, cwd: Path, chain: int = 1) -> tuple[float
             CPU["engine"] = (time.process_time() - cpu0) / n * 1e6
             CPU["workers"] = (sum(cpu_seconds(p.pid) for p in procs) - workers0) / n * 1e6
             assert all(i.status is InstanceStatus.COMPLETED for i in done)
-            since = {
-                e.task_id: e.time
-                async for e in engine.events(types=[EventType.TRANSITION_STARTED])
-                if isinstance(e, TransitionStarted)
-            }
+            since = await handed_out(engine)
         nc = await nats.connect(url)
         got = await results(nc.jetstream(timeout=10), workflow=name)
         await nc.close()
@@ -180,11 +186,7 @@ async def one_at_a_time(url: str, n: int, cwd: Path) -> tuple[float, float, floa
                 instance = await engine.start(wf, {"n": i})
                 await engine.wait(instance.id, timeout=30)
                 whole.append((time.perf_counter() - t0) * 1000)
-            since = {
-                e.task_id: e.time
-                async for e in engine.events(types=[EventType.TRANSITION_STARTED])
-                if isinstance(e, TransitionStarted)
-            }
+            since = await handed_out(engine)
         nc = await nats.connect(url)
         got = sorted(await results(nc.jetstream(timeout=10), workflow=wf.name), key=lambda r: r.started)[20:]
         await nc.close()

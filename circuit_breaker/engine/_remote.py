@@ -237,13 +237,11 @@ class RemoteActions:
                     continue  # another write came first: judge again on the new state
 
     async def _seen_attempt(self, run: Run, pending: PendingTask) -> int:
-        """The highest attempt of the task its queue knows of (0 for a queue that cannot tell)."""
-        last_attempt = getattr(self.queue, "last_attempt", None)
-        if last_attempt is None:
-            return 0
+        """The highest attempt of the task its queue knows of (0 when the queue cannot be asked)."""
+        assert self.queue is not None
         try:
-            return int(await last_attempt(self._task(run, pending)))
-        except Exception as err:  # (then the engine's own count decides, as before)
+            return await self.queue.last_attempt(self._task(run, pending))
+        except Exception as err:  # (NATS trouble: then the engine's own count decides)
             log.warning("could not look up the attempts of task %s: %s", pending.task_id, err)
             return 0
 

@@ -45,6 +45,11 @@ class TaskQueue(Protocol):
         submitting it again only when it was lost."""
         ...
 
+    async def last_attempt(self, task: Task) -> int:
+        """The highest attempt of ``task`` handed out or answered that this queue knows of (0: none), also one
+        handed out without the engine (``dlq retry``): the engine's retry by hand goes past it."""
+        ...
+
     async def close(self) -> None:
         """Stop delivering results and release the connection's subscriptions (results left are kept)."""
         ...

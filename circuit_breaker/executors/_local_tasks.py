@@ -121,6 +121,9 @@ class LocalTaskQueue:
     async def recover(self, task: Task) -> None:
         await self.submit(task)  # nothing of an in-process run outlives the process
 
+    async def last_attempt(self, task: Task) -> int:
+        return 0  # only its engine hands tasks to this queue, so the engine's own count is the whole story
+
     async def close(self) -> None:
         for job in list(self._running):
             job.cancel()

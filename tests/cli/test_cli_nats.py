@@ -8,7 +8,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,17 @@ def _env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def serving(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, command: str = "nats"
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    command: str = "nats",
+    wrapper: tuple[str, ...] = (),
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
+    """``circuit-breaker COMMAND ARGS`` (behind ``wrapper``, e.g. ``("nohup",)``) in its own process group;
+    killed and reaped afterwards if it is still running."""
     proc = subprocess.Popen(
-        [console_script(), command, *args],
+        [*wrapper, console_script(), command, *args],
         cwd=cwd,
         env=env or _env(),
         stdin=subprocess.DEVNULL,
@@ -41,6 +48,7 @@ def serving(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=preexec_fn,
     )
     try:
         yield proc
@@ -171,17 +179,8 @@ def test_serve_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:
     (tmp_path / "workflows" / "tiny.py").write_text(
         "from circuit_breaker import Workflow\nwf = Workflow('tiny')\na, b = wf.states('a', 'b')\nwf.flow(a >> b, 'go')\n"
     )
-    proc = subprocess.Popen(
-        ["nohup", console_script(), "serve", "--json"],
-        cwd=tmp_path,
-        env=_env(CB_DATA_DIR=str(tmp_path / "state")),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+    env = _env(CB_DATA_DIR=str(tmp_path / "state"))
+    with serving("--json", cwd=tmp_path, env=env, command="serve", wrapper=("nohup",)) as proc:
         assert json.loads(first_line(proc))["workflows"] == ["tiny"]
         os.killpg(proc.pid, signal.SIGHUP)
         time.sleep(1.0)
@@ -189,13 +188,6 @@ def test_serve_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(15) == 0
         assert running_server(tmp_path / "state" / "nats") is None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.mark.parametrize("in_background", [False, True], ids=["foreground", "started-with-sigint-ignored"])
@@ -211,18 +203,10 @@ def test_a_hang_up_ends_run_durable_as_ctrl_c_does(tmp_path: Path, in_background
     def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    proc = subprocess.Popen(
-        [console_script(), "run", "spin.py", "--durable", "--timeout", "60"],
-        cwd=tmp_path,
-        env=_env(CB_DATA_DIR=str(tmp_path / "state")),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=ignore_sigint if in_background else None,
-    )
-    try:
+    env = _env(CB_DATA_DIR=str(tmp_path / "state"))
+    args = ("spin.py", "--durable", "--timeout", "60")
+    preexec = ignore_sigint if in_background else None
+    with serving(*args, cwd=tmp_path, env=env, command="run", preexec_fn=preexec) as proc:
         for _ in range(100):  # until the engine is busy firing
             if running_server(tmp_path / "state" / "nats") is not None:
                 break
@@ -234,7 +218,3 @@ def test_a_hang_up_ends_run_durable_as_ctrl_c_does(tmp_path: Path, in_background
         for noise in ("Traceback", "never retrieved", "never awaited", "was destroyed"):
             assert noise not in err, err
         assert running_server(tmp_path / "state" / "nats") is None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)

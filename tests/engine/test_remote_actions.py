@@ -117,6 +117,9 @@ class ControlledQueue:
     async def recover(self, task: Task) -> None:
         self.recovered.append(task)
 
+    async def last_attempt(self, task: Task) -> int:
+        return 0  # nothing but the engine hands tasks out here
+
     async def close(self) -> None:
         return None
 
