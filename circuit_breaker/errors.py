@@ -19,6 +19,7 @@
     │   └── ActionTimeoutError
     ├── InstanceExistsError             start() with an instance id that is taken
     ├── InstanceStateError              an illegal lifecycle move (resume a completed instance)
+    │   └── TaskStateError              retrying a task the instance does not wait for, or that is not dead
     ├── ConcurrencyError                someone else changed the instance first (retryable)
     ├── WaitTimeoutError                engine.wait() gave up
     ├── WorkflowLoadError               a workflow file cannot be loaded
@@ -191,6 +192,17 @@ class InstanceStateError(CircuitBreakerError):
         self.instance_id = instance_id
         self.status = status
         self.action = action
+
+
+class TaskStateError(InstanceStateError):
+    """A task of an instance cannot be retried: the instance does not wait for it, or it is not dead-lettered."""
+
+    def __init__(self, instance_id: str, task_id: str, state: str) -> None:
+        CircuitBreakerError.__init__(self, f"cannot retry task {task_id} of instance {instance_id}: {state}")
+        self.instance_id = instance_id
+        self.task_id = task_id
+        self.status = state
+        self.action = "retry"
 
 
 class InstanceExistsError(CircuitBreakerError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._durable import JsonOpt, NatsUrlOpt, nats_session
+from ._durable import ActorOpt, JsonOpt, NatsUrlOpt, TimeoutOpt, nats_session
 from ._signals import stop_signals
 
 if TYPE_CHECKING:
@@ -166,7 +166,8 @@ dlq_app = typer.Typer(
 EntryArg = Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id, as `dlq list` shows it.")]
 
 
-def _dlq(nats_url: list[str] | None, action: Any) -> Any:
+def _dlq(nats_url: list[str] | None, action: Any, *, connection: bool = False) -> Any:
+    """Run ``action`` with a JetStream context (or, with ``connection``, the NATS connection) and CLI errors."""
     from ._app import _errors
 
     with _errors():
@@ -174,7 +175,7 @@ def _dlq(nats_url: list[str] | None, action: Any) -> Any:
 
         async def run() -> Any:
             async with nats_session(settings) as nc:
-                return await action(nc.jetstream(timeout=5.0))
+                return await action(nc if connection else nc.jetstream(timeout=5.0))
 
         return asyncio.run(run())
 
@@ -214,13 +215,33 @@ def dlq_show(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
 
 
 @dlq_app.command("retry")
-def dlq_retry(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
-    """Put the task back on its queue as the next attempt, and remove the dead letter."""
-    from ..nats._subjects import task_subject
-    from ..workers import retry_dead_letter
+def dlq_retry(
+    entry: EntryArg, actor: ActorOpt = "cli", timeout: TimeoutOpt = 30.0, nats_url: NatsUrlOpt = None
+) -> None:
+    """Hand the task out again as its next attempt, and remove the dead letter.
 
-    task = _dlq(nats_url, lambda js: retry_dead_letter(js, entry))
-    typer.echo(f"task {task.task_id} queued again as attempt {task.attempt} on {task_subject(task.kind, task.task_id)}")
+    The engine serving the task's workflow does it, so the instance records the retry and runs again if this
+    task was all that failed it. With no engine serving the workflow, the task goes straight back on its
+    queue, and an engine applies its result when it runs."""
+    from ..nats._control import retry_dead_letter_via_engine
+    from ..nats._subjects import task_subject
+
+    async def retry(nc: Any) -> Any:
+        return await retry_dead_letter_via_engine(nc, entry, actor=actor, timeout=timeout)
+
+    done = _dlq(nats_url, retry, connection=True)
+    task = done.task
+    where = f"attempt {task.attempt} on {task_subject(task.kind, task.task_id)}"
+    if done.by_engine:
+        status = (done.instance or {}).get("status", "?")
+        typer.echo(
+            f"task {task.task_id} handed out again by the engine as {where}; instance {task.instance_id} is {status}"
+        )
+    else:
+        typer.echo(
+            f"task {task.task_id} queued again as {where} (no engine serves workflow {task.workflow!r} or knows "
+            f"instance {task.instance_id}: an engine applies the result when it runs)"
+        )
 
 
 @dlq_app.command("drop")

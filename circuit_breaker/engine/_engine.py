@@ -44,6 +44,7 @@ from ..errors import (
     InstanceExistsError,
     InstanceStateError,
     StoreError,
+    TaskStateError,
     TokenDataError,
     TransitionNotEnabledError,
     TransitionRejectedError,
@@ -863,14 +864,42 @@ class Engine:
         finally:
             run.release(consumed)
 
-    async def retry(self, instance_id: str, actor: str | None = None) -> Instance:
+    async def retry(self, instance_id: str, actor: str | None = None, *, task_id: str | None = None) -> Instance:
         """Try again: a failed instance gets its incidents resolved; a waiting one has the automatic
-        transitions its policies refused reconsidered (after the world they depend on changed)."""
+        transitions its policies refused reconsidered (after the world they depend on changed).
+
+        With ``task_id`` (what ``circuit-breaker dlq retry`` asks for): only that dead-lettered remote task is
+        handed out again, as its next attempt; a failed instance runs again if that task was all that failed it.
+        """
+        if task_id is not None:
+            return await self._retry_task(instance_id, task_id, actor)
         run = await self._change_status(
             instance_id, lambda r: "proceed" if r.status is WAITING else "retry", actor, "retried by hand", retry=True
         )
         if any(p.dead for p in run.pending.values()):
             await self._remote().redispatch_dead(run, actor)
+        self._kick(run)
+        return run.snapshot()
+
+    async def _retry_task(self, instance_id: str, task_id: str, actor: str | None) -> Instance:
+        run = await self._find(instance_id)
+        run.local = True
+        pending = run.pending.get(task_id)
+        if pending is None:
+            raise TaskStateError(instance_id, task_id, "the instance does not wait for it")
+        if not pending.dead:
+            raise TaskStateError(instance_id, task_id, f"it is not dead-lettered (attempt {pending.attempt} is out)")
+        if run.status in TERMINAL:
+            raise InstanceStateError(instance_id, run.status.value, f"retry task {task_id} of")
+        tokens = pending.token_ids()
+        open_incidents = [i for i in run.incidents if not i.resolved]
+        if (
+            run.status is FAILED
+            and open_incidents
+            and all(i.transition == pending.transition and i.tokens == tokens for i in open_incidents)
+        ):  # this task is all that failed the instance: it runs again while the task does
+            await self._change_status(instance_id, lambda _: "retry", actor, f"task {task_id} retried", retry=True)
+        await self._remote().redispatch_dead(run, actor, only=task_id)
         self._kick(run)
         return run.snapshot()
 

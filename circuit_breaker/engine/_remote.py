@@ -221,9 +221,10 @@ class RemoteActions:
             if not pending.dead:
                 await self._send(run, pending, recovering=True)
 
-    async def redispatch_dead(self, run: Run, actor: str | None) -> None:
-        """A retried instance: hand each dead-lettered task out again as its next attempt."""
-        for task_id in [p.task_id for p in run.pending.values() if p.dead]:
+    async def redispatch_dead(self, run: Run, actor: str | None, only: str | None = None) -> None:
+        """A retried instance: hand each dead-lettered task (or just task ``only``) out again as its next
+        attempt, and remove its dead letters from the queue."""
+        for task_id in [p.task_id for p in run.pending.values() if p.dead and only in (None, p.task_id)]:
             for _ in range(APPLY_ATTEMPTS):
                 pending = run.pending.get(task_id)
                 if pending is None or not pending.dead:
@@ -232,9 +233,17 @@ class RemoteActions:
                     # (past any attempt handed out without this engine: ``dlq retry`` publishes one)
                     seen = await self._seen_attempt(run, pending)
                     await self._again(run, task_id, pending.attempt, actor, next_attempt=max(seen, pending.attempt) + 1)
-                    break
                 except ConcurrencyError:
                     continue  # another write came first: judge again on the new state
+                await self._forget_dead_letters(run, pending)
+                break
+
+    async def _forget_dead_letters(self, run: Run, pending: PendingTask) -> None:
+        assert self.queue is not None
+        try:
+            await self.queue.forget_dead_letters(self._task(run, pending))
+        except Exception as err:  # (NATS trouble: the letters stay listed; ``dlq drop`` removes them)
+            log.warning("could not remove the dead letters of task %s: %s", pending.task_id, err)
 
     async def _seen_attempt(self, run: Run, pending: PendingTask) -> int:
         """The highest attempt of the task its queue knows of (0 when the queue cannot be asked)."""

@@ -50,6 +50,11 @@ class TaskQueue(Protocol):
         handed out without the engine (``dlq retry``): the engine's retry by hand goes past it."""
         ...
 
+    async def forget_dead_letters(self, task: Task) -> None:
+        """Remove the dead letters this queue keeps of ``task``: the engine handed it out again, so they are
+        settled (the instance's history keeps the failure)."""
+        ...
+
     async def close(self) -> None:
         """Stop delivering results and release the connection's subscriptions (results left are kept)."""
         ...

@@ -13,8 +13,10 @@ Request: ``{"instance_id": "...", "transition": "approve", "data": {...}, "actor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from nats.aio.client import Client as NATS
@@ -40,8 +42,17 @@ from ._subjects import EVENTS_STREAM, control_subject, instance_filter
 
 if TYPE_CHECKING:
     from ..engine import Engine
+    from ..tasks import Task
 
-__all__ = ["ControlError", "ControlRequest", "ControlService", "request_control", "request_fire"]
+__all__ = [
+    "ControlError",
+    "ControlRequest",
+    "ControlService",
+    "DeadLetterRetry",
+    "request_control",
+    "request_fire",
+    "retry_dead_letter_via_engine",
+]
 
 log = logging.getLogger("circuit_breaker.nats.control")
 
@@ -70,6 +81,13 @@ class ControlRequest(BaseModel):
     data: dict[str, Any] | None = Field(None, description="Merged into the token before the policy is judged.")
     actor: str | None = Field(None, max_length=256)
     reason: str | None = Field(None, max_length=2000, description="Why (cancel only).")
+    task_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Retry only: hand out just this dead-lettered remote task again (what `dlq retry` asks).",
+    )
 
 
 class ControlService:
@@ -138,7 +156,7 @@ class ControlService:
                     return _error("invalid_request", "transition: a fire request names the transition")
                 inst = await engine.fire(request.instance_id, request.transition, request.actor, data=request.data)
             elif verb == "retry":
-                inst = await engine.retry(request.instance_id, request.actor)
+                inst = await engine.retry(request.instance_id, request.actor, task_id=request.task_id)
             elif verb == "pause":
                 inst = await engine.pause(request.instance_id, request.actor)
             elif verb == "resume":
@@ -230,3 +248,55 @@ async def request_fire(
     """Fire a manual transition through the engine serving the instance's workflow."""
     request = ControlRequest(instance_id=instance_id, transition=transition, data=data, actor=actor)
     return await request_control(connection, "fire", request, timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRetry:
+    """How a dead letter's task went out again: ``by_engine`` (the instance recorded it; ``instance`` is the
+    instance afterwards, as ``Instance`` JSON) or published straight to its queue (no engine serves the
+    workflow, or the task belongs to no stored instance)."""
+
+    task: Task
+    by_engine: bool
+    instance: dict[str, Any] | None = None
+
+
+async def retry_dead_letter_via_engine(
+    connection: NATS, entry: int, *, actor: str | None = None, timeout: float = 30.0
+) -> DeadLetterRetry:
+    """Hand dead letter ``entry``'s task out again as its next attempt, and remove the letter.
+
+    The engine serving the task's workflow does it when one answers, so the instance records it (a new
+    ``transition_started``; a failed instance runs again if this task was all that failed it). Only when no
+    engine serves the workflow, or the instance is not stored, is the task published straight to its queue
+    (``retry_dead_letter``); an engine applies its result when it runs. Raises ``ControlError`` when the engine
+    refuses (the task is not dead-lettered in the instance: the letter is then stale and kept for ``dlq
+    drop``), ``DeadLetterError`` for an unknown entry or one without a task.
+    """
+    from ..errors import DeadLetterError
+    from ..workers._queue import drop_dead_letter, get_dead_letter, retry_dead_letter
+
+    js = connection.jetstream(timeout=min(timeout, 5.0))
+    letter = await get_dead_letter(js, entry)
+    task = letter.task
+    if task is None:
+        raise DeadLetterError(
+            f"dead letter {entry} holds no task (reason {letter.reason}: {letter.message}); drop it instead",
+            entry=entry,
+        )
+    request = ControlRequest(instance_id=task.instance_id, task_id=task.task_id, actor=actor)
+    try:
+        instance = await request_control(connection, "retry", request, workflow=task.workflow, timeout=timeout)
+    except ControlError as err:
+        if err.code == "instance_state":  # handed out again already, or the instance ended
+            raise ControlError(
+                err.code, f"{err.message}; dead letter {entry} is kept (`circuit-breaker dlq drop {entry}` removes it)"
+            ) from None
+        if err.code not in ("no_responders", "unknown_instance"):
+            raise
+        return DeadLetterRetry(task=await retry_dead_letter(js, entry), by_engine=False)
+    with contextlib.suppress(DeadLetterError):  # the engine removed the letters under the task's subject
+        await drop_dead_letter(js, entry)  # (one written before letters had a subject per task stays: drop it)
+    attempt = next((t["attempt"] for t in instance.get("tasks", []) if t.get("task_id") == task.task_id), None)
+    handed = task.model_copy(update={"attempt": attempt}) if attempt is not None else task
+    return DeadLetterRetry(task=handed, by_engine=True, instance=instance)

@@ -29,7 +29,7 @@ from ..tasks import Task, TaskResult, task_msg_id
 from ..workers._queue import ensure_task_streams, queued_task, stored_result
 from ._acks import AckedPublisher, msg_id_block
 from ._pull import Puller, delivery
-from ._subjects import RESULTS_STREAM, result_filter, task_subject
+from ._subjects import DLQ_STREAM, RESULTS_STREAM, dlq_subject, result_filter, task_subject
 
 __all__ = ["NatsTaskQueue", "engine_durable"]
 
@@ -110,6 +110,11 @@ class NatsTaskQueue:
         queued = await queued_task(self._js, task.kind, task.task_id)
         result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
         return max(queued.attempt if queued is not None else 0, result.attempt if result is not None else 0)
+
+    async def forget_dead_letters(self, task: Task) -> None:
+        """Purge ``task``'s subject in ``CB_DLQ`` (letters written before dead letters had a subject per task,
+        on ``cb.dlq.<kind>``, stay until ``dlq drop``)."""
+        await self._js.purge_stream(DLQ_STREAM, subject=dlq_subject(task.kind, task.task_id))
 
     async def close(self) -> None:
         self._closed = True

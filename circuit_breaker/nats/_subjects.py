@@ -142,8 +142,11 @@ def result_filter(workflow: str | None = None, instance_id: str | None = None) -
     return f"{RESULT_PREFIX}.>"
 
 
-def dlq_subject(kind: str) -> str:
-    return f"{DLQ_PREFIX}.{kind}"
+def dlq_subject(kind: str, task_id: str | None = None) -> str:
+    """Where a dead letter goes: per task (``cb.dlq.<kind>.<task_id>``), so that the engine can remove a task's
+    letters by subject once it hands the task out again; a malformed message, with no task id, on
+    ``cb.dlq.<kind>``."""
+    return f"{DLQ_PREFIX}.{kind}" if task_id is None else f"{DLQ_PREFIX}.{kind}.{task_id}"
 
 
 def worker_durable(kind: str) -> str:

@@ -440,7 +440,8 @@ class Worker:
             f"{task.task_id}:{task.attempt}:dlq" if task is not None else f"malformed:{msg.metadata.sequence.stream}"
         )
         extra = _log_fields(task, self.worker_id) if task is not None else {"worker": self.worker_id}
-        if not await self._publish(dlq_subject(kind), letter.model_dump_json().encode(), msg_id):
+        subject = dlq_subject(kind, task.task_id if task is not None else None)
+        if not await self._publish(subject, letter.model_dump_json().encode(), msg_id):
             await _settle(msg.nak(delay=1.0))
             return
         if task is not None:

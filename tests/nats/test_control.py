@@ -72,6 +72,9 @@ async def test_each_refusal_has_its_code(served: tuple[Engine, Any]) -> None:
     }
     for code, request in cases.items():
         assert (await ask(nc, "fire", request))["error"]["code"] == code, code
+    no_task = (await ask(nc, "retry", {"instance_id": inst.id, "task_id": "t1"}))["error"]
+    assert no_task["code"] == "instance_state" and "task t1" in no_task["message"], no_task
+    assert (await ask(nc, "retry", {"instance_id": inst.id, "task_id": "a.b"}))["error"]["code"] == "invalid_request"
     assert (await ask(nc, "fire", b"{not json"))["error"]["code"] == "invalid_request"
     assert (await ask(nc, "fire", {"instance_id": inst.id}))["error"]["code"] == "invalid_request"
     cancelled = await ask(nc, "cancel", {"instance_id": inst.id, "reason": "withdrawn"})

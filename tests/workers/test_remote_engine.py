@@ -18,8 +18,10 @@ import nats
 from circuit_breaker import Engine, EventType, InstanceStatus, Workflow
 from circuit_breaker.executors import ShellExecutor, default_registry
 from circuit_breaker.nats import JetStreamStore
+from circuit_breaker.nats._control import ControlService
 from circuit_breaker.workers import list_dead_letters, pending_tasks, results, retry_dead_letter
 
+from .conftest import CLI
 from .remote_engine import workflow as relay_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,6 +163,73 @@ async def test_a_poison_task_becomes_an_incident_and_dlq_retry_completes_the_ins
         assert done.status is InstanceStatus.COMPLETED and done.tokens[0].data["exit_code"] == 0
 
 
+async def test_dlq_retry_asks_the_serving_engine_so_the_instance_records_it(spawn, fresh_nats, tmp_path) -> None:
+    """``dlq retry`` of an instance's task goes through the engine serving its workflow: the retry is in the
+    instance's history, the instance runs again at once (not while still failed), the letter is gone; a stale
+    letter (its task no longer dead) is refused by name and kept."""
+    flag = tmp_path / "healthy"
+    script = f"import os, sys, time; time.sleep(0.5) if os.path.exists({str(flag)!r}) else sys.exit(75)"
+    spawn("--executors", "shell")
+    wf = poison_workflow("poison_cli", script)
+    env = {**os.environ, "CB_NATS_URL": fresh_nats}
+    async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as engine:
+        nc = await nats.connect(fresh_nats)
+        control = ControlService(engine, nc)  # as `serve` runs it
+        await control.start()
+        try:
+            inst = await engine.start(wf, {})
+            assert (await engine.wait(inst.id, timeout=60)).status is InstanceStatus.FAILED
+            js = nc.jetstream()
+            ((entry, letter),) = await list_dead_letters(js)
+            assert letter.task is not None
+            flag.write_text("ok")
+            retried = await asyncio.to_thread(
+                subprocess.run, [CLI, "dlq", "retry", str(entry)], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert retried.returncode == 0, retried.stderr
+            assert f"handed out again by the engine as attempt 2 on cb.task.shell.{letter.task.task_id}" in (
+                retried.stdout
+            )
+            assert f"instance {inst.id} is running" in retried.stdout
+            now = await engine.get(inst.id)
+            assert now.status is InstanceStatus.RUNNING and now.open_incidents == []
+            assert [(t.attempt, t.dead_lettered) for t in now.tasks] == [(2, False)]
+            assert await list_dead_letters(js) == []
+            done = await until(engine, inst.id, InstanceStatus.COMPLETED, timeout=30)
+            assert done.status is InstanceStatus.COMPLETED
+            history = [e async for e in engine.events(instance=inst.id)]
+            after = [
+                (e.type, getattr(e, "attempt", None), e.actor)
+                for e in history[
+                    history.index(
+                        next(e for e in history if e.type is EventType.INSTANCE_STATUS_CHANGED and e.status == "failed")
+                    )
+                    + 1 :
+                ]
+            ]
+            assert after == [
+                (EventType.INSTANCE_STATUS_CHANGED, None, "cli"),  # running again: the task was all that failed it
+                (EventType.TRANSITION_STARTED, 2, "cli"),
+                (EventType.TRANSITION_FIRED, None, None),
+                (EventType.INSTANCE_COMPLETED, None, None),
+            ], after
+
+            # A letter whose task is no longer dead (written on cb.dlq.<kind>, as workers did before letters had
+            # a subject per task, so the engine's retry could not remove it): refused, named, and kept.
+            await js.publish("cb.dlq.shell", letter.model_dump_json().encode())
+            ((stale, _),) = await list_dead_letters(js)
+            refused = await asyncio.to_thread(
+                subprocess.run, [CLI, "dlq", "retry", str(stale)], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert refused.returncode != 0
+            assert f"task {letter.task.task_id} of instance {inst.id}" in refused.stderr, refused.stderr
+            assert f"dead letter {stale} is kept" in refused.stderr and "Traceback" not in refused.stderr
+            assert [e for e, _ in await list_dead_letters(js)] == [stale]
+        finally:
+            await control.stop()
+            await nc.close()
+
+
 async def test_retry_after_a_dlq_retry_that_failed_again_runs_the_task_once_more(spawn, fresh_nats, tmp_path) -> None:
     """``dlq retry`` hands the task out as attempt 2 without the engine; when that fails for good too, the
     engine's own retry must not reuse attempt 2 (the stream would drop it as a repeat and nothing would run)."""
@@ -195,6 +264,11 @@ async def test_retry_after_a_dlq_retry_that_failed_again_runs_the_task_once_more
         assert len(runs.read_text().splitlines()) == before + 1  # it ran once more
         started = [e async for e in engine.events(instance=inst.id, types=[EventType.TRANSITION_STARTED])]
         assert [getattr(e, "attempt", None) for e in started] == [1, 3]  # (attempt 2 was the dlq's)
+    nc = await nats.connect(fresh_nats)
+    try:  # handing the task out again settled its dead letter
+        assert await list_dead_letters(nc.jetstream()) == []
+    finally:
+        await nc.close()
 
 
 async def until(engine: Engine, instance_id: str, status: InstanceStatus, timeout: float) -> Any:
