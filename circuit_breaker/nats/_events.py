@@ -47,6 +47,7 @@ DURABLE_ACK_WAIT = 300.0  # seconds an event may stay un-consumed before the ser
 POLL = 5.0  # seconds a fetch waits for new events before looking again
 TRANSITION_TYPES = (EventType.TRANSITION_FIRED, EventType.TRANSITION_REJECTED, EventType.TRANSITION_FAILED)
 INACTIVE = 60.0  # an ephemeral consumer nobody fetches from (a stopped loop, a dead process) is removed then
+QUIET_FAILURES = 3  # consecutive failures to read events before they are logged as a warning
 
 
 def subject_token(kind: str, value: str) -> str:
@@ -346,7 +347,10 @@ class _Reader:
             # the connection is down for now: subscribe again, from where this reader got to.
             delay = min(0.2 * 2**self._failures, 5.0)
             self._failures += 1
-            log.warning(
+            # A server restart or a leader election answers once or twice like this and passes: said quietly;
+            # what goes on failing is a warning.
+            log.log(
+                logging.WARNING if self._failures >= QUIET_FAILURES else logging.INFO,
                 "event subscription%s: %s: %s; subscribing again in %.1fs",
                 f" {self.durable}" if self.durable else "",
                 type(err).__name__,

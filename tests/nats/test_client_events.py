@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -215,8 +216,12 @@ async def test_bad_arguments_are_refused_before_subscribing(fresh_nats: str) -> 
             client.events(durable="a b")
 
 
-async def test_a_live_subscription_survives_a_server_restart_without_gaps_or_repeats(tmp_path: Any) -> None:
+async def test_a_live_subscription_survives_a_server_restart_without_gaps_or_repeats(
+    tmp_path: Any, caplog: Any
+) -> None:
     from circuit_breaker.testing.nats import nats_server
+
+    caplog.set_level(logging.INFO, logger="circuit_breaker.nats.events")
 
     async with nats_server(tmp_path) as server:
         async with serving(server.url, orders_workflow()) as (engine, _), Client(servers=[server.url]) as client:
@@ -235,6 +240,8 @@ async def test_a_live_subscription_survives_a_server_restart_without_gaps_or_rep
     assert [(e.instance_id, e.seq) for e in after] == [(second, 1), (second, 2), (second, 3)]
     assert [(e.instance_id, e.seq) for e in after_durable] == [(second, 1), (second, 2), (second, 3)]
     assert first != second
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "circuit_breaker.nats.events"]
+    assert not [m for level, m in said if level >= logging.WARNING], said  # a restart that passes is no warning
 
 
 async def _inject_when_back(client: Client, timeout: float = 20.0) -> str:
