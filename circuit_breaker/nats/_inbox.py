@@ -21,10 +21,12 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy
+from nats.js.errors import NotFoundError
 
 from ..config import StreamSettings
 from ..errors import InjectError
 from ._protocol import DEDUPE_HEADER, DEFAULT_MAX_PAYLOAD, ErrorCode, InjectAccepted, InjectRequest, parse_request
+from ._pull import Puller, delivery
 from ._store import ensure_stream
 from ._subjects import INBOX_PREFIX, INBOX_STREAM
 
@@ -61,8 +63,9 @@ async def ensure_inbox_stream(js: Any, settings: StreamSettings, name: str = INB
 class InboxConsumer:
     """Pulls inbox messages through the durable consumer ``durable`` and hands each to ``handler``.
 
-    The pull subscription is re-created (and the stream and consumer re-ensured) after any failure: a lost
-    connection, a restarted server, a deleted consumer.
+    One pull request (see ``Puller``) asks for as many messages as there are free handler slots, and each message
+    is handled as it arrives. The puller is made again (and the stream and consumer re-ensured) after any
+    failure: a lost connection, a restarted server, a deleted consumer.
     """
 
     def __init__(
@@ -88,10 +91,11 @@ class InboxConsumer:
         self.retry_unknown_workflow = retry_unknown_workflow
         self.poll = poll
         self.ack_wait = ack_wait
-        self._sub: Any = None
+        self._puller: Puller | None = None
         self._stream_created = ""
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         """Subscribe now, so an incompatible stream fails the start instead of a background loop."""
@@ -100,9 +104,11 @@ class InboxConsumer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop fetching, let messages in hand finish for up to ``grace`` seconds; the rest are redelivered."""
+        self._stopping = True
+        if self._puller is not None:  # an open pull ends now (its request left open would hold up a drain)
+            await self._puller.stop()
         if self._task is not None:
             self._task.cancel()
-            # Bounded: a fetch cancelled while the connection is down may not end (nats-py's next_msg).
             await asyncio.wait({self._task}, timeout=STOP_WAIT)
             self._task = None
         if self._inflight:
@@ -115,35 +121,42 @@ class InboxConsumer:
     async def _subscribe(self) -> None:
         info = await ensure_inbox_stream(self.js, self.settings)
         self._stream_created = info.created.isoformat() if info.created is not None else ""
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait,
-            max_ack_pending=max(self.concurrency * 4, 256),
-        )
-        self._sub = await self.js.pull_subscribe(
-            INBOX_SUBJECTS[0], durable=self.durable, stream=INBOX_STREAM, config=config
-        )
+        try:  # every engine shares it: one that is there is used as it is
+            await self.js.consumer_info(INBOX_STREAM, self.durable)
+        except NotFoundError:
+            config = ConsumerConfig(
+                durable_name=self.durable,
+                filter_subject=INBOX_SUBJECTS[0],
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                max_ack_pending=max(self.concurrency * 4, 256),
+            )
+            await self.js.add_consumer(INBOX_STREAM, config)
+        self._puller = Puller(self.connection, INBOX_STREAM, self.durable, stray=self._start)
+        await self._puller.start()
 
     async def _unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):  # the connection may be gone; the durable stays on the server
-                await sub.unsubscribe()
+        puller, self._puller = self._puller, None
+        if puller is not None:  # the durable stays on the server
+            with contextlib.suppress(Exception):
+                await puller.stop()
 
     async def _run(self) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             try:
-                if self._sub is None:
+                if self.connection.is_closed:
+                    log.error("inbox consumer stops: the NATS connection is closed")
+                    return
+                if self._puller is None:
                     await self._subscribe()
                 delay = 0.1
                 await self._pump()
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                if self.connection.is_closed:
-                    log.error("inbox consumer stops: the NATS connection is closed")
-                    return
+                if self.connection.is_closed or self._stopping:
+                    continue  # (said above, or asked for)
                 log.warning(
                     "inbox consumer: %s: %s; subscribing again in %.1fs", type(err).__name__, err or "no answer", delay
                 )
@@ -152,20 +165,22 @@ class InboxConsumer:
                 delay = min(delay * 2, 5.0)
 
     async def _pump(self) -> None:
-        """Fetch as many messages as there are free handler slots (never more: their ack timers run)."""
-        while True:
+        """Pull as many messages as there are free handler slots (never more: their ack timers run)."""
+        while self._puller is not None and not self._stopping and not self.connection.is_closed:
             free = self.concurrency - len(self._inflight)
             if free <= 0:
                 await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                 continue
-            try:
-                msgs = await self._sub.fetch(free, timeout=self.poll)
-            except TimeoutError:  # (nats-py raises its own subclass, or the builtin one from inside fetch)
-                continue  # nothing to do (the connection may also be reconnecting: the next fetch tells)
-            for msg in msgs:
-                task = asyncio.get_running_loop().create_task(self._handle(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+            await self._puller.pull(free, self._start, self.poll)
+
+    def _start(self, msg: Msg) -> None:
+        """Handle a message in its own task: one delivered for a pull, or one that reached the inbox after its
+        pull had ended (handled too: the handler is idempotent, and handing it back could bounce it through a
+        request the server still fills, each bounce counting a delivery); while stopping, handed back."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_settle(msg.nak()) if self._stopping else self._handle(msg))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     def _dedupe_key(self, msg: Msg, request: InjectRequest) -> str:
         """The body's dedupe_id, else the Nats-Msg-Id header, else the message's place in this very stream
@@ -176,7 +191,7 @@ class InboxConsumer:
         header = (msg.headers or {}).get(DEDUPE_HEADER)
         if header:
             return header
-        return f"\x00inbox\x00{self._stream_created}\x00{msg.metadata.sequence.stream}"
+        return f"\x00inbox\x00{self._stream_created}\x00{delivery(msg)[1]}"
 
     async def _handle(self, msg: Msg) -> None:
         workflow = msg.subject[len(INBOX_PREFIX) + 1 :]
@@ -199,7 +214,7 @@ class InboxConsumer:
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            attempts = msg.metadata.num_delivered
+            attempts = delivery(msg)[0]
             if attempts >= UNEXPECTED_ATTEMPTS:
                 log.exception("inbox message %s on %s terminated after %d attempts", _seq(msg), msg.subject, attempts)
                 await _settle(msg.term())
@@ -212,14 +227,14 @@ class InboxConsumer:
         await _settle(msg.ack())
 
     async def _nak(self, msg: Msg, reason: str) -> None:
-        delay = min(0.5 * 2 ** (msg.metadata.num_delivered - 1), MAX_NAK_DELAY)
+        delay = min(0.5 * 2 ** (delivery(msg)[0] - 1), MAX_NAK_DELAY)
         log.info("inbox message %s on %s retried in %.1fs: %s", _seq(msg), msg.subject, delay, reason)
         await _settle(msg.nak(delay=delay))
 
 
 def _seq(msg: Msg) -> int | None:
     try:
-        return int(msg.metadata.sequence.stream)
+        return delivery(msg)[1]
     except Exception:  # not a JetStream message (cannot happen on a pull subscription; never fail on a log line)
         return None
 
