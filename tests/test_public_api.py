@@ -51,6 +51,7 @@ ERROR_TREE = {
     "ActionTimeoutError": "ActionError",
     "InstanceExistsError": "CircuitBreakerError",
     "InstanceStateError": "CircuitBreakerError",
+    "TaskStateError": "InstanceStateError",
     "ConcurrencyError": "CircuitBreakerError",
     "WaitTimeoutError": "CircuitBreakerError",
     "WorkflowLoadError": "CircuitBreakerError",
