@@ -197,12 +197,13 @@ class InstanceStateError(CircuitBreakerError):
 class TaskStateError(InstanceStateError):
     """A task of an instance cannot be retried: the instance does not wait for it, or it is not dead-lettered."""
 
-    def __init__(self, instance_id: str, task_id: str, state: str) -> None:
+    def __init__(self, instance_id: str, task_id: str, state: str, *, reason: str) -> None:
         CircuitBreakerError.__init__(self, f"cannot retry task {task_id} of instance {instance_id}: {state}")
         self.instance_id = instance_id
         self.task_id = task_id
         self.status = state
         self.action = "retry"
+        self.reason = reason  # "gone": the instance does not wait for it; "out": an attempt is out, not dead
 
 
 class InstanceExistsError(CircuitBreakerError):

@@ -8,7 +8,8 @@ this module; it imports no NATS client (the subjects are spelled in :mod:`circui
   ``Nats-Msg-Id: <task_id>:<attempt>``;
 - :class:`TaskResult` on ``cb.result.<workflow>.<instance>.<task_id>`` (``CB_RESULTS``),
   ``Nats-Msg-Id: <task_id>:<attempt>:result``: one per attempt, however often the task was delivered;
-- :class:`DeadLetter` on ``cb.dlq.<kind>`` (``CB_DLQ``): a task no worker could finish, or a malformed message.
+- :class:`DeadLetter` on ``cb.dlq.<kind>.<task_id>`` (``CB_DLQ``): a task no worker could finish (a malformed
+  message: on ``cb.dlq.<kind>``).
   A task that parsed is also answered by a result with status ``dead_lettered``, so the engine learns of it
   from ``CB_RESULTS`` alone.
 

@@ -873,6 +873,14 @@ class Engine:
         """
         if task_id is not None:
             return await self._retry_task(instance_id, task_id, actor)
+        run = await self._find(instance_id)
+        if run.status in (FAILED, RUNNING) and any(p.dead for p in run.pending.values()):
+            # Dead-lettered tasks are handed out before the status changes, so that a failure in between leaves
+            # the instance failed (or, if a retry stopped half-way before, running) with the rest still dead.
+            await self._remote().redispatch_dead(run, actor)
+            if run.status is RUNNING:
+                self._kick(run)
+                return run.snapshot()
         run = await self._change_status(
             instance_id, lambda r: "proceed" if r.status is WAITING else "retry", actor, "retried by hand", retry=True
         )
@@ -884,24 +892,45 @@ class Engine:
     async def _retry_task(self, instance_id: str, task_id: str, actor: str | None) -> Instance:
         run = await self._find(instance_id)
         run.local = True
+        if self._shared:  # judged on the newest state: another engine may have recorded the dead letter
+            async with run.lock:
+                await self._catch_up(run)
         pending = run.pending.get(task_id)
-        if pending is None:
-            raise TaskStateError(instance_id, task_id, "the instance does not wait for it")
-        if not pending.dead:
-            raise TaskStateError(instance_id, task_id, f"it is not dead-lettered (attempt {pending.attempt} is out)")
         if run.status in TERMINAL:
             raise InstanceStateError(instance_id, run.status.value, f"retry task {task_id} of")
-        tokens = pending.token_ids()
-        open_incidents = [i for i in run.incidents if not i.resolved]
-        if (
-            run.status is FAILED
-            and open_incidents
-            and all(i.transition == pending.transition and i.tokens == tokens for i in open_incidents)
-        ):  # this task is all that failed the instance: it runs again while the task does
-            await self._change_status(instance_id, lambda _: "retry", actor, f"task {task_id} retried", retry=True)
+        if pending is None:
+            raise TaskStateError(instance_id, task_id, "the instance does not wait for it", reason="gone")
+        if not pending.dead:
+            raise TaskStateError(
+                instance_id,
+                task_id,
+                f"attempt {pending.attempt} of it is out and not dead-lettered (yet: the engine records a dead letter "
+                "a moment after a worker writes it)",
+                reason="out",
+            )
+        # Handed out first (which settles its incident), then the instance runs again if nothing else failed it: a
+        # failure in between leaves it failed with the task dead, as before, never running with nothing to run.
         await self._remote().redispatch_dead(run, actor, only=task_id)
-        self._kick(run)
+        await self._run_again_if_cleared(run, actor, f"task {task_id} retried")
         return run.snapshot()
+
+    async def _run_again_if_cleared(self, run: Run, actor: str | None, reason: str) -> None:
+        """A failed instance whose incidents are all resolved runs again (judged under the instance's lock, and
+        again after another engine's write came first)."""
+
+        def cleared(r: Run) -> bool:
+            return r.status is FAILED and all(i.resolved for i in r.incidents)
+
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            if not cleared(run):
+                return
+            try:
+                await self._set_status(run, "retry", actor, reason=reason, details={"retry": True}, when=cleared)
+                break
+            except ConcurrencyError:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+        self._kick(run)
 
     async def pause(self, instance_id: str, actor: str | None = None) -> Instance:
         run = await self._change_status(instance_id, lambda _: "pause", actor)
@@ -1130,10 +1159,14 @@ class Engine:
         actor: str | None,
         reason: str | None = None,
         details: dict[str, Any] | None = None,
+        when: Callable[[Run], bool] | None = None,
     ) -> None:
+        """Store the status change ``trigger``; with ``when``, only if it holds for the state under the lock."""
         async with run.lock:
             if (trigger, run.status) in _ALREADY:
                 return  # done meanwhile by another path (a manual firing and the scheduler both settling it)
+            if when is not None and not when(run):
+                return
             status = next_status(run.id, run.status, trigger)
             if trigger == "complete":
                 event: Event = _next_event(

@@ -232,11 +232,14 @@ class RemoteActions:
                 try:
                     # (past any attempt handed out without this engine: ``dlq retry`` publishes one)
                     seen = await self._seen_attempt(run, pending)
-                    await self._again(run, task_id, pending.attempt, actor, next_attempt=max(seen, pending.attempt) + 1)
+                    await self._again(
+                        run, task_id, pending.attempt, actor, next_attempt=max(seen, pending.attempt) + 1, dead=True
+                    )
+                    break
                 except ConcurrencyError:
                     continue  # another write came first: judge again on the new state
-                await self._forget_dead_letters(run, pending)
-                break
+            else:
+                raise ConcurrencyError(run.id, run.seq)  # other writes kept coming first: the caller may ask again
 
     async def _forget_dead_letters(self, run: Run, pending: PendingTask) -> None:
         assert self.queue is not None
@@ -255,8 +258,17 @@ class RemoteActions:
             return 0
 
     async def _again(
-        self, run: Run, task_id: str, attempt: int, actor: str | None, *, next_attempt: int | None = None
+        self,
+        run: Run,
+        task_id: str,
+        attempt: int,
+        actor: str | None,
+        *,
+        next_attempt: int | None = None,
+        dead: bool = False,
     ) -> None:
+        """Hand the task out again as ``next_attempt``; a ``dead`` one's dead letters are removed once that is
+        stored and before the attempt goes out (so a letter of the new attempt cannot be among them)."""
         async with run.lock:
             pending = run.pending.get(task_id)
             if pending is None or pending.attempt != attempt or run.status in TERMINAL:
@@ -274,6 +286,8 @@ class RemoteActions:
                 pending.into,
             )
             await self.engine._append(run, event)
+        if dead:
+            await self._forget_dead_letters(run, run.pending[task_id])
         await self._send(run, run.pending[task_id])
 
     # -- deadlines -------------------------------------------------------------------------------------------
@@ -383,6 +397,13 @@ class RemoteActions:
         ct = run.cw.transitions.get(pending.transition)
         if ct is None:
             return
+        await self._apply_to(run, ct, pending, result)
+        if pending.dead and run.status is FAILED:
+            # Retried from the queue without an engine (``dlq retry`` with none answering): its end settled its
+            # incident; if that was all that failed the instance, it goes on.
+            await self.engine._run_again_if_cleared(run, None, f"task {pending.task_id} ended ({result.status})")
+
+    async def _apply_to(self, run: Run, ct: CompiledTransition, pending: PendingTask, result: TaskResult) -> None:
         error = result.error or ErrorInfo(kind="failed", message="the worker reported a failure", retryable=False)
         if result.status == "succeeded":
             output = {pending.into: result.output} if pending.into else result.output
@@ -392,7 +413,6 @@ class RemoteActions:
                 await self._end_failed(run, result.task_id, result.attempt, _error_of(err, retryable=False))
                 return
             await self._complete(run, ct, result.task_id, result.attempt, data)
-            await self._resume_if_retried(run, ct, pending)
         elif result.status == "failed" and error.kind == "expired":
             await self._expired(run, result.task_id, result.attempt, error)  # the worker saw the deadline pass
         elif result.status == "dead_lettered" and ct.error_place is None and not ct.is_manual:
@@ -500,18 +520,6 @@ class RemoteActions:
                 return
             except ConcurrencyError:
                 continue
-
-    async def _resume_if_retried(self, run: Run, ct: CompiledTransition, pending: PendingTask) -> None:
-        """A dead-lettered task retried from the queue completed: if its incident was all that failed the
-        instance, the instance goes on."""
-        if run.status is not FAILED:
-            return
-        ids = pending.token_ids()
-        open_incidents = [i for i in run.incidents if not i.resolved]
-        if open_incidents and all(i.transition == ct.name and i.tokens == ids for i in open_incidents):
-            await self.engine._set_status(
-                run, "retry", None, reason=f"task {pending.task_id} completed", details={"retry": True}
-            )
 
     # -- telling manual firings how their task ended ----------------------------------------------------------
     def _on_event(self, event: Event | None) -> None:

@@ -199,6 +199,8 @@ class Run:
     def _apply_started(self, event: TransitionStarted) -> None:
         known = self.pending.get(event.task_id)
         if known is not None:  # handed out again: a new attempt of the same task
+            if known.dead:  # (its dead letter's incident is settled: the task runs again)
+                self._resolve_incidents_of(known)
             known.attempt = event.attempt
             known.since = event.time
             known.dead = False
@@ -245,8 +247,11 @@ class Run:
         """A remote action's result produced the outputs; its tokens were consumed when it started."""
         assert event.task_id is not None
         task = self.pending.pop(event.task_id, None)
-        if task is not None and task.timer is not None:
-            task.timer.cancel()
+        if task is not None:
+            if task.timer is not None:
+                task.timer.cancel()
+            if self.incidents:  # (a dead-lettered task that ran again from the queue: its incident is moot)
+                self._resolve_incidents_of(task)
         ct = self.cw.transitions.get(event.transition)
         tokens = event.produced
         if tokens and not tokens[0].history:
@@ -264,8 +269,20 @@ class Run:
             return None
         if task.timer is not None:
             task.timer.cancel()
+        if self.incidents:
+            self._resolve_incidents_of(task)
         self.marking = self._move([], task.tokens)
         return task
+
+    def _resolve_incidents_of(self, task: PendingTask) -> None:
+        """The open incidents of ``task`` (its dead letter's) are settled: it was handed out again, or it ended."""
+        ids = task.token_ids()
+
+        def its(incident: Incident) -> bool:
+            return not incident.resolved and incident.transition == task.transition and incident.tokens == ids
+
+        if any(its(i) for i in self.incidents):
+            self.incidents = [i.model_copy(update={"resolved": True}) if its(i) else i for i in self.incidents]
 
     def _apply_failed(self, event: TransitionFailed) -> None:
         task: PendingTask | None = None
@@ -279,6 +296,8 @@ class Run:
                 self.pending.pop(event.task_id)
                 if task.timer is not None:
                     task.timer.cancel()
+                if self.incidents:
+                    self._resolve_incidents_of(task)
             elif event.incident is not None:  # dead-lettered: it stays in flight until someone retries it
                 task.dead = True
         details: dict[str, Any] = {"attempt": event.attempt, "error": event.error.model_dump()}

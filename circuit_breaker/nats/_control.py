@@ -32,6 +32,7 @@ from ..errors import (
     ConcurrencyError,
     ControlError,
     InstanceStateError,
+    TaskStateError,
     TokenDataError,
     TransitionNotEnabledError,
     TransitionRejectedError,
@@ -166,7 +167,11 @@ class ControlService:
         except CircuitBreakerError as err:
             for cls, code in _CODES:
                 if isinstance(err, cls):
-                    details = {"errors": list(err.errors)} if isinstance(err, TransitionRejectedError) else None
+                    details: dict[str, Any] | None = None
+                    if isinstance(err, TransitionRejectedError):
+                        details = {"errors": list(err.errors)}
+                    elif isinstance(err, TaskStateError):
+                        details = {"task": err.reason}
                     return _error(code, str(err), details)
             raise
         return {"instance": inst.model_dump(mode="json")}
@@ -288,10 +293,12 @@ async def retry_dead_letter_via_engine(
     try:
         instance = await request_control(connection, "retry", request, workflow=task.workflow, timeout=timeout)
     except ControlError as err:
-        if err.code == "instance_state":  # handed out again already, or the instance ended
-            raise ControlError(
-                err.code, f"{err.message}; dead letter {entry} is kept (`circuit-breaker dlq drop {entry}` removes it)"
-            ) from None
+        if err.code == "instance_state":
+            if err.details.get("task") == "out":  # not dead (yet): the letter may be about to count
+                hint = f"dead letter {entry} is left as it is: try again in a moment"
+            else:  # handed out again and ended meanwhile, or the instance ended: the letter is stale
+                hint = f"dead letter {entry} is stale: `circuit-breaker dlq drop {entry}` removes it"
+            raise ControlError(err.code, f"{err.message}; {hint}", details=err.details) from None
         if err.code not in ("no_responders", "unknown_instance"):
             raise
         return DeadLetterRetry(task=await retry_dead_letter(js, entry), by_engine=False)

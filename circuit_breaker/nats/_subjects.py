@@ -12,8 +12,8 @@ Any NATS client can use these names; they are part of the public protocol (see d
 ``cb.task.<executor kind>.<task id>``           a task for the workers serving that executor, stream ``CB_TASKS``
                                                 (work queue; the workers of a kind filter ``cb.task.<kind>.>``)
 ``cb.result.<workflow>.<instance>.<task id>``   a task's outcome, stream ``CB_RESULTS``
-``cb.dlq.<executor kind>``                      dead letters: tasks no worker could finish, malformed task
-                                                messages, stream ``CB_DLQ``
+``cb.dlq.<executor kind>.<task id>``            dead letters: tasks no worker could finish, stream ``CB_DLQ``
+                                                (malformed task messages on ``cb.dlq.<executor kind>``)
 =============================================  ==================================================================
 
 Workflow and instance names are plain tokens (letters, digits, ``_`` and ``-``), checked when a workflow is

@@ -208,8 +208,8 @@ async def test_dlq_retry_asks_the_serving_engine_so_the_instance_records_it(spaw
                 ]
             ]
             assert after == [
-                (EventType.INSTANCE_STATUS_CHANGED, None, "cli"),  # running again: the task was all that failed it
-                (EventType.TRANSITION_STARTED, 2, "cli"),
+                (EventType.TRANSITION_STARTED, 2, "cli"),  # handed out again, which settles its incident
+                (EventType.INSTANCE_STATUS_CHANGED, None, "cli"),  # running again: nothing else failed it
                 (EventType.TRANSITION_FIRED, None, None),
                 (EventType.INSTANCE_COMPLETED, None, None),
             ], after
@@ -223,7 +223,7 @@ async def test_dlq_retry_asks_the_serving_engine_so_the_instance_records_it(spaw
             )
             assert refused.returncode != 0
             assert f"task {letter.task.task_id} of instance {inst.id}" in refused.stderr, refused.stderr
-            assert f"dead letter {stale} is kept" in refused.stderr and "Traceback" not in refused.stderr
+            assert f"dead letter {stale} is stale" in refused.stderr and "Traceback" not in refused.stderr
             assert [e for e, _ in await list_dead_letters(js)] == [stale]
         finally:
             await control.stop()
