@@ -530,7 +530,7 @@ def _control(
     """Ask the serving engine to ``verb`` the instance (``data``: JSON, @file or @- merged into the token, for
     fire); print the instance afterwards."""
     from ..engine import Instance
-    from ..nats._control import ControlRequest, request_control
+    from ..nats._control import ControlRequest, control_request, request_control
     from ._app import _errors, _parse_data, _print_json, _show_instance
 
     async def ask(request: ControlRequest, settings: Settings) -> dict[str, Any]:
@@ -539,7 +539,7 @@ def _control(
 
     with _errors():
         merged = _parse_data(data) if data is not None else None
-        request = ControlRequest(instance_id=instance, actor=actor, data=merged, **extra)
+        request = control_request(instance_id=instance, actor=actor, data=merged, **extra)
         done = Instance.model_validate(asyncio.run(ask(request, settings_for(nats_url))))
     if as_json:
         _print_json(done.summary())

@@ -216,7 +216,11 @@ def dlq_show(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
 
 @dlq_app.command("retry")
 def dlq_retry(
-    entry: EntryArg, actor: ActorOpt = "cli", timeout: TimeoutOpt = 30.0, nats_url: NatsUrlOpt = None
+    entry: EntryArg,
+    actor: ActorOpt = "cli",
+    timeout: TimeoutOpt = 30.0,
+    nats_url: NatsUrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Hand the task out again as its next attempt, and remove the dead letter.
 
@@ -231,6 +235,12 @@ def dlq_retry(
 
     done = _dlq(nats_url, retry, connection=True)
     task = done.task
+    if as_json:
+        status = (done.instance or {}).get("status")
+        row = {"task_id": task.task_id, "attempt": task.attempt, "workflow": task.workflow}
+        row |= {"instance_id": task.instance_id, "by_engine": done.by_engine, "instance_status": status}
+        sys.stdout.write(json.dumps(row) + "\n")
+        return
     where = f"attempt {task.attempt} on {task_subject(task.kind, task.task_id)}"
     if done.by_engine:
         status = (done.instance or {}).get("status", "?")

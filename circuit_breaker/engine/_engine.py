@@ -864,15 +864,18 @@ class Engine:
         finally:
             run.release(consumed)
 
-    async def retry(self, instance_id: str, actor: str | None = None, *, task_id: str | None = None) -> Instance:
+    async def retry(
+        self, instance_id: str, actor: str | None = None, *, task_id: str | None = None, attempt: int | None = None
+    ) -> Instance:
         """Try again: a failed instance gets its incidents resolved; a waiting one has the automatic
         transitions its policies refused reconsidered (after the world they depend on changed).
 
         With ``task_id`` (what ``circuit-breaker dlq retry`` asks for): only that dead-lettered remote task is
         handed out again, as its next attempt; a failed instance runs again if that task was all that failed it.
+        ``attempt`` is the attempt the caller saw dead-lettered: a later one already out makes the request stale.
         """
         if task_id is not None:
-            return await self._retry_task(instance_id, task_id, actor)
+            return await self._retry_task(instance_id, task_id, actor, attempt)
         run = await self._find(instance_id)
         if run.status in (FAILED, RUNNING) and any(p.dead for p in run.pending.values()):
             # Dead-lettered tasks are handed out before the status changes, so that a failure in between leaves
@@ -889,9 +892,8 @@ class Engine:
         self._kick(run)
         return run.snapshot()
 
-    async def _retry_task(self, instance_id: str, task_id: str, actor: str | None) -> Instance:
+    async def _retry_task(self, instance_id: str, task_id: str, actor: str | None, attempt: int | None) -> Instance:
         run = await self._find(instance_id)
-        run.local = True
         if self._shared:  # judged on the newest state: another engine may have recorded the dead letter
             async with run.lock:
                 await self._catch_up(run)
@@ -901,6 +903,14 @@ class Engine:
         if pending is None:
             raise TaskStateError(instance_id, task_id, "the instance does not wait for it", reason="gone")
         if not pending.dead:
+            if attempt is not None and pending.attempt > attempt:
+                raise TaskStateError(
+                    instance_id, task_id, f"attempt {pending.attempt} of it is out, after {attempt}", reason="gone"
+                )
+            if _cleared(run):  # handed out by a retry that stopped before the instance could run again
+                run.local = True
+                await self._run_again_if_cleared(run, actor, f"task {task_id} retried")
+                return run.snapshot()
             raise TaskStateError(
                 instance_id,
                 task_id,
@@ -908,24 +918,22 @@ class Engine:
                 "a moment after a worker writes it)",
                 reason="out",
             )
+        run.local = True
         # Handed out first (which settles its incident), then the instance runs again if nothing else failed it: a
-        # failure in between leaves it failed with the task dead, as before, never running with nothing to run.
+        # failure in between leaves it failed with the task out (asking again finishes the job), never running
+        # with a dead task and nothing saying so.
         await self._remote().redispatch_dead(run, actor, only=task_id)
         await self._run_again_if_cleared(run, actor, f"task {task_id} retried")
         return run.snapshot()
 
     async def _run_again_if_cleared(self, run: Run, actor: str | None, reason: str) -> None:
-        """A failed instance whose incidents are all resolved runs again (judged under the instance's lock, and
-        again after another engine's write came first)."""
-
-        def cleared(r: Run) -> bool:
-            return r.status is FAILED and all(i.resolved for i in r.incidents)
-
+        """A failed instance whose incidents (what failed it) are all resolved runs again (judged under the
+        instance's lock, and again after another engine's write came first)."""
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-            if not cleared(run):
+            if not _cleared(run):
                 return
             try:
-                await self._set_status(run, "retry", actor, reason=reason, details={"retry": True}, when=cleared)
+                await self._set_status(run, "retry", actor, reason=reason, details={"retry": True}, when=_cleared)
                 break
             except ConcurrencyError:
                 if attempt == CONFLICT_ATTEMPTS:
@@ -1676,3 +1684,8 @@ def _current(run: Run, consumed: dict[str, tuple[Token, ...]] | None) -> bool:
 
 def _ids(consumed: dict[str, tuple[Token, ...]]) -> tuple[str, ...]:
     return tuple(t.id for ts in consumed.values() for t in ts)
+
+
+def _cleared(run: Run) -> bool:
+    """Failed because of incidents, and every one of them is resolved now (an internal failure is no incident)."""
+    return run.status is FAILED and run.failed_on_incident and all(i.resolved for i in run.incidents)

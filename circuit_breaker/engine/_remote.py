@@ -217,9 +217,26 @@ class RemoteActions:
         if run.status in TERMINAL:
             return
         await self.listen(run.cw.name)
+        if run.status is FAILED:  # a retry that stopped half-way (its tasks out, the instance not running again)
+            try:
+                await self.engine._run_again_if_cleared(run, None, "its incidents were resolved")
+            except CircuitBreakerError as err:
+                log.warning("instance %s could not run again: %s", run.id, err)
         for pending in list(run.pending.values()):
             if not pending.dead:
                 await self._send(run, pending, recovering=True)
+                continue
+            # Dead-lettered, yet maybe handed out since by ``dlq retry`` while no engine ran: recorded, so the
+            # instance shows it (and a retry by hand does not run it a second time).
+            queued = await self._queued_attempt(run, pending)
+            if queued <= pending.attempt:
+                continue
+            try:
+                await self._again(run, pending.task_id, pending.attempt, None, next_attempt=queued, adopt=True)
+                if run.status is FAILED:
+                    await self.engine._run_again_if_cleared(run, None, f"task {pending.task_id} was retried")
+            except CircuitBreakerError as err:  # (another engine wrote first, or the store is down: stays dead)
+                log.warning("could not record attempt %d of task %s: %s", queued, pending.task_id, err)
 
     async def redispatch_dead(self, run: Run, actor: str | None, only: str | None = None) -> None:
         """A retried instance: hand each dead-lettered task (or just task ``only``) out again as its next
@@ -230,11 +247,17 @@ class RemoteActions:
                 if pending is None or not pending.dead:
                     break  # another engine handed it out (or it ended)
                 try:
-                    # (past any attempt handed out without this engine: ``dlq retry`` publishes one)
-                    seen = await self._seen_attempt(run, pending)
-                    await self._again(
-                        run, task_id, pending.attempt, actor, next_attempt=max(seen, pending.attempt) + 1, dead=True
-                    )
+                    # An attempt ``dlq retry`` handed out without an engine that is still queued or running is
+                    # adopted (recorded, not published again: it would run twice); otherwise the next attempt goes
+                    # past every one the queue has seen (the stream would drop a repeated one).
+                    queued = await self._queued_attempt(run, pending)
+                    if queued > pending.attempt:
+                        await self._again(run, task_id, pending.attempt, actor, next_attempt=queued, adopt=True)
+                    else:
+                        seen = await self._seen_attempt(run, pending)
+                        await self._again(
+                            run, task_id, pending.attempt, actor, next_attempt=max(seen, pending.attempt) + 1, dead=True
+                        )
                     break
                 except ConcurrencyError:
                     continue  # another write came first: judge again on the new state
@@ -247,6 +270,15 @@ class RemoteActions:
             await self.queue.forget_dead_letters(self._task(run, pending))
         except Exception as err:  # (NATS trouble: the letters stay listed; ``dlq drop`` removes them)
             log.warning("could not remove the dead letters of task %s: %s", pending.task_id, err)
+
+    async def _queued_attempt(self, run: Run, pending: PendingTask) -> int:
+        """The attempt of the task waiting for or held by a worker now (0 when none, or the queue cannot say)."""
+        assert self.queue is not None
+        try:
+            return await self.queue.queued_attempt(self._task(run, pending))
+        except Exception as err:  # (NATS trouble: then nothing is adopted)
+            log.warning("could not look up the queued attempt of task %s: %s", pending.task_id, err)
+            return 0
 
     async def _seen_attempt(self, run: Run, pending: PendingTask) -> int:
         """The highest attempt of the task its queue knows of (0 when the queue cannot be asked)."""
@@ -266,9 +298,12 @@ class RemoteActions:
         *,
         next_attempt: int | None = None,
         dead: bool = False,
+        adopt: bool = False,
     ) -> None:
         """Hand the task out again as ``next_attempt``; a ``dead`` one's dead letters are removed once that is
-        stored and before the attempt goes out (so a letter of the new attempt cannot be among them)."""
+        stored and before the attempt goes out (so a letter of the new attempt cannot be among them). With
+        ``adopt`` the attempt is out already (queued without the engine): it is recorded, and published only if
+        the queue lost it."""
         async with run.lock:
             pending = run.pending.get(task_id)
             if pending is None or pending.attempt != attempt or run.status in TERMINAL:
@@ -286,9 +321,9 @@ class RemoteActions:
                 pending.into,
             )
             await self.engine._append(run, event)
-        if dead:
+        if dead or adopt:
             await self._forget_dead_letters(run, run.pending[task_id])
-        await self._send(run, run.pending[task_id])
+        await self._send(run, run.pending[task_id], recovering=adopt)
 
     # -- deadlines -------------------------------------------------------------------------------------------
     def unclocked(self, run: Run) -> bool:
@@ -398,9 +433,9 @@ class RemoteActions:
         if ct is None:
             return
         await self._apply_to(run, ct, pending, result)
-        if pending.dead and run.status is FAILED:
-            # Retried from the queue without an engine (``dlq retry`` with none answering): its end settled its
-            # incident; if that was all that failed the instance, it goes on.
+        if run.status is FAILED:
+            # Its end settled its incident (a task retried from the queue without an engine), or a retry stopped
+            # before the instance could run again: if nothing else failed the instance, it goes on.
             await self.engine._run_again_if_cleared(run, None, f"task {pending.task_id} ended ({result.status})")
 
     async def _apply_to(self, run: Run, ct: CompiledTransition, pending: PendingTask, result: TaskResult) -> None:

@@ -50,6 +50,7 @@ class Run:
         "created_at",
         "cw",
         "dirty",
+        "failed_on_incident",
         "history",
         "id",
         "incidents",
@@ -80,6 +81,9 @@ class Run:
         self.reserved_in: dict[str, int] = {}  # how many of them per place (cheap enabling checks)
         self.rejected: set[tuple[str, tuple[str, ...]]] = set()  # (transition, token ids) a policy refused
         self.incidents: list[Incident] = []
+        # Whether the instance failed because of open incidents (not an internal error): then settling them all
+        # lets it go on.
+        self.failed_on_incident = False
         self.history = History()
         self.created_at: datetime | None = None
         self.updated_at: datetime | None = None
@@ -162,6 +166,8 @@ class Run:
                 self.incidents = [i.model_copy(update={"resolved": True}) for i in self.incidents]
             if event.details.get("retry"):
                 self.rejected.clear()
+            if status is InstanceStatus.FAILED:
+                self.failed_on_incident = any(not i.resolved for i in self.incidents)
             self.status = status
             self._record(event, "status", None, (), (), {"status": event.status, "reason": event.reason})
         self.seq = event.seq

@@ -50,6 +50,11 @@ class TaskQueue(Protocol):
         handed out without the engine (``dlq retry``): the engine's retry by hand goes past it."""
         ...
 
+    async def queued_attempt(self, task: Task) -> int:
+        """The attempt of ``task`` waiting for a worker or in one's hands now (0: none), also one handed out
+        without the engine (``dlq retry`` while no engine ran): the engine adopts it instead of adding another."""
+        ...
+
     async def forget_dead_letters(self, task: Task) -> None:
         """Remove the dead letters this queue keeps of ``task``: the engine handed it out again, so they are
         settled (the instance's history keeps the failure)."""

@@ -124,6 +124,9 @@ class LocalTaskQueue:
     async def last_attempt(self, task: Task) -> int:
         return 0  # only its engine hands tasks to this queue, so the engine's own count is the whole story
 
+    async def queued_attempt(self, task: Task) -> int:
+        return 0  # nothing of an in-process run outlives the process, and only its engine hands tasks out
+
     async def forget_dead_letters(self, task: Task) -> None:
         return None  # an in-process run ends in a result, never in a dead letter
 

@@ -50,6 +50,7 @@ __all__ = [
     "ControlRequest",
     "ControlService",
     "DeadLetterRetry",
+    "control_request",
     "request_control",
     "request_fire",
     "retry_dead_letter_via_engine",
@@ -89,6 +90,20 @@ class ControlRequest(BaseModel):
         pattern=r"^[A-Za-z0-9_-]+$",
         description="Retry only: hand out just this dead-lettered remote task again (what `dlq retry` asks).",
     )
+    attempt: int | None = Field(
+        None, ge=1, description="With task_id: the attempt seen dead-lettered (a later one out makes it stale)."
+    )
+
+
+def control_request(**fields: Any) -> ControlRequest:
+    """A ``ControlRequest``; what it cannot be (an instance id that is no subject token...) raises
+    ``ControlError("invalid_request", ...)`` naming the field, as a serving engine would answer."""
+    try:
+        return ControlRequest(**fields)
+    except ValidationError as err:
+        first = err.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(request)"
+        raise ControlError("invalid_request", f"{where}: {first['msg']}") from None
 
 
 class ControlService:
@@ -157,7 +172,9 @@ class ControlService:
                     return _error("invalid_request", "transition: a fire request names the transition")
                 inst = await engine.fire(request.instance_id, request.transition, request.actor, data=request.data)
             elif verb == "retry":
-                inst = await engine.retry(request.instance_id, request.actor, task_id=request.task_id)
+                inst = await engine.retry(
+                    request.instance_id, request.actor, task_id=request.task_id, attempt=request.attempt
+                )
             elif verb == "pause":
                 inst = await engine.pause(request.instance_id, request.actor)
             elif verb == "resume":
@@ -251,7 +268,7 @@ async def request_fire(
     timeout: float = 30.0,
 ) -> dict[str, Any]:
     """Fire a manual transition through the engine serving the instance's workflow."""
-    request = ControlRequest(instance_id=instance_id, transition=transition, data=data, actor=actor)
+    request = control_request(instance_id=instance_id, transition=transition, data=data, actor=actor)
     return await request_control(connection, "fire", request, timeout=timeout)
 
 
@@ -289,10 +306,13 @@ async def retry_dead_letter_via_engine(
             f"dead letter {entry} holds no task (reason {letter.reason}: {letter.message}); drop it instead",
             entry=entry,
         )
-    request = ControlRequest(instance_id=task.instance_id, task_id=task.task_id, actor=actor)
+    request = ControlRequest(instance_id=task.instance_id, task_id=task.task_id, attempt=task.attempt, actor=actor)
     try:
         instance = await request_control(connection, "retry", request, workflow=task.workflow, timeout=timeout)
     except ControlError as err:
+        if err.code == "invalid_request" and ("task_id" in err.message or "attempt" in err.message):
+            # An engine from before task retries (it refuses the fields): publish the task as it would have.
+            return DeadLetterRetry(task=await retry_dead_letter(js, entry), by_engine=False)
         if err.code == "instance_state":
             if err.details.get("task") == "out":  # not dead (yet): the letter may be about to count
                 hint = f"dead letter {entry} is left as it is: try again in a moment"

@@ -111,6 +111,10 @@ class NatsTaskQueue:
         result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
         return max(queued.attempt if queued is not None else 0, result.attempt if result is not None else 0)
 
+    async def queued_attempt(self, task: Task) -> int:
+        queued = await queued_task(self._js, task.kind, task.task_id)
+        return queued.attempt if queued is not None else 0
+
     async def forget_dead_letters(self, task: Task) -> None:
         """Purge ``task``'s subject in ``CB_DLQ`` (letters written before dead letters had a subject per task,
         on ``cb.dlq.<kind>``, stay until ``dlq drop``)."""

@@ -55,7 +55,8 @@ MSG_ID = "Nats-Msg-Id"
 PUBLISH_TIMEOUT = 5.0
 STREAM_NOT_FOUND = 10059  # JetStream error code: the stream itself is missing (not just the message)
 
-NO_SUCH_MESSAGE = (10037, 10057)  # JetStream: no message found; stream store EOF (past the end)
+# JetStream: no message found; stream store EOF (past the end); sequence not found (deleted, or purged by subject)
+NO_SUCH_MESSAGE = (10037, 10057, 10043)
 
 
 async def ensure_task_streams(js: Any, settings: StreamSettings) -> None:
@@ -163,10 +164,14 @@ async def list_dead_letters(js: Any, *, timeout: float = 2.0) -> list[tuple[int,
 
 
 async def get_dead_letter(js: Any, entry: int) -> DeadLetter:
+    if entry < 1:  # (the server answers a bad request, not "not found")
+        raise DeadLetterError(f"no dead letter {entry} in {DLQ_STREAM}: ids start at 1", entry=entry)
     try:
         msg = await js.get_msg(DLQ_STREAM, entry)
-    except NotFoundError:
-        raise DeadLetterError(f"no dead letter {entry} in {DLQ_STREAM}", entry=entry) from None
+    except APIError as err:
+        if isinstance(err, NotFoundError) or err.err_code in NO_SUCH_MESSAGE:
+            raise DeadLetterError(f"no dead letter {entry} in {DLQ_STREAM}", entry=entry) from None
+        raise
     return DeadLetter.model_validate_json(msg.data or b"{}")
 
 
@@ -189,6 +194,8 @@ async def retry_dead_letter(js: Any, entry: int) -> Task:
 
 
 async def drop_dead_letter(js: Any, entry: int) -> None:
+    if entry < 1:
+        raise DeadLetterError(f"no dead letter {entry} in {DLQ_STREAM}: ids start at 1", entry=entry)
     try:
         await js.delete_msg(DLQ_STREAM, entry)
     except APIError as err:

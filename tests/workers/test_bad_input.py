@@ -100,6 +100,11 @@ async def test_a_poison_task_is_retried_on_the_backoff_schedule_then_dead_letter
     assert await list_dead_letters(js) == []
     missing = cli(fresh_nats, "dlq", "retry", str(entry))
     assert missing.returncode != 0 and f"no dead letter {entry}" in missing.stderr
+    for command in ("show", "retry", "drop"):  # ids start at 1: said so, not a server's bad-request traceback
+        zero = cli(fresh_nats, "dlq", command, "0")
+        assert zero.returncode != 0 and "no dead letter 0" in zero.stderr and "Traceback" not in zero.stderr, zero
+    bad_id = cli(fresh_nats, "retry", "bad.id")  # an instance id that is no subject token, refused by name
+    assert bad_id.returncode != 0 and "instance_id" in bad_id.stderr and "Traceback" not in bad_id.stderr, bad_id
     for gone in (letters[0][0], 10**6):  # dropped already; past the end of the stream
         again = cli(fresh_nats, "dlq", "drop", str(gone))
         assert again.returncode != 0 and f"no dead letter {gone}" in again.stderr, again.stderr

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import nats
 import pytest
 
-from circuit_breaker import Engine, InstanceStatus, Workflow
-from circuit_breaker.errors import StoreError
+from circuit_breaker import Engine, EventType, InstanceStatus, Workflow
+from circuit_breaker.errors import InstanceStateError, StoreError
 from circuit_breaker.events import ErrorInfo
 from circuit_breaker.executors import default_registry
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.tasks import TaskResult
 from circuit_breaker.token import utcnow
+from circuit_breaker.workers import queued_task, submit_task
 
 FAILED, RUNNING, COMPLETED = InstanceStatus.FAILED, InstanceStatus.RUNNING, InstanceStatus.COMPLETED
 
@@ -177,3 +179,104 @@ async def test_a_task_dead_lettered_while_paused_and_retried_does_not_fail_the_i
     await answer(engine, inst.id, "tb", "succeeded")
     assert (await engine.resume(inst.id)).status is RUNNING
     assert (await until(engine, inst.id, COMPLETED)).status is COMPLETED
+
+
+async def test_an_instance_failed_by_an_internal_error_is_not_brought_back_by_a_task_retry(engine: Engine) -> None:
+    """Only incidents are settled by retrying a task: a failure without one (here a result too large to store)
+    keeps the instance failed."""
+    inst = await engine.start("two_tasks", {})
+    await both_handed_out(engine, inst.id)
+    run = engine._runs[inst.id]
+    remote = engine._remote()
+    tb = next(p for p in run.pending.values() if p.transition == "tb")
+    huge = TaskResult.answering(
+        remote._task(run, tb), "succeeded", worker="test", started=utcnow(), duration=0.0, output={"x": "y" * 1_500_000}
+    )
+    await remote.on_result(huge)
+    failed = await until(engine, inst.id, FAILED)
+    assert failed.status is FAILED and failed.open_incidents == []
+    ta = await answer(engine, inst.id, "ta", "dead_lettered")
+    retried = await engine.retry(inst.id, "cli", task_id=ta)
+    assert state(retried) == ("failed", [], [("ta", 2, False), ("tb", 1, False)])
+    await answer(engine, inst.id, "ta", "succeeded")
+    await asyncio.sleep(0.2)
+    assert (await engine.get(inst.id)).status is FAILED
+
+
+async def test_a_retry_that_stopped_before_the_instance_ran_again_is_finished_when_the_task_ends(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inst = await engine.start("two_tasks", {})
+    await both_handed_out(engine, inst.id)
+    ta = await answer(engine, inst.id, "ta", "dead_lettered")
+    await answer(engine, inst.id, "tb", "succeeded")
+    set_status = engine._set_status
+
+    async def store_down(run: Any, trigger: str, *args: Any, **kwargs: Any) -> None:
+        if trigger == "retry":
+            raise StoreError("no acknowledgement after 3 attempts")
+        await set_status(run, trigger, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_set_status", store_down)
+    with pytest.raises(StoreError):
+        await engine.retry(inst.id, "cli", task_id=ta)
+    assert state(await engine.get(inst.id)) == ("failed", [], [("ta", 2, False)])
+    # A dlq retry of the letter the engine saw (attempt 1) is stale now that attempt 2 is out.
+    with pytest.raises(InstanceStateError, match="attempt 2 of it is out"):
+        await engine.retry(inst.id, "cli", task_id=ta, attempt=1)
+    monkeypatch.setattr(engine, "_set_status", set_status)
+    await answer(engine, inst.id, "ta", "succeeded")  # its end finishes the retry: nothing else failed it
+    assert (await until(engine, inst.id, COMPLETED)).status is COMPLETED
+
+
+async def ta_attempts(engine: Engine, instance_id: str) -> list[int | None]:
+    started = [e async for e in engine.events(instance=instance_id, types=[EventType.TRANSITION_STARTED])]
+    return [getattr(e, "attempt", None) for e in started if e.transition == "ta"]
+
+
+async def test_a_retry_by_hand_adopts_an_attempt_queued_without_the_engine(fresh_nats: str, engine: Engine) -> None:
+    """``dlq retry`` with no engine answering publishes attempt 2 itself: a retry by hand afterwards records that
+    attempt instead of handing out an attempt 3 next to it (the action would run twice)."""
+    inst = await engine.start("two_tasks", {})
+    await both_handed_out(engine, inst.id)
+    ta = await answer(engine, inst.id, "ta", "dead_lettered")
+    await answer(engine, inst.id, "tb", "succeeded")
+    run = engine._runs[inst.id]
+    dead_task = engine._remote()._task(run, run.pending[ta])
+    nc = await nats.connect(fresh_nats)
+    try:
+        js = nc.jetstream()
+        await submit_task(js, dead_task.model_copy(update={"attempt": 2}))
+        assert state(await engine.retry(inst.id, "cli")) == ("running", [], [("ta", 2, False)])
+        assert (await queued_task(js, "set", ta)).attempt == 2  # type: ignore[union-attr]
+    finally:
+        await nc.close()
+    assert await ta_attempts(engine, inst.id) == [1, 2]
+    await answer(engine, inst.id, "ta", "succeeded")
+    assert (await until(engine, inst.id, COMPLETED)).status is COMPLETED
+
+
+async def test_an_engine_starting_after_a_dlq_retry_without_an_engine_records_the_attempt(fresh_nats: str) -> None:
+    """The instance then shows the task running again (not dead-lettered at attempt 1), and a retry by hand
+    cannot hand it out a second time."""
+    wf = split_join("adopted")
+    async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as first:
+        inst = await first.start("adopted", {})
+        await both_handed_out(first, inst.id)
+        ta = await answer(first, inst.id, "ta", "dead_lettered")
+        await answer(first, inst.id, "tb", "succeeded")
+        run = first._runs[inst.id]
+        dead_task = first._remote()._task(run, run.pending[ta])
+    nc = await nats.connect(fresh_nats)
+    try:
+        await submit_task(nc.jetstream(), dead_task.model_copy(update={"attempt": 2}))  # dlq retry, no engine
+    finally:
+        await nc.close()
+    async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as second:
+        now = await until(second, inst.id, RUNNING)
+        assert state(now) == ("running", [], [("ta", 2, False)])
+        with pytest.raises(InstanceStateError):
+            await second.retry(inst.id, "cli")
+        assert await ta_attempts(second, inst.id) == [1, 2]
+        await answer(second, inst.id, "ta", "succeeded")
+        assert (await until(second, inst.id, COMPLETED)).status is COMPLETED

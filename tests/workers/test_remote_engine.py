@@ -16,10 +16,12 @@ from typing import Any
 import nats
 
 from circuit_breaker import Engine, EventType, InstanceStatus, Workflow
+from circuit_breaker.config import StreamSettings
 from circuit_breaker.executors import ShellExecutor, default_registry
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.nats._control import ControlService
 from circuit_breaker.workers import list_dead_letters, pending_tasks, results, retry_dead_letter
+from circuit_breaker.workers._queue import ensure_task_streams
 
 from .conftest import CLI
 from .remote_engine import workflow as relay_workflow
@@ -177,10 +179,17 @@ async def test_dlq_retry_asks_the_serving_engine_so_the_instance_records_it(spaw
         control = ControlService(engine, nc)  # as `serve` runs it
         await control.start()
         try:
+            js = nc.jetstream()
+            # An older letter first, so the one retried below is not the oldest (nor the stream's first message).
+            await ensure_task_streams(js, StreamSettings())
+            await js.publish(
+                "cb.dlq.other",
+                b'{"reason": "malformed", "message": "x", "subject": "x", "deliveries": 1, "worker": "w"}',
+            )
+            ((older, _),) = await list_dead_letters(js)
             inst = await engine.start(wf, {})
             assert (await engine.wait(inst.id, timeout=60)).status is InstanceStatus.FAILED
-            js = nc.jetstream()
-            ((entry, letter),) = await list_dead_letters(js)
+            ((_, _), (entry, letter)) = await list_dead_letters(js)
             assert letter.task is not None
             flag.write_text("ok")
             retried = await asyncio.to_thread(
@@ -194,7 +203,7 @@ async def test_dlq_retry_asks_the_serving_engine_so_the_instance_records_it(spaw
             now = await engine.get(inst.id)
             assert now.status is InstanceStatus.RUNNING and now.open_incidents == []
             assert [(t.attempt, t.dead_lettered) for t in now.tasks] == [(2, False)]
-            assert await list_dead_letters(js) == []
+            assert [e for e, _ in await list_dead_letters(js)] == [older]
             done = await until(engine, inst.id, InstanceStatus.COMPLETED, timeout=30)
             assert done.status is InstanceStatus.COMPLETED
             history = [e async for e in engine.events(instance=inst.id)]
@@ -217,14 +226,14 @@ async def test_dlq_retry_asks_the_serving_engine_so_the_instance_records_it(spaw
             # A letter whose task is no longer dead (written on cb.dlq.<kind>, as workers did before letters had
             # a subject per task, so the engine's retry could not remove it): refused, named, and kept.
             await js.publish("cb.dlq.shell", letter.model_dump_json().encode())
-            ((stale, _),) = await list_dead_letters(js)
+            ((_, _), (stale, _)) = await list_dead_letters(js)
             refused = await asyncio.to_thread(
                 subprocess.run, [CLI, "dlq", "retry", str(stale)], env=env, capture_output=True, text=True, timeout=60
             )
             assert refused.returncode != 0
             assert f"task {letter.task.task_id} of instance {inst.id}" in refused.stderr, refused.stderr
             assert f"dead letter {stale} is stale" in refused.stderr and "Traceback" not in refused.stderr
-            assert [e for e, _ in await list_dead_letters(js)] == [stale]
+            assert [e for e, _ in await list_dead_letters(js)] == [older, stale]
         finally:
             await control.stop()
             await nc.close()
