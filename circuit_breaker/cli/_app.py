@@ -315,14 +315,18 @@ def _show_instance(inst: Instance) -> None:
     for t in inst.tokens:
         tokens.add_row(Text(t.place or ""), Text(json.dumps(masker.mask(t.data), ensure_ascii=False, default=str)))
     console.print(tokens)
+    ended = inst.status.value in ("completed", "cancelled")
     if inst.tasks:  # tokens a remote action took: they are with the task until its result comes
-        tasks = Table(title="In flight (remote actions)", title_justify="left")
+        title = "Abandoned (remote actions the instance ended without)" if ended else "In flight (remote actions)"
+        tasks = Table(title=title, title_justify="left")
         for column in ("transition", "executor", "attempt", "since", "task", "state"):
             tasks.add_column(column, no_wrap=column == "task")
         for task in inst.tasks:
             state = Text("queued or running")
-            if task.dead_lettered:
-                state = Text("dead-lettered: see dlq list / retry", style="red")
+            if ended:
+                state = Text("dead-lettered" if task.dead_lettered else "its result will be ignored")
+            elif task.dead_lettered:
+                state = Text(f"dead-lettered: circuit-breaker retry {inst.id} (or dlq retry)", style="red")
             since = task.since.strftime("%H:%M:%S")
             tasks.add_row(task.transition, task.executor, str(task.attempt), since, task.task_id, state)
         console.print(tasks)

@@ -42,4 +42,11 @@ async def test_status_lists_a_task_in_flight_with_its_executor(nats_url: str, tm
     assert "In flight" in shown.out
     rows = [line for line in shown.out.splitlines() if "queued or running" in line]
     assert len(rows) == 1 and all(part in rows[0] for part in ("call", "http", inst.tasks[0].task_id)), shown.out
+
+    async with Engine(JetStreamStore(servers=[nats_url]), workflows=[wf]) as engine:
+        await engine.cancel(inst.id, reason="not needed")
+    cancelled = run_cli("status", inst.id, cwd=tmp_path, env={"CB_NATS_URL": nats_url, "COLUMNS": "200"})
+    assert cancelled.code == 0, cancelled.err
+    assert "In flight" not in cancelled.out and "queued or running" not in cancelled.out, cancelled.out
+    assert "Abandoned" in cancelled.out and "its result will be ignored" in cancelled.out, cancelled.out
     await drop_streams(nats_url)
