@@ -21,11 +21,15 @@ def json_problem(value: Any, path: str = "data", depth: int = 0) -> str | None:
     if isinstance(value, _SCALARS):
         if isinstance(value, float) and not math.isfinite(value):
             return f"{path} is {value}, which JSON cannot carry"
+        if isinstance(value, str) and not value.isascii() and has_lone_surrogate(value):
+            return f"{path} holds a lone surrogate (such as \\ud800), which UTF-8 cannot carry"
         return None
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{path} has a non-string key {key!r}"
+            if not key.isascii() and has_lone_surrogate(key):
+                return f"{path} has a key with a lone surrogate (such as \\ud800), which UTF-8 cannot carry"
             problem = json_problem(item, f"{path}.{key}", depth + 1)
             if problem:
                 return problem
@@ -37,6 +41,16 @@ def json_problem(value: Any, path: str = "data", depth: int = 0) -> str | None:
                 return problem
         return None
     return f"{path} is a {type(value).__name__}, which JSON cannot carry"
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` cannot be written as UTF-8 (a lone surrogate, which JSON's ``\\ud800`` escape can carry
+    in, but no stored event could carry out)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def ensure_json_object(data: Any, *, workflow: str | None, what: str = "token data") -> dict[str, Any]:

@@ -156,6 +156,8 @@ class Client:
             ) from None
         except nats.errors.MaxPayloadError as err:
             raise InjectError("payload_too_large", f"the request is larger than the server accepts: {err}") from None
+        except nats.errors.Error as err:  # the connection is down, reconnecting, or closed
+            raise InjectError("unavailable", f"NATS: {_said(err)}", retryable=not self.connection.is_closed) from None
         return _reply(msg.data, subject)
 
     async def publish(
@@ -176,6 +178,14 @@ class Client:
         subject = inbox_subject(subject_token("workflow", workflow))
         payload = _request(data, key, actor)
         headers = {DEDUPE_HEADER: key}
+        # nats-py checks the payload alone, but the server counts the headers too, and closes the connection
+        # (for good, for this client) when the whole is over its limit: refused here instead.
+        size = len(payload) + len(f"NATS/1.0\r\n{DEDUPE_HEADER}: {key}\r\n\r\n")
+        limit = self.connection.max_payload
+        if size > limit:
+            raise InjectError(
+                "payload_too_large", f"the message has {size} bytes with its headers; the server takes {limit}"
+            )
         wait = timeout if timeout is not None else self.timeout
         js = self.jetstream
         for attempt in (1, 2):
@@ -185,18 +195,30 @@ class Client:
                 if attempt == 2 or self._inbox_ready:
                     raise InjectError("unavailable", "the inbox stream does not answer", retryable=True) from None
                 # No engine has run here yet: create the inbox, so the token waits for one.
-                await ensure_inbox_stream(js, self._settings.stream)
+                try:
+                    await ensure_inbox_stream(js, self._settings.stream)
+                except nats.errors.Error as err:
+                    said = f"JetStream does not answer: {_said(err)}"
+                    raise InjectError("unavailable", said, retryable=True) from None
                 self._inbox_ready = True
                 continue
             except nats.errors.TimeoutError:
                 raise InjectError(
-                    "timeout", f"no acknowledgement from the inbox within {wait:g}s (publishing again is safe)"
+                    "timeout",
+                    f"no acknowledgement from the inbox within {wait:g}s (publishing again is safe)",
+                    retryable=True,
                 ) from None
-            except APIError as err:
-                raise InjectError("unavailable", f"the inbox refused the message: {err.description}") from None
             except nats.errors.MaxPayloadError as err:
                 message = f"the message is larger than the server accepts: {err}"
                 raise InjectError("payload_too_large", message) from None
+            except APIError as err:
+                raise InjectError(
+                    "unavailable", f"the inbox refused the message: {_said(err)}", retryable=err.code == 503
+                ) from None
+            except nats.errors.Error as err:  # the connection is down, reconnecting, or closed
+                raise InjectError(
+                    "unavailable", f"NATS: {_said(err)}", retryable=not self.connection.is_closed
+                ) from None
             return Published(instance_id_for(workflow, key), int(ack.seq), bool(ack.duplicate))
         raise AssertionError("unreachable")
 
@@ -260,3 +282,10 @@ def _reply(payload: bytes, subject: str) -> InjectAccepted:
         return reply
     error = reply.error
     raise InjectError(error.code.value, error.message, field=error.field, retryable=error.retryable)
+
+
+def _said(err: Exception) -> str:
+    """What a NATS error says (nats-py's ``str`` of some errors is only their class name, or 'None' fields)."""
+    description = getattr(err, "description", None)
+    text = description if description else str(err)
+    return f"{type(err).__name__}: {text}" if text and text != type(err).__name__ else type(err).__name__

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
+from ..dsl._data import has_lone_surrogate
 from ..errors import InjectError
 
 __all__ = [
@@ -127,11 +128,20 @@ def parse_request(payload: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> 
     if not isinstance(data, dict):
         raise InjectError(ErrorCode.NOT_AN_OBJECT, f"data must be a JSON object, not {_json_type(data)}", field="data")
     try:
-        return InjectRequest.model_validate(raw)
+        request = InjectRequest.model_validate(raw)
     except ValidationError as err:
         first = err.errors(include_input=False, include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"]) or None
         raise InjectError(ErrorCode.INVALID_REQUEST, f"{field}: {first['msg']}", field=field) from None
+    for name in ("dedupe_id", "actor"):  # (the data is checked with the workflow's other rules for data)
+        text = getattr(request, name)
+        if text is not None and not text.isascii() and has_lone_surrogate(text):
+            raise InjectError(
+                ErrorCode.INVALID_REQUEST,
+                f"{name} holds a lone surrogate (such as \\ud800), which UTF-8 cannot carry",
+                field=name,
+            )
+    return request
 
 
 def error_reply(err: InjectError) -> InjectRejected:

@@ -129,6 +129,8 @@ BAD_REQUESTS = [
     ("cb.inject.nope", b'{"data": {}}', "unknown_workflow", None),
     ("cb.inject.orders", b'{"data": {"item": "lamp", "qty": 0}}', "invalid_data", "qty"),
     ("cb.inject.orders", b'{"data": {"qty": 1}}', "invalid_data", "item"),
+    ("cb.inject.orders", b'{"data": {"item": "\\ud800", "qty": 1}}', "invalid_data", None),  # no UTF-8 for it
+    ("cb.inject.orders", b'{"data": {}, "actor": "a\\udc00"}', "invalid_request", "actor"),
     ("cb.inject.orders", json.dumps({"data": {"item": "x" * 5000, "qty": 1}}).encode(), "payload_too_large", None),
 ]
 
@@ -160,6 +162,24 @@ async def test_the_client_raises_inject_error_with_the_code_and_field(fresh_nats
         assert "orders" in unknown.value.message  # says which workflows the engine has
         with pytest.raises(ValueError, match="invalid"):
             await client.inject("bad.name", {})
+        # Just under the server's limit as a payload, over it with the headers: refused before it goes out (the
+        # server would close the connection), and the client goes on working.
+        limit = client.connection.max_payload
+        with pytest.raises(InjectError) as too_large:
+            await client.publish("orders", {"item": "x" * (limit - 60), "qty": 1}, dedupe_id="big")
+        assert too_large.value.code == "payload_too_large" and "headers" in too_large.value.message
+        assert (await client.publish("orders", {"item": "lamp", "qty": 1})).seq > 0
+
+
+async def test_publish_says_unavailable_when_the_connection_is_gone(fresh_nats: str) -> None:
+    """NATS failures reach the caller as InjectError (retryable or not), never as nats-py's own exceptions."""
+    client = Client(servers=[fresh_nats])
+    await client.open()
+    await client.connection.close()
+    for call in (lambda: client.publish("orders", GOOD), lambda: client.inject("orders", GOOD)):
+        with pytest.raises(InjectError) as caught:
+            await call()
+        assert caught.value.code == "unavailable" and not caught.value.retryable, caught.value
 
 
 async def test_without_an_engine_the_client_says_no_engine_serves_the_workflow(fresh_nats: str) -> None:
@@ -237,11 +257,14 @@ async def test_bad_inbox_messages_are_terminated_and_the_next_good_one_is_proces
             await js.publish("cb.inbox.orders", b"{oops")
             await js.publish("cb.inbox.orders", b'{"data": {"item": "lamp", "qty": 0}}')
             await js.publish("cb.inbox.nope", b'{"data": {}}')
+            await js.publish("cb.inbox.orders", b'{"data": {"item": "\\ud800", "qty": 1}}')  # at once, no retries
             good = await client.publish("orders", GOOD)
             await started(client, engine, good.instance_id)
             await eventually(lambda: _zero(inbox_messages(fresh_nats)))  # none is waiting for a redelivery
         reasons = [r.getMessage() for r in caplog.records if "terminated" in r.getMessage()]
-        assert len(reasons) == 3, reasons
+        assert len(reasons) == 4, reasons
+        assert any("invalid_data" in r and "lone surrogate" in r for r in reasons)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "no traceback for the caller's data"
         assert any("malformed_json" in r for r in reasons)
         assert any("invalid_data" in r and "qty" in r for r in reasons)
         assert any("unknown_workflow" in r for r in reasons)
