@@ -75,7 +75,7 @@ def settings_for(nats_url: list[str] | None, **overrides: Any) -> Settings:
 @asynccontextmanager
 async def nats_session(settings: Settings) -> AsyncIterator[NATS]:
     """A connection to the configured NATS, or to the embedded server (started here if none runs yet)."""
-    from ..nats._embedded import connect_nats, ensure_server
+    from ..nats._embedded import connect_nats, drain_connection, ensure_server
 
     urls, server = await ensure_server(settings)
     try:
@@ -83,8 +83,7 @@ async def nats_session(settings: Settings) -> AsyncIterator[NATS]:
         try:
             yield nc
         finally:
-            with contextlib.suppress(Exception):
-                await nc.drain()
+            await drain_connection(nc)
     finally:
         if server is not None:
             await server.stop()

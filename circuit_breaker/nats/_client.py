@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from ..config import Settings
 from ..errors import InjectError
 from ..events import EventType
-from ._embedded import connect_nats
+from ._embedded import connect_nats, drain_connection
 from ._events import TRANSITION_TYPES, EventStream, Since, event_filters, subject_token
 from ._inbox import ensure_inbox_stream
 from ._protocol import DEDUPE_HEADER, InjectAccepted, InjectReply, InjectRequest
@@ -82,10 +82,7 @@ class Client:
         if self._own_connection and self._nc is not None:
             nc, self._nc = self._nc, None
             if not nc.is_closed:
-                try:
-                    await nc.drain()
-                except Exception:  # a broken connection cannot drain; closing is all that is left
-                    await nc.close()
+                await drain_connection(nc)
 
     async def __aenter__(self) -> Client:
         await self.open()

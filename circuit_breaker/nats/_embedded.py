@@ -180,18 +180,26 @@ async def nats_connection(settings: Settings, **extra: Any) -> AsyncIterator[NAT
         try:
             yield nc
         finally:
-            await _drain(nc)
+            await drain_connection(nc)
     finally:
         if server is not None:
             await server.stop()
 
 
-async def _drain(nc: NATS, timeout: float = 5.0) -> None:
-    """Let pending publishes and subscription handlers finish, then close; a broken connection just closes."""
+async def drain_connection(nc: NATS, timeout: float = 5.0) -> None:
+    """Let pending publishes and subscription handlers finish, then close; a broken connection just closes, and
+    one that does not answer (a frozen server, a black-holed network) is closed after ``timeout`` seconds."""
     if nc.is_connected:
-        try:
-            await asyncio.wait_for(nc.drain(), timeout)
-        except (TimeoutError, nats.errors.Error) as err:
-            log.debug("draining the NATS connection: %s", err)
+        # Not wait_for: nats-py's drain swallows a cancellation and goes on to flush (waiting up to 10 s more).
+        draining = asyncio.get_running_loop().create_task(nc.drain())
+        done, _ = await asyncio.wait({draining}, timeout=timeout)
+        if done:
+            error = draining.exception()
+            if error is not None:
+                log.debug("draining the NATS connection: %s", error)
+        else:
+            log.debug("draining the NATS connection took over %gs: closing it", timeout)
+            draining.cancel()  # (it ends once the close below fails its flush; its error is of no interest)
+            draining.add_done_callback(lambda task: task.cancelled() or task.exception())
     if not nc.is_closed:
         await _close_quietly(nc)

@@ -53,7 +53,7 @@ from ..config import Settings, StreamSettings
 from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataError
 from ..events import Event, EventType, parse_event
 from ._acks import AckedPublisher
-from ._embedded import connect_nats
+from ._embedded import connect_nats, drain_connection
 from ._pull import ConsumerGoneError, Puller, delivery
 from ._subjects import (
     EVENT_PREFIX,
@@ -337,7 +337,7 @@ class JetStreamStore:
         if self._nc is not None and self._own_connection:
             nc, self._nc = self._nc, None
             if not nc.is_closed:
-                await nc.drain()
+                await drain_connection(nc)  # (bounded: a server that froze must not hold up a shutdown)
 
     # -- writing -------------------------------------------------------------------------------------------
     def _check_size(self, event: Event, size: int) -> None:
