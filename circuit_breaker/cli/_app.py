@@ -315,7 +315,9 @@ def _show_instance(inst: Instance) -> None:
     for t in inst.tokens:
         tokens.add_row(Text(t.place or ""), Text(json.dumps(masker.mask(t.data), ensure_ascii=False, default=str)))
     console.print(tokens)
-    ended = inst.status.value in ("completed", "cancelled")
+    from ..engine._lifecycle import TERMINAL
+
+    ended = inst.status in TERMINAL
     if inst.tasks:  # tokens a remote action took: they are with the task until its result comes
         title = "Abandoned (remote actions the instance ended without)" if ended else "In flight (remote actions)"
         tasks = Table(title=title, title_justify="left")

@@ -949,7 +949,8 @@ class Engine:
         open_incidents = [i for i in run.incidents if not i.resolved]
         if open_incidents:  # an action failed for good while it was paused: it fails now, as it would have
             last = open_incidents[-1]
-            await self._change_status(instance_id, lambda _: "fail", None, f"{last.transition}: {last.error.message}")
+            reason = f"{last.transition}: {last.error.message}"
+            await self._change_status(instance_id, lambda _: "fail", None, reason, when=_incident_open)
             return run.snapshot()
         self._kick(run)
         return run.snapshot()
@@ -969,14 +970,16 @@ class Engine:
         reason: str | None = None,
         *,
         retry: bool = False,
+        when: Callable[[Run], bool] | None = None,
     ) -> Run:
-        """A status change asked for by a caller; judged again if another engine changed the instance first."""
+        """A status change asked for by a caller; judged again if another engine changed the instance first
+        (``when``: only if it holds for the state under the instance's lock)."""
         run = await self._find(instance_id)
         run.local = True
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 details = {"retry": True} if retry else None
-                await self._set_status(run, trigger(run), actor, reason=reason, details=details)
+                await self._set_status(run, trigger(run), actor, reason=reason, details=details, when=when)
                 return run
             except ConcurrencyError:
                 if attempt == CONFLICT_ATTEMPTS:
@@ -1689,3 +1692,7 @@ def _ids(consumed: dict[str, tuple[Token, ...]]) -> tuple[str, ...]:
 def _cleared(run: Run) -> bool:
     """Failed because of incidents, and every one of them is resolved now (an internal failure is no incident)."""
     return run.status is FAILED and run.failed_on_incident and all(i.resolved for i in run.incidents)
+
+
+def _incident_open(run: Run) -> bool:
+    return any(not i.resolved for i in run.incidents)

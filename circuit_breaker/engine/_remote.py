@@ -321,7 +321,7 @@ class RemoteActions:
                 pending.into,
             )
             await self.engine._append(run, event)
-        if dead or adopt:
+        if dead:  # (an adopted attempt's own letters, if it dies too, must stay: ``dlq retry`` dropped the old one)
             await self._forget_dead_letters(run, run.pending[task_id])
         await self._send(run, run.pending[task_id], recovering=adopt)
 

@@ -22,6 +22,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from pydantic import ValidationError
 
 from ..config import Settings
+from ..dsl._data import has_lone_surrogate, json_problem
 from ..errors import InjectError
 from ..events import EventType
 from ._embedded import connect_nats, drain_connection
@@ -177,7 +178,7 @@ class Client:
         headers = {DEDUPE_HEADER: key}
         # nats-py checks the payload alone, but the server counts the headers too, and closes the connection
         # (for good, for this client) when the whole is over its limit: refused here instead.
-        size = len(payload) + len(f"NATS/1.0\r\n{DEDUPE_HEADER}: {key}\r\n\r\n")
+        size = len(payload) + len(f"NATS/1.0\r\n{DEDUPE_HEADER}: {key}\r\n\r\n".encode())
         limit = self.connection.max_payload
         if size > limit:
             raise InjectError(
@@ -266,6 +267,14 @@ def _request(data: dict[str, Any] | None, dedupe_id: str | None, actor: str | No
         field = ".".join(str(p) for p in first["loc"])
         code = "not_an_object" if field == "data" else "invalid_request"
         raise InjectError(code, f"{field}: {first['msg']}", field=field) from None
+    # What the engine would refuse, refused here (JSON itself could not carry some of it: a lone surrogate
+    # fails the encoding, or is quietly replaced in a key).
+    problem = json_problem(request.data)
+    if problem:
+        raise InjectError("invalid_data", problem)
+    for name, text in (("dedupe_id", dedupe_id), ("actor", actor)):
+        if text is not None and not text.isascii() and has_lone_surrogate(text):
+            raise InjectError("invalid_request", f"{name} holds a lone surrogate, which UTF-8 cannot carry", field=name)
     return request.model_dump_json(exclude_none=True).encode()
 
 

@@ -307,21 +307,27 @@ async def retry_dead_letter_via_engine(
             entry=entry,
         )
     request = ControlRequest(instance_id=task.instance_id, task_id=task.task_id, attempt=task.attempt, actor=actor)
-    try:
-        instance = await request_control(connection, "retry", request, workflow=task.workflow, timeout=timeout)
-    except ControlError as err:
-        if err.code == "invalid_request" and ("task_id" in err.message or "attempt" in err.message):
-            # An engine from before task retries (it refuses the fields): publish the task as it would have.
-            return DeadLetterRetry(task=await retry_dead_letter(js, entry), by_engine=False)
-        if err.code == "instance_state":
-            if err.details.get("task") == "out":  # not dead (yet): the letter may be about to count
-                hint = f"dead letter {entry} is left as it is: try again in a moment"
-            else:  # handed out again and ended meanwhile, or the instance ended: the letter is stale
-                hint = f"dead letter {entry} is stale: `circuit-breaker dlq drop {entry}` removes it"
-            raise ControlError(err.code, f"{err.message}; {hint}", details=err.details) from None
-        if err.code not in ("no_responders", "unknown_instance"):
+    instance: dict[str, Any] | None = None
+    for ask in (request, request.model_copy(update={"attempt": None})):
+        try:
+            instance = await request_control(connection, "retry", ask, workflow=task.workflow, timeout=timeout)
+            break
+        except ControlError as err:
+            refused = err.message if err.code == "invalid_request" else ""
+            if "attempt" in refused and "task_id" not in refused and ask.attempt is not None:
+                continue  # an engine that knows task retries but not the attempt field: ask it without
+            if err.code == "instance_state":
+                if err.details.get("task") == "out":  # not dead (yet): the letter may be about to count
+                    hint = f"dead letter {entry} is left as it is: try again in a moment"
+                else:  # handed out again and ended meanwhile, or the instance ended: the letter is stale
+                    hint = f"dead letter {entry} is stale: `circuit-breaker dlq drop {entry}` removes it"
+                raise ControlError(err.code, f"{err.message}; {hint}", details=err.details) from None
+            if err.code in ("no_responders", "unknown_instance") or "task_id" in refused:
+                # No engine serves the workflow, none knows the instance, or one from before task retries:
+                # publish the task as the CLI always did (the engine applies its result when it runs).
+                return DeadLetterRetry(task=await retry_dead_letter(js, entry), by_engine=False)
             raise
-        return DeadLetterRetry(task=await retry_dead_letter(js, entry), by_engine=False)
+    assert instance is not None
     with contextlib.suppress(DeadLetterError):  # the engine removed the letters under the task's subject
         await drop_dead_letter(js, entry)  # (one written before letters had a subject per task stays: drop it)
     attempt = next((t["attempt"] for t in instance.get("tasks", []) if t.get("task_id") == task.task_id), None)

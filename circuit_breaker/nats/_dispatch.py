@@ -112,8 +112,16 @@ class NatsTaskQueue:
         return max(queued.attempt if queued is not None else 0, result.attempt if result is not None else 0)
 
     async def queued_attempt(self, task: Task) -> int:
+        """The queued attempt, unless a result of it (or a later one) is stored: a worker stores the result
+        (or the dead letter and its result) before it acknowledges the task, so an answered attempt can still
+        look queued for a moment, and its result decides then."""
         queued = await queued_task(self._js, task.kind, task.task_id)
-        return queued.attempt if queued is not None else 0
+        if queued is None:
+            return 0
+        result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
+        if result is not None and result.attempt >= queued.attempt:
+            return 0
+        return queued.attempt
 
     async def forget_dead_letters(self, task: Task) -> None:
         """Purge ``task``'s subject in ``CB_DLQ`` (letters written before dead letters had a subject per task,

@@ -169,6 +169,11 @@ async def test_the_client_raises_inject_error_with_the_code_and_field(fresh_nats
             await client.publish("orders", {"item": "x" * (limit - 60), "qty": 1}, dedupe_id="big")
         assert too_large.value.code == "payload_too_large" and "headers" in too_large.value.message
         assert (await client.publish("orders", {"item": "lamp", "qty": 1})).seq > 0
+        for bad in ({"item": "\ud800", "qty": 1}, {"\udc00": 1}):  # what no UTF-8 text can carry, as a value or key
+            for call in (client.publish, client.inject):
+                with pytest.raises(InjectError) as surrogate:
+                    await call("orders", bad)
+                assert surrogate.value.code == "invalid_data" and "surrogate" in surrogate.value.message
 
 
 async def test_publish_says_unavailable_when_the_connection_is_gone(fresh_nats: str) -> None:

@@ -19,6 +19,7 @@ from circuit_breaker.errors import InstanceStateError, StoreError
 from circuit_breaker.events import ErrorInfo
 from circuit_breaker.executors import default_registry
 from circuit_breaker.nats import JetStreamStore
+from circuit_breaker.nats._subjects import result_subject
 from circuit_breaker.tasks import TaskResult
 from circuit_breaker.token import utcnow
 from circuit_breaker.workers import queued_task, submit_task
@@ -280,3 +281,38 @@ async def test_an_engine_starting_after_a_dlq_retry_without_an_engine_records_th
         assert await ta_attempts(second, inst.id) == [1, 2]
         await answer(second, inst.id, "ta", "succeeded")
         assert (await until(second, inst.id, COMPLETED)).status is COMPLETED
+
+
+async def test_an_attempt_answered_but_not_yet_acknowledged_is_not_adopted(fresh_nats: str) -> None:
+    """A worker stores the dead letter and the result before it acknowledges the task, so an answered attempt can
+    look queued for a moment: its stored result decides (the instance stays failed, a retry hands out attempt 3)
+    instead of an adoption that would wait for a result already gone by."""
+    wf = split_join("answered")
+    async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as first:
+        inst = await first.start("answered", {})
+        await both_handed_out(first, inst.id)
+        ta = await answer(first, inst.id, "ta", "dead_lettered")
+        await answer(first, inst.id, "tb", "succeeded")
+        run = first._runs[inst.id]
+        dead_task = first._remote()._task(run, run.pending[ta])
+    second_attempt = dead_task.model_copy(update={"attempt": 2})
+    nc = await nats.connect(fresh_nats)
+    try:
+        js = nc.jetstream()
+        await submit_task(js, second_attempt)  # dlq retry without an engine; a worker ran it and it died again,
+        died = TaskResult.answering(  # its result stored, the task message not yet acknowledged
+            second_attempt,
+            "dead_lettered",
+            worker="test",
+            started=utcnow(),
+            duration=0.0,
+            error=ErrorInfo(kind="exit_code", message="boom", retryable=True),
+        )
+        await js.publish(result_subject("answered", inst.id, ta), died.model_dump_json().encode())
+        async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as second:
+            await asyncio.sleep(0.5)
+            assert state(await second.get(inst.id)) == ("failed", ["ta"], [("ta", 1, True)])
+            assert state(await second.retry(inst.id, "cli")) == ("running", [], [("ta", 3, False)])
+            assert await ta_attempts(second, inst.id) == [1, 3]
+    finally:
+        await nc.close()
