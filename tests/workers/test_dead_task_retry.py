@@ -20,7 +20,7 @@ from circuit_breaker.events import ErrorInfo
 from circuit_breaker.executors import default_registry
 from circuit_breaker.nats import JetStreamStore
 from circuit_breaker.nats._subjects import result_subject
-from circuit_breaker.tasks import TaskResult
+from circuit_breaker.tasks import Task, TaskResult
 from circuit_breaker.token import utcnow
 from circuit_breaker.workers import queued_task, submit_task
 
@@ -55,6 +55,15 @@ async def answer(engine: Engine, instance_id: str, transition: str, status: str)
     )
     await remote.on_result(result)
     return pending.task_id
+
+
+async def ta_dead_tb_done(engine: Engine, workflow: str) -> tuple[Any, str]:
+    """A new instance whose ``ta`` was dead-lettered and ``tb`` done; the instance and ta's task id."""
+    inst = await engine.start(workflow, {})
+    await both_handed_out(engine, inst.id)
+    ta = await answer(engine, inst.id, "ta", "dead_lettered")
+    await answer(engine, inst.id, "tb", "succeeded")
+    return inst, ta
 
 
 async def both_handed_out(engine: Engine, instance_id: str) -> None:
@@ -147,10 +156,7 @@ async def test_a_dead_letter_recorded_while_a_task_retry_waits_is_not_swept_away
 async def test_a_task_retry_whose_hand_out_fails_leaves_the_instance_failed_and_can_be_asked_again(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inst = await engine.start("two_tasks", {})
-    await both_handed_out(engine, inst.id)
-    ta = await answer(engine, inst.id, "ta", "dead_lettered")
-    await answer(engine, inst.id, "tb", "succeeded")
+    inst, ta = await ta_dead_tb_done(engine, "two_tasks")
     remote = engine._remote()
     again = remote._again
 
@@ -207,10 +213,7 @@ async def test_an_instance_failed_by_an_internal_error_is_not_brought_back_by_a_
 async def test_a_retry_that_stopped_before_the_instance_ran_again_is_finished_when_the_task_ends(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inst = await engine.start("two_tasks", {})
-    await both_handed_out(engine, inst.id)
-    ta = await answer(engine, inst.id, "ta", "dead_lettered")
-    await answer(engine, inst.id, "tb", "succeeded")
+    inst, ta = await ta_dead_tb_done(engine, "two_tasks")
     set_status = engine._set_status
 
     async def store_down(run: Any, trigger: str, *args: Any, **kwargs: Any) -> None:
@@ -230,6 +233,15 @@ async def test_a_retry_that_stopped_before_the_instance_ran_again_is_finished_wh
     assert (await until(engine, inst.id, COMPLETED)).status is COMPLETED
 
 
+async def ta_dead_under_a_first_engine(url: str, wf: Workflow) -> tuple[str, str, Task]:
+    """An instance of ``wf`` whose ``ta`` was dead-lettered and ``tb`` done, left by an engine that then stopped:
+    the instance id, ta's task id, and ta's task as handed out."""
+    async with Engine(JetStreamStore(servers=[url]), workflows=[wf]) as first:
+        inst, ta = await ta_dead_tb_done(first, wf.name)
+        run = first._runs[inst.id]
+        return inst.id, ta, first._remote()._task(run, run.pending[ta])
+
+
 async def ta_attempts(engine: Engine, instance_id: str) -> list[int | None]:
     started = [e async for e in engine.events(instance=instance_id, types=[EventType.TRANSITION_STARTED])]
     return [getattr(e, "attempt", None) for e in started if e.transition == "ta"]
@@ -238,10 +250,7 @@ async def ta_attempts(engine: Engine, instance_id: str) -> list[int | None]:
 async def test_a_retry_by_hand_adopts_an_attempt_queued_without_the_engine(fresh_nats: str, engine: Engine) -> None:
     """``dlq retry`` with no engine answering publishes attempt 2 itself: a retry by hand afterwards records that
     attempt instead of handing out an attempt 3 next to it (the action would run twice)."""
-    inst = await engine.start("two_tasks", {})
-    await both_handed_out(engine, inst.id)
-    ta = await answer(engine, inst.id, "ta", "dead_lettered")
-    await answer(engine, inst.id, "tb", "succeeded")
+    inst, ta = await ta_dead_tb_done(engine, "two_tasks")
     run = engine._runs[inst.id]
     dead_task = engine._remote()._task(run, run.pending[ta])
     nc = await nats.connect(fresh_nats)
@@ -261,26 +270,20 @@ async def test_an_engine_starting_after_a_dlq_retry_without_an_engine_records_th
     """The instance then shows the task running again (not dead-lettered at attempt 1), and a retry by hand
     cannot hand it out a second time."""
     wf = split_join("adopted")
-    async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as first:
-        inst = await first.start("adopted", {})
-        await both_handed_out(first, inst.id)
-        ta = await answer(first, inst.id, "ta", "dead_lettered")
-        await answer(first, inst.id, "tb", "succeeded")
-        run = first._runs[inst.id]
-        dead_task = first._remote()._task(run, run.pending[ta])
+    iid, ta, dead_task = await ta_dead_under_a_first_engine(fresh_nats, wf)
     nc = await nats.connect(fresh_nats)
     try:
         await submit_task(nc.jetstream(), dead_task.model_copy(update={"attempt": 2}))  # dlq retry, no engine
     finally:
         await nc.close()
     async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as second:
-        now = await until(second, inst.id, RUNNING)
+        now = await until(second, iid, RUNNING)
         assert state(now) == ("running", [], [("ta", 2, False)])
         with pytest.raises(InstanceStateError):
-            await second.retry(inst.id, "cli")
-        assert await ta_attempts(second, inst.id) == [1, 2]
-        await answer(second, inst.id, "ta", "succeeded")
-        assert (await until(second, inst.id, COMPLETED)).status is COMPLETED
+            await second.retry(iid, "cli")
+        assert await ta_attempts(second, iid) == [1, 2]
+        await answer(second, iid, "ta", "succeeded")
+        assert (await until(second, iid, COMPLETED)).status is COMPLETED
 
 
 async def test_an_attempt_answered_but_not_yet_acknowledged_is_not_adopted(fresh_nats: str) -> None:
@@ -288,13 +291,7 @@ async def test_an_attempt_answered_but_not_yet_acknowledged_is_not_adopted(fresh
     look queued for a moment: its stored result decides (the instance stays failed, a retry hands out attempt 3)
     instead of an adoption that would wait for a result already gone by."""
     wf = split_join("answered")
-    async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as first:
-        inst = await first.start("answered", {})
-        await both_handed_out(first, inst.id)
-        ta = await answer(first, inst.id, "ta", "dead_lettered")
-        await answer(first, inst.id, "tb", "succeeded")
-        run = first._runs[inst.id]
-        dead_task = first._remote()._task(run, run.pending[ta])
+    iid, ta, dead_task = await ta_dead_under_a_first_engine(fresh_nats, wf)
     second_attempt = dead_task.model_copy(update={"attempt": 2})
     nc = await nats.connect(fresh_nats)
     try:
@@ -308,11 +305,11 @@ async def test_an_attempt_answered_but_not_yet_acknowledged_is_not_adopted(fresh
             duration=0.0,
             error=ErrorInfo(kind="exit_code", message="boom", retryable=True),
         )
-        await js.publish(result_subject("answered", inst.id, ta), died.model_dump_json().encode())
+        await js.publish(result_subject("answered", iid, ta), died.model_dump_json().encode())
         async with Engine(JetStreamStore(servers=[fresh_nats]), workflows=[wf]) as second:
             await asyncio.sleep(0.5)
-            assert state(await second.get(inst.id)) == ("failed", ["ta"], [("ta", 1, True)])
-            assert state(await second.retry(inst.id, "cli")) == ("running", [], [("ta", 3, False)])
-            assert await ta_attempts(second, inst.id) == [1, 3]
+            assert state(await second.get(iid)) == ("failed", ["ta"], [("ta", 1, True)])
+            assert state(await second.retry(iid, "cli")) == ("running", [], [("ta", 3, False)])
+            assert await ta_attempts(second, iid) == [1, 3]
     finally:
         await nc.close()
