@@ -22,10 +22,13 @@ class Firing:
     transition: str
     token_ids: tuple[str, ...]
     attempt: int
+    key: str | None = None  # the key as the engine made it (a worker runs a task without its token ids)
 
     @property
     def idempotency_key(self) -> str:
         """Stable across retries, crashes and engines for this firing; different for any other firing."""
+        if self.key is not None:
+            return self.key
         digest = hashlib.blake2b("|".join(self.token_ids).encode(), digest_size=10).hexdigest()
         return f"{self.instance_id}:{self.transition}:{digest}"
 

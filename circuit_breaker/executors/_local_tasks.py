@@ -75,12 +75,19 @@ def prepare_task(cache: ExecutorCache, task: Task) -> Executor:
 
 
 async def execute_task(runnable: Executor, task: Task) -> ExecutionResult:
-    """Run a prepared executor with the task's data in context (what ``ExecutorAction`` does in the engine)."""
-    reset = _DATA.set(task.data)
+    """Run a prepared executor with the task's data and firing in context (what ``ExecutorAction`` does in the
+    engine): ``current_firing()`` answers on a worker too, with the engine's idempotency key, so an action that
+    hands it to the outside world (the ``nats`` executor starting a child workflow) has its effect once across
+    redeliveries."""
+    from ..engine._context import Firing, _current
+
+    firing = Firing(task.workflow, task.instance_id, task.transition, (), task.attempt, key=task.idempotency_key)
+    reset_data, reset_firing = _DATA.set(task.data), _current.set(firing)
     try:
         return await runnable.execute_detailed()
     finally:
-        _DATA.reset(reset)
+        _current.reset(reset_firing)
+        _DATA.reset(reset_data)
 
 
 async def run_task(cache: ExecutorCache, task: Task) -> tuple[dict[str, Any], ErrorInfo | None]:

@@ -17,10 +17,12 @@ import pytest
 from circuit_breaker import Engine, InstanceStatus, Workflow
 from circuit_breaker.errors import ExecutorConfigError
 from circuit_breaker.executors import default_registry
+from circuit_breaker.executors._local_tasks import ExecutorCache, run_task
 from circuit_breaker.executors.nats import NatsExecutor
 from circuit_breaker.nats import Client, JetStreamStore
 from circuit_breaker.nats._subjects import instance_id_for
 from circuit_breaker.retry import RetryPolicy
+from circuit_breaker.tasks import Task
 
 from ..conftest import drop_streams
 from .inject_support import orders_workflow, serving
@@ -268,6 +270,20 @@ async def test_running_the_same_firing_again_does_not_start_a_second_child(url: 
     assert done.status is InstanceStatus.COMPLETED
     assert len(seen) == 2 and seen[0] == seen[1] == done.data["instance_id"]
     assert await starts(url, "doubling") == [seen[0]]
+
+
+async def test_a_task_run_again_on_a_worker_does_not_start_a_second_child(url: str, children: Engine) -> None:
+    """On a worker no engine sets the firing: the task's idempotency key stands in for it, so a redelivered task,
+    or its next attempt, finds the child the first run started (each run used to start another)."""
+    spec = NatsExecutor(workflow="doubling", nats_url=url, data={"n": 3}).spec(reveal_secrets=True)
+    task = Task.new(workflow="parent", instance_id="p1", transition="call", executor=spec, idempotency_key="p1:call:x")
+    cache = ExecutorCache(default_registry())
+    first, error = await run_task(cache, task)
+    assert error is None, error
+    again, error = await run_task(cache, task.model_copy(update={"attempt": 2}))
+    assert error is None, error
+    assert first["instance_id"] == again["instance_id"] == instance_id_for("doubling", "p1:call:x")
+    assert await starts(url, "doubling") == [first["instance_id"]]
 
 
 async def test_an_explicit_workflow_id_finds_the_first_child(url: str, children: Engine) -> None:
