@@ -141,6 +141,37 @@ async def test_inherit_env_false_gives_the_program_only_env(monkeypatch: pytest.
     assert out["stdout"] == ""
 
 
+async def test_a_program_run_for_a_firing_gets_its_idempotency_key_in_the_environment() -> None:
+    """As a Python action reads ``current_firing().idempotency_key``: the same key on every run of the firing,
+    also on a worker (from the task)."""
+    from circuit_breaker.engine import current_firing
+    from circuit_breaker.executors import default_registry
+    from circuit_breaker.executors._local_tasks import ExecutorCache, run_task
+    from circuit_breaker.tasks import Task
+
+    show = ShellExecutor(argv=[PY, "-c", "import os; print(os.environ.get('CB_IDEMPOTENCY_KEY', '-'))"])
+    assert (await show.execute())["stdout"] == "-\n"  # no firing, no key
+    keys: list[str] = []
+
+    async def key_of(token: object) -> dict[str, str]:
+        firing = current_firing()
+        assert firing is not None
+        keys.append(firing.idempotency_key)
+        return {}
+
+    wf = Workflow("keyed")
+    a, b, c = wf.states("a", "b", "c")
+    wf.flow(a >> b, "look").action(key_of)
+    wf.flow(b >> c, "run").action(show)
+    async with Engine() as engine:
+        done = await engine.wait((await engine.start(wf, {})).id, timeout=10)
+    run_key = done.tokens[0].data["stdout"].strip()
+    assert run_key.startswith(f"{done.id}:run:") and keys and keys[0].startswith(f"{done.id}:look:")
+    task = Task.new(workflow="keyed", instance_id="i1", transition="run", executor=show.spec(), idempotency_key="k-1")
+    output, error = await run_task(ExecutorCache(default_registry()), task)
+    assert error is None and output["stdout"] == "k-1\n"
+
+
 async def test_secret_named_env_values_are_masked_in_results_and_other_values_are_not() -> None:
     ex = ShellExecutor(
         argv=["sh", "-c", 'echo "key=$SERVICE_API_KEY mode=$MODE"'], env={"SERVICE_API_KEY": "k-93f1c2", "MODE": "fast"}
