@@ -75,18 +75,10 @@ def settings_for(nats_url: list[str] | None, **overrides: Any) -> Settings:
 @asynccontextmanager
 async def nats_session(settings: Settings) -> AsyncIterator[NATS]:
     """A connection to the configured NATS, or to the embedded server (started here if none runs yet)."""
-    from ..nats._embedded import connect_nats, drain_connection, ensure_server
+    from ..nats._embedded import nats_connection
 
-    urls, server = await ensure_server(settings)
-    try:
-        nc = await connect_nats(settings, urls)
-        try:
-            yield nc
-        finally:
-            await drain_connection(nc)
-    finally:
-        if server is not None:
-            await server.stop()
+    async with nats_connection(settings) as nc:
+        yield nc
 
 
 def load_project_workflows(project: Path, *, strict: bool) -> list[Workflow]:

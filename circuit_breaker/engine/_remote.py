@@ -228,15 +228,11 @@ class RemoteActions:
                 continue
             # Dead-lettered, yet maybe handed out since by ``dlq retry`` while no engine ran: recorded, so the
             # instance shows it (and a retry by hand does not run it a second time).
-            queued = await self._queued_attempt(run, pending)
-            if queued <= pending.attempt:
-                continue
             try:
-                await self._again(run, pending.task_id, pending.attempt, None, next_attempt=queued, adopt=True)
-                if run.status is FAILED:
+                if await self._hand_out_again(run, pending, None, adopt_only=True) and run.status is FAILED:
                     await self.engine._run_again_if_cleared(run, None, f"task {pending.task_id} was retried")
             except CircuitBreakerError as err:  # (another engine wrote first, or the store is down: stays dead)
-                log.warning("could not record attempt %d of task %s: %s", queued, pending.task_id, err)
+                log.warning("could not record the retried attempt of task %s: %s", pending.task_id, err)
 
     async def redispatch_dead(self, run: Run, actor: str | None, only: str | None = None) -> None:
         """A retried instance: hand each dead-lettered task (or just task ``only``) out again as its next
@@ -247,17 +243,7 @@ class RemoteActions:
                 if pending is None or not pending.dead:
                     break  # another engine handed it out (or it ended)
                 try:
-                    # An attempt ``dlq retry`` handed out without an engine that is still queued or running is
-                    # adopted (recorded, not published again: it would run twice); otherwise the next attempt goes
-                    # past every one the queue has seen (the stream would drop a repeated one).
-                    queued = await self._queued_attempt(run, pending)
-                    if queued > pending.attempt:
-                        await self._again(run, task_id, pending.attempt, actor, next_attempt=queued, adopt=True)
-                    else:
-                        seen = await self._seen_attempt(run, pending)
-                        await self._again(
-                            run, task_id, pending.attempt, actor, next_attempt=max(seen, pending.attempt) + 1, dead=True
-                        )
+                    await self._hand_out_again(run, pending, actor)
                     break
                 except ConcurrencyError:
                     continue  # another write came first: judge again on the new state
@@ -271,23 +257,28 @@ class RemoteActions:
         except Exception as err:  # (NATS trouble: the letters stay listed; ``dlq drop`` removes them)
             log.warning("could not remove the dead letters of task %s: %s", pending.task_id, err)
 
-    async def _queued_attempt(self, run: Run, pending: PendingTask) -> int:
-        """The attempt of the task waiting for or held by a worker now (0 when none, or the queue cannot say)."""
-        assert self.queue is not None
-        try:
-            return await self.queue.queued_attempt(self._task(run, pending))
-        except Exception as err:  # (NATS trouble: then nothing is adopted)
-            log.warning("could not look up the queued attempt of task %s: %s", pending.task_id, err)
-            return 0
+    async def _hand_out_again(
+        self, run: Run, pending: PendingTask, actor: str | None, *, adopt_only: bool = False
+    ) -> bool:
+        """A dead-lettered task out again; False when nothing was done (``adopt_only`` and nothing to adopt).
 
-    async def _seen_attempt(self, run: Run, pending: PendingTask) -> int:
-        """The highest attempt of the task its queue knows of (0 when the queue cannot be asked)."""
+        An attempt ``dlq retry`` published without an engine that is still queued and unanswered is adopted:
+        recorded, not published again (it would run twice). Otherwise the next attempt goes past every one the
+        queue has seen (the stream would drop a repeated one as a duplicate)."""
         assert self.queue is not None
         try:
-            return await self.queue.last_attempt(self._task(run, pending))
-        except Exception as err:  # (NATS trouble: then the engine's own count decides)
+            queued, answered = await self.queue.attempts(self._task(run, pending))
+        except Exception as err:  # (NATS trouble: then nothing is adopted, and the engine's own count decides)
             log.warning("could not look up the attempts of task %s: %s", pending.task_id, err)
-            return 0
+            queued = answered = 0
+        if queued > pending.attempt and answered < queued:
+            await self._again(run, pending.task_id, pending.attempt, actor, next_attempt=queued, adopt=True)
+            return True
+        if adopt_only:
+            return False
+        next_attempt = max(queued, answered, pending.attempt) + 1
+        await self._again(run, pending.task_id, pending.attempt, actor, next_attempt=next_attempt, dead=True)
+        return True
 
     async def _again(
         self,

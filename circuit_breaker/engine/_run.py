@@ -256,8 +256,7 @@ class Run:
         if task is not None:
             if task.timer is not None:
                 task.timer.cancel()
-            if self.incidents:  # (a dead-lettered task that ran again from the queue: its incident is moot)
-                self._resolve_incidents_of(task)
+            self._resolve_incidents_of(task)  # (a dead-lettered task that ran again from the queue)
         ct = self.cw.transitions.get(event.transition)
         tokens = event.produced
         if tokens and not tokens[0].history:
@@ -275,13 +274,14 @@ class Run:
             return None
         if task.timer is not None:
             task.timer.cancel()
-        if self.incidents:
-            self._resolve_incidents_of(task)
+        self._resolve_incidents_of(task)
         self.marking = self._move([], task.tokens)
         return task
 
     def _resolve_incidents_of(self, task: PendingTask) -> None:
         """The open incidents of ``task`` (its dead letter's) are settled: it was handed out again, or it ended."""
+        if not self.incidents:  # (nearly always: a task's end is on the hot path)
+            return
         ids = task.token_ids()
 
         def its(incident: Incident) -> bool:
@@ -302,8 +302,7 @@ class Run:
                 self.pending.pop(event.task_id)
                 if task.timer is not None:
                     task.timer.cancel()
-                if self.incidents:
-                    self._resolve_incidents_of(task)
+                self._resolve_incidents_of(task)
             elif event.incident is not None:  # dead-lettered: it stays in flight until someone retries it
                 task.dead = True
         details: dict[str, Any] = {"attempt": event.attempt, "error": event.error.model_dump()}

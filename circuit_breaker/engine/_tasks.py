@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,6 +22,17 @@ __all__ = ["InFlightTask", "PendingTask", "ResultHandler", "TaskQueue"]
 
 # Called with each result; returns once it is applied (or found moot). Raising hands the result back for later.
 ResultHandler = Callable[["TaskResult"], Awaitable[None]]
+
+
+class TaskAttempts(NamedTuple):
+    """The attempt of a task waiting for a worker or in one's hands (0: none), and the newest attempt whose
+    result is stored (0: none)."""
+
+    queued: int
+    answered: int
+
+
+NO_ATTEMPTS = TaskAttempts(0, 0)
 
 
 @runtime_checkable
@@ -45,14 +56,9 @@ class TaskQueue(Protocol):
         submitting it again only when it was lost."""
         ...
 
-    async def last_attempt(self, task: Task) -> int:
-        """The highest attempt of ``task`` handed out or answered that this queue knows of (0: none), also one
-        handed out without the engine (``dlq retry``): the engine's retry by hand goes past it."""
-        ...
-
-    async def queued_attempt(self, task: Task) -> int:
-        """The attempt of ``task`` waiting for a worker or in one's hands now (0: none), also one handed out
-        without the engine (``dlq retry`` while no engine ran): the engine adopts it instead of adding another."""
+    async def attempts(self, task: Task) -> TaskAttempts:
+        """What this queue knows of ``task``'s attempts, also of ones handed out without the engine (``dlq
+        retry``): the engine adopts a queued attempt nobody answered yet, or hands out one past both."""
         ...
 
     async def forget_dead_letters(self, task: Task) -> None:

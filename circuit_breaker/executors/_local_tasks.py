@@ -17,6 +17,8 @@ import socket
 import time
 from typing import Any
 
+from ..engine._context import Firing, _current
+from ..engine._tasks import NO_ATTEMPTS, TaskAttempts
 from ..errors import CircuitBreakerError
 from ..events import ErrorInfo
 from ..tasks import Task, TaskResult
@@ -79,8 +81,6 @@ async def execute_task(runnable: Executor, task: Task) -> ExecutionResult:
     engine): ``current_firing()`` answers on a worker too, with the engine's idempotency key, so an action that
     hands it to the outside world (the ``nats`` executor starting a child workflow) has its effect once across
     redeliveries."""
-    from ..engine._context import Firing, _current
-
     firing = Firing(task.workflow, task.instance_id, task.transition, (), task.attempt, key=task.idempotency_key)
     reset_data, reset_firing = _DATA.set(task.data), _current.set(firing)
     try:
@@ -128,11 +128,8 @@ class LocalTaskQueue:
     async def recover(self, task: Task) -> None:
         await self.submit(task)  # nothing of an in-process run outlives the process
 
-    async def last_attempt(self, task: Task) -> int:
-        return 0  # only its engine hands tasks to this queue, so the engine's own count is the whole story
-
-    async def queued_attempt(self, task: Task) -> int:
-        return 0  # nothing of an in-process run outlives the process, and only its engine hands tasks out
+    async def attempts(self, task: Task) -> TaskAttempts:
+        return NO_ATTEMPTS  # only its engine hands tasks out here, and no run outlives the process
 
     async def forget_dead_letters(self, task: Task) -> None:
         return None  # an in-process run ends in a result, never in a dead letter

@@ -22,13 +22,13 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from pydantic import ValidationError
 
 from ..config import Settings
-from ..dsl._data import has_lone_surrogate, json_problem
+from ..dsl._data import json_problem
 from ..errors import InjectError
 from ..events import EventType
 from ._embedded import connect_nats, drain_connection
 from ._events import TRANSITION_TYPES, EventStream, Since, event_filters, subject_token
 from ._inbox import ensure_inbox_stream
-from ._protocol import DEDUPE_HEADER, InjectAccepted, InjectReply, InjectRequest
+from ._protocol import DEDUPE_HEADER, InjectAccepted, InjectReply, InjectRequest, first_problem
 from ._subjects import EVENTS_STREAM, inbox_subject, inject_subject, instance_id_for
 
 __all__ = ["Client", "Published"]
@@ -263,18 +263,14 @@ def _request(data: dict[str, Any] | None, dedupe_id: str | None, actor: str | No
     try:
         request = InjectRequest(data=data if data is not None else {}, dedupe_id=dedupe_id, actor=actor)
     except ValidationError as err:
-        first = err.errors(include_input=False, include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
+        field, message = first_problem(err)
         code = "not_an_object" if field == "data" else "invalid_request"
-        raise InjectError(code, f"{field}: {first['msg']}", field=field) from None
+        raise InjectError(code, f"{field}: {message}", field=field) from None
     # What the engine would refuse, refused here (JSON itself could not carry some of it: a lone surrogate
     # fails the encoding, or is quietly replaced in a key).
     problem = json_problem(request.data)
     if problem:
         raise InjectError("invalid_data", problem)
-    for name, text in (("dedupe_id", dedupe_id), ("actor", actor)):
-        if text is not None and not text.isascii() and has_lone_surrogate(text):
-            raise InjectError("invalid_request", f"{name} holds a lone surrogate, which UTF-8 cannot carry", field=name)
     return request.model_dump_json(exclude_none=True).encode()
 
 

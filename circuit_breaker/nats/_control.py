@@ -39,6 +39,7 @@ from ..errors import (
     UnknownInstanceError,
     UnknownTransitionError,
 )
+from ._protocol import first_problem
 from ._subjects import EVENTS_STREAM, control_subject, instance_filter
 
 if TYPE_CHECKING:
@@ -101,9 +102,8 @@ def control_request(**fields: Any) -> ControlRequest:
     try:
         return ControlRequest(**fields)
     except ValidationError as err:
-        first = err.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(request)"
-        raise ControlError("invalid_request", f"{where}: {first['msg']}") from None
+        where, message = first_problem(err)
+        raise ControlError("invalid_request", f"{where or '(request)'}: {message}") from None
 
 
 class ControlService:
@@ -162,9 +162,8 @@ class ControlService:
         try:
             request = ControlRequest.model_validate_json(payload)
         except ValidationError as err:
-            first = err.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(request)"
-            return _error("invalid_request", f"{where}: {first['msg']}")
+            where, message = first_problem(err)
+            return _error("invalid_request", f"{where or '(request)'}: {message}")
         engine = self.engine
         try:
             if verb == "fire":

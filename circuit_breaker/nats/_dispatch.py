@@ -24,7 +24,7 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from ..config import StreamSettings
-from ..engine._tasks import ResultHandler
+from ..engine._tasks import ResultHandler, TaskAttempts
 from ..tasks import Task, TaskResult, task_msg_id
 from ..workers._queue import ensure_task_streams, queued_task, stored_result
 from ._acks import AckedPublisher, msg_id_block
@@ -103,25 +103,13 @@ class NatsTaskQueue:
             return
         await self.submit(task)
 
-    async def last_attempt(self, task: Task) -> int:
-        """The highest attempt of ``task`` this queue has seen, still queued or answered (0: none). ``dlq retry``
-        hands a task out again without its engine: the engine's next attempt must come after that one, or the
-        stream would drop its publish as a repeat and the task would never run."""
+    async def attempts(self, task: Task) -> TaskAttempts:
+        """The attempt of ``task``'s message in ``CB_TASKS`` and of its newest stored result (two direct gets).
+        A worker stores the result before it acknowledges the task, so an answered attempt can look queued for a
+        moment: the engine goes by the result then."""
         queued = await queued_task(self._js, task.kind, task.task_id)
         result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
-        return max(queued.attempt if queued is not None else 0, result.attempt if result is not None else 0)
-
-    async def queued_attempt(self, task: Task) -> int:
-        """The queued attempt, unless a result of it (or a later one) is stored: a worker stores the result
-        (or the dead letter and its result) before it acknowledges the task, so an answered attempt can still
-        look queued for a moment, and its result decides then."""
-        queued = await queued_task(self._js, task.kind, task.task_id)
-        if queued is None:
-            return 0
-        result = await stored_result(self._js, task.workflow, task.instance_id, task.task_id)
-        if result is not None and result.attempt >= queued.attempt:
-            return 0
-        return queued.attempt
+        return TaskAttempts(queued.attempt if queued is not None else 0, result.attempt if result is not None else 0)
 
     async def forget_dead_letters(self, task: Task) -> None:
         """Purge ``task``'s subject in ``CB_DLQ`` (letters written before dead letters had a subject per task,

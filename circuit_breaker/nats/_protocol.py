@@ -12,7 +12,7 @@ import json
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from ..dsl._data import has_lone_surrogate
 from ..errors import InjectError
@@ -67,6 +67,20 @@ class InjectRequest(BaseModel):
     actor: str | None = Field(
         None, min_length=1, max_length=256, description="Who injects (recorded in the token history and events)."
     )
+
+    @field_validator("dedupe_id", "actor")
+    @classmethod
+    def _utf8(cls, value: str | None) -> str | None:
+        # JSON's \ud800 escape carries a lone surrogate in; no stored event could carry it out.
+        if value is not None and not value.isascii() and has_lone_surrogate(value):
+            raise ValueError("holds a lone surrogate (such as \\ud800), which UTF-8 cannot carry")
+        return value
+
+
+def first_problem(err: ValidationError) -> tuple[str | None, str]:
+    """The field (dotted path, None for the whole) and the message of the first thing pydantic refused."""
+    first = err.errors(include_input=False, include_url=False)[0]
+    return ".".join(str(p) for p in first["loc"]) or None, first["msg"]
 
 
 class InjectAccepted(BaseModel):
@@ -128,20 +142,10 @@ def parse_request(payload: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> 
     if not isinstance(data, dict):
         raise InjectError(ErrorCode.NOT_AN_OBJECT, f"data must be a JSON object, not {_json_type(data)}", field="data")
     try:
-        request = InjectRequest.model_validate(raw)
+        return InjectRequest.model_validate(raw)  # (the data is checked with the workflow's rules for data)
     except ValidationError as err:
-        first = err.errors(include_input=False, include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InjectError(ErrorCode.INVALID_REQUEST, f"{field}: {first['msg']}", field=field) from None
-    for name in ("dedupe_id", "actor"):  # (the data is checked with the workflow's other rules for data)
-        text = getattr(request, name)
-        if text is not None and not text.isascii() and has_lone_surrogate(text):
-            raise InjectError(
-                ErrorCode.INVALID_REQUEST,
-                f"{name} holds a lone surrogate (such as \\ud800), which UTF-8 cannot carry",
-                field=name,
-            )
-    return request
+        field, message = first_problem(err)
+        raise InjectError(ErrorCode.INVALID_REQUEST, f"{field}: {message}", field=field) from None
 
 
 def error_reply(err: InjectError) -> InjectRejected:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from circuit_breaker import Engine, EventType, InstanceStatus, RetryPolicy, RuleSet, Workflow
+from circuit_breaker.engine._tasks import NO_ATTEMPTS, TaskAttempts
 from circuit_breaker.errors import ActionError, DefinitionError, InstanceStateError, TransitionRejectedError
 from circuit_breaker.executors import Executor, ExecutorRegistry, LocalTaskQueue, ShellExecutor, default_registry, param
 from circuit_breaker.nats import JetStreamStore
@@ -117,8 +118,11 @@ class ControlledQueue:
     async def recover(self, task: Task) -> None:
         self.recovered.append(task)
 
-    async def last_attempt(self, task: Task) -> int:
-        return 0  # nothing but the engine hands tasks out here
+    async def attempts(self, task: Task) -> TaskAttempts:
+        return NO_ATTEMPTS  # nothing but the engine hands tasks out here
+
+    async def forget_dead_letters(self, task: Task) -> None:
+        return None  # it keeps no dead letters
 
     async def close(self) -> None:
         return None
