@@ -11,18 +11,41 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter
+from pydantic_core import CoreSchema
 
 from .token import Token, utcnow
 
 
-def _tokens_without_history(tokens: list[Token]) -> list[dict[str, Any]]:
-    return [t.model_dump(mode="json", exclude={"history"}) for t in tokens]
+class _WireToken:
+    """Stands in for ``Token`` in the serialisation schema below, so pydantic-core builds a serializer from
+    that schema instead of reusing ``Token``'s own (it reuses a complete model's serializer)."""
+
+
+class _WithoutHistory:
+    """Serialise a list of tokens without their ``history``, natively.
+
+    Validation is ``list[Token]`` as is. Serialisation uses a copy of ``Token``'s field schema with ``history``
+    excluded: the same bytes a Python callback dropping it would give, at about a third of the cost of one
+    (this runs for every stored event that produces tokens).
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        schema: Any = handler(source)
+        token_schema: Any = handler.resolve_ref_schema(schema["items_schema"])
+        fields_schema = dict(token_schema["schema"])
+        fields = dict(fields_schema["fields"])
+        fields["history"] = {**fields["history"], "serialization_exclude": True}
+        fields_schema["fields"] = fields
+        item = {k: v for k, v in token_schema.items() if k != "ref"}
+        item["serialization"] = {"type": "model", "cls": _WireToken, "schema": fields_schema}
+        return {**schema, "items_schema": item}
 
 
 # Produced tokens travel without their history: the fold rebuilds it from the consumed token's history and
 # the event itself, so an event's size does not grow with the age of the token.
-ProducedTokens = Annotated[list[Token], PlainSerializer(_tokens_without_history, when_used="json")]
+ProducedTokens = Annotated[list[Token], _WithoutHistory]
 
 
 class EventType(StrEnum):

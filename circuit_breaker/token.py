@@ -162,12 +162,16 @@ class History(Sequence[HistoryEntry]):
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         entries_schema = handler.generate_schema(list[HistoryEntry])
         from_list = core_schema.no_info_after_validator_function(cls, entries_schema)
+        # Serialised as the list of its entries, which pydantic-core then serialises natively.
         return core_schema.union_schema(
             [core_schema.is_instance_schema(cls), from_list],
             serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda h: [e.model_dump(mode="json") for e in h], when_used="json"
+                cls._entries, return_schema=entries_schema, when_used="json"
             ),
         )
+
+    def _entries(self) -> list[HistoryEntry]:
+        return self._buf[: self._n]
 
 
 class Token(BaseModel):

@@ -36,7 +36,15 @@ _PLAIN_ACK = re.compile(rb'\{"stream":"[^"\\]*",(?:"domain":"[^"\\]*",)?"seq":(\
 # What nats-py's Client.publish refuses in a subject: it would break the protocol line.
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")
 # Client internals the direct path uses (nats-py 2.x); without them publish_encoded goes through Client.publish.
-_INTERNALS = ("_send_command", "_flush_pending", "_flush_queue", "_max_payload", "_max_pending_size", "stats")
+_INTERNALS = (
+    "_pending",
+    "_pending_data_size",
+    "_flush_queue",
+    "_flusher_task",
+    "_max_payload",
+    "_max_pending_size",
+    "stats",
+)
 _NO_RESPONDERS = b"NATS/1.0 503"
 
 
@@ -123,46 +131,65 @@ class AckedPublisher:
 
     async def publish_encoded(self, subject: str, header_block: bytes, payload: bytes, timeout: float) -> int:
         """Publish with a header block already in the wire form (``b"NATS/1.0\\r\\nKey: value\\r\\n...\\r\\n"``,
-        values free of CR and LF) and return the stored message's stream sequence; raises like ``publish``.
+        values free of CR and LF) and return the stored message's stream sequence; raises like ``publish``."""
+        future = self.send_encoded(subject, header_block, payload, timeout)
+        if future is None:  # not started, or a nats-py without the internals send_encoded uses
+            if self._sub is None:
+                await self.start()
+            token, future = self._expect(timeout)
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=_header_dict(header_block))
+        return stream_sequence(await future)
 
-        Writes what ``Client.publish`` would write, after the same checks, straight into the client's outgoing
-        buffer (one coroutine call fewer, no header encoding)."""
-        if self._sub is None:
-            await self.start()
+    def send_encoded(
+        self, subject: str, header_block: bytes, payload: bytes, timeout: float
+    ) -> asyncio.Future[bytes] | None:
+        """Write the publish into the client's outgoing buffer now, as ``Client.publish`` would after the same
+        checks, and return the future of the server's answer (``stream_sequence`` reads it); None when that
+        cannot be done without awaiting (not started yet, an outgoing buffer over its limit, a flusher that
+        died, a nats-py without the internals used here): ``publish_encoded`` then takes the long way.
+
+        No coroutine, no header encoding: for the event store, one append is one future and one buffer entry."""
         nc: Any = self._nc
+        if self._sub is None or not self._direct:
+            return None
+        if not subject or _BAD_SUBJECT.search(subject):
+            raise nats.errors.BadSubjectError
+        if nc.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise nats.errors.ConnectionDrainingError
+        size = len(payload)
+        connected = nc.is_connected
+        if not connected and (nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size):
+            raise nats.errors.OutboundBufferLimitError  # a reconnection without buffering, or the buffer is full
+        if size > nc._max_payload:
+            raise nats.errors.MaxPayloadError
         token, future = self._expect(timeout)
-        try:
-            if not self._direct:  # a nats-py without the internals used below
-                headers = _header_dict(header_block)
-                await nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            else:
-                if not subject or _BAD_SUBJECT.search(subject):
-                    raise nats.errors.BadSubjectError
-                if nc.is_closed:
-                    raise nats.errors.ConnectionClosedError
-                if nc.is_draining_pubs:
-                    raise nats.errors.ConnectionDrainingError
-                size = len(payload)
-                if not nc.is_connected and (
-                    nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
-                ):  # a reconnection without buffering, or the buffer is full
-                    raise nats.errors.OutboundBufferLimitError
-                if size > nc._max_payload:
-                    raise nats.errors.MaxPayloadError
-                head = len(header_block)
-                line = f"HPUB {subject} {self._prefix}{token} {head} {head + size}\r\n"
-                stats = nc.stats
-                stats["out_msgs"] += 1
-                stats["out_bytes"] += size
-                await nc._send_command(b"".join((line.encode(), header_block, payload, b"\r\n")))
-                flush_queue = nc._flush_queue
-                if flush_queue is not None and flush_queue.empty():  # as Client.publish: wake the flusher
-                    await nc._flush_pending()
-            data = await future
-        finally:
+        head = len(header_block)
+        command = b"".join(
+            (
+                f"HPUB {subject} {self._prefix}{token} {head} {head + size}\r\n".encode(),
+                header_block,
+                payload,
+                b"\r\n",
+            )
+        )
+        pending_size = nc._pending_data_size + len(command)
+        if connected and (
+            (0 < nc._max_pending_size < pending_size) or nc._flusher_task is None or nc._flusher_task.done()
+        ):
+            # nats-py flushes inline here, which needs awaiting: let it, in a task of its own.
             self._futures.pop(token, None)
-        plain = _PLAIN_ACK.fullmatch(data)
-        return int(plain[1]) if plain is not None else int(_answer(data)["seq"])
+            return None
+        stats = nc.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += size
+        nc._pending.append(command)
+        nc._pending_data_size = pending_size
+        flush_queue = nc._flush_queue
+        if connected and flush_queue.empty():  # as Client.publish: wake the flusher (it resolves the future)
+            flush_queue.put_nowait(future.get_loop().create_future())
+        return future
 
     def _expect(self, timeout: float) -> tuple[str, asyncio.Future[bytes]]:
         """A reply token and the future its answer resolves; the sweeper fails it after ``timeout``."""
@@ -188,12 +215,16 @@ class AckedPublisher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         earliest = float("inf")
-        for future, deadline in self._futures.values():
+        expired = []
+        for token, (future, deadline) in self._futures.items():
             if deadline <= now:
+                expired.append(token)
                 if not future.done():
                     future.set_exception(nats.errors.TimeoutError())
             elif deadline < earliest:
                 earliest = deadline
+        for token in expired:
+            del self._futures[token]
         if earliest != float("inf"):
             self._arm(loop, earliest)
 
@@ -206,7 +237,7 @@ class AckedPublisher:
         self._resolve(subject[len(self._prefix) :].decode(), data, bool(headers) and headers.startswith(_NO_RESPONDERS))
 
     def _resolve(self, token: str, data: bytes, no_responders: bool) -> None:
-        entry = self._futures.get(token)
+        entry = self._futures.pop(token, None)
         if entry is None or entry[0].done():
             return  # an answer after the timeout: the retry finds out (by the message id) whether it landed
         future = entry[0]
@@ -214,6 +245,12 @@ class AckedPublisher:
             future.set_exception(NoStreamResponseError())
         else:
             future.set_result(data)
+
+
+def stream_sequence(data: bytes) -> int:
+    """The stream sequence an acknowledgement names; an error answer raises APIError."""
+    plain = _PLAIN_ACK.fullmatch(data)
+    return int(plain[1]) if plain is not None else int(_answer(data)["seq"])
 
 
 def msg_id_block(msg_id: str) -> bytes:
