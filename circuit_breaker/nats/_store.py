@@ -52,7 +52,7 @@ from nats.js.errors import (
 from ..config import Settings, StreamSettings
 from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataError
 from ..events import Event, EventType, parse_event
-from ._acks import AckedPublisher
+from ._acks import AckedPublisher, stream_sequence
 from ._embedded import connect_nats, drain_connection
 from ._pull import ConsumerGoneError, Puller, delivery
 from ._subjects import (
@@ -241,6 +241,8 @@ class JetStreamStore:
         # instance id -> (instance seq, stream seq) of the newest event this store saw: the expected-sequence
         # header needs the stream position, the engine speaks in instance versions.
         self._last: dict[str, tuple[int, int]] = {}
+        self._nonce = os.urandom(8).hex() + "-"  # with a counter, the message ids of this store's appends
+        self._appended = 0
         self.watched_up_to = 0
         self._hello_sub: Any = None
         self._probe_sub: Any = None
@@ -340,7 +342,7 @@ class JetStreamStore:
                 await drain_connection(nc)  # (bounded: a server that froze must not hold up a shutdown)
 
     # -- writing -------------------------------------------------------------------------------------------
-    def _check_size(self, event: Event, size: int) -> None:
+    def _refuse_size(self, event: Event, size: int) -> None:
         """An event larger than the server takes in one message can never be stored: say so, naming it."""
         limit = self.connection.max_payload
         if size > limit:
@@ -353,8 +355,9 @@ class JetStreamStore:
 
     async def append(self, event: Event, expected_seq: int) -> None:
         iid = event.instance_id
-        if event.seq != expected_seq + 1:
-            raise ConcurrencyError(iid, expected_seq, event.seq - 1)
+        seq = event.seq
+        if seq != expected_seq + 1:
+            raise ConcurrencyError(iid, expected_seq, seq - 1)
         known = self._last.get(iid)
         if expected_seq == 0:
             if known is not None:
@@ -366,8 +369,13 @@ class JetStreamStore:
                 if known[0] != expected_seq:
                     raise ConcurrencyError(iid, expected_seq, known[0])
             stream_seq = known[1]
-        # Unique per append (its own retries reuse it), so a landed earlier publish is recognised for sure.
-        msg_id = f"{iid}:{event.seq}:{os.urandom(6).hex()}"
+        acks = self._acks
+        if acks is None:
+            raise StoreError("the JetStream store is not open")
+        # Unique per append (its own retries reuse it), so a landed earlier publish is recognised for sure: this
+        # store's random nonce and a counter.
+        self._appended += 1
+        msg_id = f"{iid}:{seq}:{self._nonce}{self._appended:x}"
         # The headers in their wire form (what nats-py would encode from a dict, at a sixth of the cost). The
         # names in them are subject tokens (no whitespace: AckedPublisher checks the subject), so no CR or LF.
         # Any workflow in the ...-Subject filter: an instance id is one instance across workflows, as in the
@@ -379,37 +387,46 @@ class JetStreamStore:
         subject = event_subject(event.workflow, iid, event.type)  # a StrEnum: formats as its value
         # The bytes of model_dump_json().encode(), without its str round trip.
         payload = type(event).__pydantic_serializer__.to_json(event)
-        acks = self._acks
-        if acks is None:
-            raise StoreError("the JetStream store is not open")
-        self._check_size(event, len(payload) + len(header_block))
+        if len(payload) + len(header_block) > self.connection.max_payload:
+            self._refuse_size(event, len(payload) + len(header_block))
+        try:
+            # Written now, one await for the acknowledgement; the long way when that cannot be done.
+            future = acks.send_encoded(subject, header_block, payload, self.publish_timeout)
+            if future is not None:
+                stored_at = stream_sequence(await future)
+            else:
+                stored_at = await acks.publish_encoded(subject, header_block, payload, self.publish_timeout)
+        except (APIError, *_TRANSIENT) as err:
+            stored_at = await self._append_again(acks, event, err, (subject, header_block, payload), stream_seq, msg_id)
+        self._saw(iid, seq, stored_at)
+        if self._writer:
+            self._wrote(event)
+
+    async def _append_again(
+        self,
+        acks: AckedPublisher,
+        event: Event,
+        failure: Exception,
+        message: tuple[str, bytes, bytes],
+        stream_seq: int,
+        msg_id: str,
+    ) -> int:
+        """After the first attempt of an append failed with ``failure``: judge it, and publish the same message
+        again (same id) while the failure is transient, for ``publish_retry_for``; the stored stream sequence."""
+        iid = event.instance_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_retry_for
-        delay, attempt = 0.05, 0
+        delay, attempt = 0.05, 1
         while True:
-            attempt += 1
-            try:
-                stored_at = await acks.publish_encoded(subject, header_block, payload, self.publish_timeout)
-            except APIError as err:
-                if isinstance(err, ServiceUnavailableError):
-                    pass  # transient: handled below with the other transient failures
-                elif err.err_code not in WRONG_LAST_SEQUENCE:
-                    raise StoreError(f"appending event {event.seq} of instance {iid}: {err.description}") from err
-                else:
-                    # Someone else wrote first, or an earlier attempt of this very publish landed.
-                    landed = await self._landed(iid, stream_seq, msg_id) if attempt > 1 else None
-                    if landed is not None:
-                        self._saw(iid, event.seq, landed)
-                        self._wrote(event)
-                        return
-                    raise ConcurrencyError(iid, expected_seq) from None
-                failure: Exception = err
-            except _TRANSIENT as err:
-                failure = err
-            else:
-                self._last[iid] = (event.seq, stored_at)
-                self._wrote(event)
-                return
+            if isinstance(failure, APIError) and not isinstance(failure, ServiceUnavailableError):
+                if failure.err_code not in WRONG_LAST_SEQUENCE:
+                    why = failure.description
+                    raise StoreError(f"appending event {event.seq} of instance {iid}: {why}") from failure
+                # Someone else wrote first, or an earlier attempt of this very publish landed.
+                landed = await self._landed(iid, stream_seq, msg_id) if attempt > 1 else None
+                if landed is not None:
+                    return landed
+                raise ConcurrencyError(iid, event.seq - 1) from None
             if loop.time() + delay > deadline:
                 raise StoreError(
                     f"appending event {event.seq} of instance {iid}: no acknowledgement after {attempt} attempts"
@@ -417,6 +434,11 @@ class JetStreamStore:
                 ) from failure
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+            attempt += 1
+            try:
+                return await acks.publish_encoded(*message, self.publish_timeout)
+            except (APIError, *_TRANSIENT) as err:
+                failure = err
 
     async def _position(self, iid: str, workflow: str | None) -> tuple[int, int]:
         """The instance's current version and the stream sequence of its newest event ((0, 0) if none)."""
