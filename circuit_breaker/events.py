@@ -7,6 +7,7 @@ language read; ``type`` tells the kinds apart. Every event has ``workflow``, ``i
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -178,6 +179,13 @@ Event = Annotated[
 ]
 
 _ADAPTER: TypeAdapter[Event] | None = None
+
+
+@functools.cache
+def type_of(cls: type[Event]) -> EventType:
+    """The ``type`` every event of class ``cls`` has (pydantic's ``model_fields`` is slow to read)."""
+    value: EventType = cls.model_fields["type"].default
+    return value
 
 
 def parse_event(data: bytes | str | dict[str, Any]) -> Event:

@@ -63,6 +63,7 @@ from ..events import (
     TransitionFailed,
     TransitionFired,
     TransitionRejected,
+    type_of,
 )
 from ..net import is_enabled, missing_tokens, select
 from ..retry import NO_RETRY
@@ -1673,7 +1674,7 @@ def _next_event(cls: type[E], run: Run, actor: str | None, time: datetime | None
         seq=run.seq + 1,
         time=time or utcnow(),
         actor=actor,
-        type=cls.model_fields["type"].default,
+        type=type_of(cls),
         **fields,
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,6 +38,7 @@ from ..events import (
     TransitionFired,
     TransitionRejected,
     TransitionStarted,
+    type_of,
 )
 from ..retry import NO_RETRY
 from ..secrets import default_masker
@@ -122,7 +122,7 @@ class RemoteActions:
         remote = self.engine.remote_of(run.cw.name, ct)
         assert remote is not None
         await self.listen(run.cw.name)
-        task_id = uuid.uuid4().hex
+        task_id = new_id()
         ids = [t.id for ts in consumed.values() for t in ts]
         event = _started(run, ct.name, task_id, 1, ids, view.data, actor, remote.kind, remote.executor, remote.into)
         waiter: asyncio.Future[None] | None = None
@@ -430,7 +430,6 @@ class RemoteActions:
             await self.engine._run_again_if_cleared(run, None, f"task {pending.task_id} ended ({result.status})")
 
     async def _apply_to(self, run: Run, ct: CompiledTransition, pending: PendingTask, result: TaskResult) -> None:
-        error = result.error or ErrorInfo(kind="failed", message="the worker reported a failure", retryable=False)
         if result.status == "succeeded":
             output = {pending.into: result.output} if pending.into else result.output
             try:
@@ -439,7 +438,9 @@ class RemoteActions:
                 await self._end_failed(run, result.task_id, result.attempt, _error_of(err, retryable=False))
                 return
             await self._complete(run, ct, result.task_id, result.attempt, data)
-        elif result.status == "failed" and error.kind == "expired":
+            return
+        error = result.error or ErrorInfo(kind="failed", message="the worker reported a failure", retryable=False)
+        if result.status == "failed" and error.kind == "expired":
             await self._expired(run, result.task_id, result.attempt, error)  # the worker saw the deadline pass
         elif result.status == "dead_lettered" and ct.error_place is None and not ct.is_manual:
             await self._dead_lettered(run, ct, result.task_id, result.attempt, error)
@@ -468,7 +469,7 @@ class RemoteActions:
                 rejected = build(
                     TransitionRejected,
                     **_header(run, None),
-                    type=TransitionRejected.model_fields["type"].default,
+                    type=type_of(TransitionRejected),
                     transition=ct.name,
                     tokens=ids,
                     errors=[default_masker().mask_text(e) for e in errors],
@@ -483,7 +484,7 @@ class RemoteActions:
             fired = build(
                 TransitionFired,
                 **_header(run, None, now),
-                type=TransitionFired.model_fields["type"].default,
+                type=type_of(TransitionFired),
                 transition=ct.name,
                 consumed=ids,
                 produced=[t for ts in produced.values() for t in ts],
@@ -629,7 +630,7 @@ def _started(
     return build(
         TransitionStarted,
         **_header(run, actor),
-        type=TransitionStarted.model_fields["type"].default,
+        type=type_of(TransitionStarted),
         transition=transition,
         consumed=consumed,
         task_id=task_id,
@@ -658,7 +659,7 @@ def _failed(
     return build(
         TransitionFailed,
         **_header(run, None, now),
-        type=TransitionFailed.model_fields["type"].default,
+        type=type_of(TransitionFailed),
         transition=ct.name,
         tokens=pending.token_ids(),
         attempt=pending.attempt,
