@@ -33,6 +33,30 @@ def token_data() -> Mapping[str, Any]:
     return _DATA.get() or {}
 
 
+def idempotency_key() -> str | None:
+    """The idempotency key of the firing whose action is running (an engine's action, or a task on a worker),
+    None outside one: the same on every run of that firing, for executors to hand to the outside world."""
+    from ..engine._context import current_firing  # (the engine imports executors)
+
+    firing = current_firing()
+    return firing.idempotency_key if firing is not None else None
+
+
+# An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def check_header_name(param_name: str, value: str | None) -> None:
+    if value is not None and not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"{param_name} {value!r} is not an HTTP header name")
+
+
+def add_idempotency_header(headers: dict[str, str], name: str | None, key: str) -> None:
+    """Send ``key`` in header ``name`` (None: not at all) unless the request already sets that header."""
+    if name is not None and not any(given.lower() == name.lower() for given in headers):
+        headers[name] = key
+
+
 # Attributes each executor object has of its own; render() does not copy them to the clone.
 _DESCRIPTIVE_KEYS = frozenset({"type", "in", "name", "username", "user", "scheme", "header", "location"})
 _PER_INSTANCE = frozenset({"_raw", "_templated", "_own_secrets", "usage", "last_error"})

@@ -32,13 +32,15 @@ import httpx
 import yaml
 
 from ..errors import ExecutorError
-from ._base import Executor
+from ._base import Executor, add_idempotency_header, check_header_name, idempotency_key
 from ._breaker import BreakerRegistry, CircuitOpenError, default_breakers
 from ._params import param
 
 __all__ = ["HttpExecutor", "clear_spec_cache"]
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+# The methods HTTP does not make idempotent: these carry the firing's idempotency key.
+_NOT_IDEMPOTENT = frozenset({"POST", "PATCH"})
 _AUTH_FIELDS: dict[str, tuple[str, ...]] = {
     "bearer": ("token",),
     "basic": ("username", "password"),
@@ -101,6 +103,11 @@ class HttpExecutor(Executor):
     operation_id: str | None = param(description="the operationId to call (with openapi)")
     path_params: dict[str, Any] = param(default={}, description="values for the operation's {path} parameters")
     spec_ttl: float = param(default=300.0, ge=0, description="seconds a loaded OpenAPI document is reused")
+    idempotency_header: str | None = param(
+        default="Idempotency-Key",
+        description="inside a firing, a POST or PATCH carries the firing's idempotency key in this header (the same "
+        "on every retry and every run of the firing); none: not sent",
+    )
 
     def __init__(self, **params: Any) -> None:
         self._breakers: BreakerRegistry | None = None
@@ -147,6 +154,7 @@ class HttpExecutor(Executor):
         for code in [*(self.expected_status or []), *self.retry_on_status]:
             if not 100 <= code <= 599:
                 raise ValueError(f"{code} is not an HTTP status code")
+        check_header_name("idempotency_header", self.idempotency_header)
 
     # -- running -----------------------------------------------------------------------------------------
     async def execute_internal(self) -> dict[str, Any]:
@@ -188,6 +196,9 @@ class HttpExecutor(Executor):
         elif kind == "api_key":
             target = req.query if auth.get("in", "header") == "query" else req.headers
             target[auth["name"]] = auth["value"]
+        key = idempotency_key()
+        if key is not None and req.method.upper() in _NOT_IDEMPOTENT:
+            add_idempotency_header(req.headers, self.idempotency_header, key)
         parsed = httpx.URL(req.url)
         req.origin = f"{parsed.scheme}://{parsed.host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
         return req

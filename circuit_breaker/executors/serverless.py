@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import ExecutorError
-from ._base import Executor
+from ._base import Executor, add_idempotency_header, check_header_name, idempotency_key
 from ._params import param
 from .shell import check_env, child_env, decode, run_process, tail
 
@@ -152,6 +152,11 @@ class ServerlessExecutor(Executor):
     )
     headers: dict[str, str] = param(default={}, description="remote: extra request headers (not masked)")
     auth_token: str | None = param(secret=True, description="remote: sent as 'Authorization: Bearer <token>'")
+    idempotency_header: str | None = param(
+        default="Idempotency-Key",
+        description="remote, inside a firing: the firing's idempotency key goes in this header (and is a "
+        "cloudevent's id), the same on every run of the firing; none: no header",
+    )
 
     # -- validation --------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -178,6 +183,7 @@ class ServerlessExecutor(Executor):
             raise ValueError("'environment' applies to local functions only; a remote function has its own")
         if self.handler is not None:
             raise ValueError(f"'handler' applies to local functions only, not backend {self.backend!r}")
+        check_header_name("idempotency_header", self.idempotency_header)
         try:
             json.dumps(self.payload)
         except (TypeError, ValueError) as err:
@@ -233,6 +239,9 @@ class ServerlessExecutor(Executor):
         headers = {k: str(v) for k, v in self.headers.items()}
         if self.auth_token:
             headers["Authorization"] = f"Bearer {self.auth_token}"
+        key = idempotency_key()
+        if key is not None:
+            add_idempotency_header(headers, self.idempotency_header, key)
         if self.backend != "cloudevents":
             headers["Content-Type"] = "application/json"
             return headers, json.dumps(self.payload).encode()
@@ -240,6 +249,8 @@ class ServerlessExecutor(Executor):
         from cloudevents.http import CloudEvent
 
         attributes = {"type": self.event_type, "source": self.source, "datacontenttype": "application/json"}
+        if key is not None:  # the same event, however often it is sent: a consumer de-duplicates on source + id
+            attributes["id"] = key
         if self.function_name:
             attributes["subject"] = self.function_name
         event = CloudEvent(attributes, self.payload)

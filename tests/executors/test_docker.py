@@ -51,6 +51,20 @@ async def test_a_command_runs_and_returns_exit_code_and_separate_streams(docker_
     assert leftover_containers(docker_host) == []
 
 
+async def test_a_container_run_for_a_firing_gets_its_idempotency_key_in_the_environment(docker_host: str) -> None:
+    """As the shell executor's programs do: the same key on every run of the firing (here a task on a worker)."""
+    from circuit_breaker.executors import default_registry
+    from circuit_breaker.executors._local_tasks import ExecutorCache, run_task
+    from circuit_breaker.tasks import Task
+
+    show = DockerExecutor(image=IMAGE, command='echo "key=$CB_IDEMPOTENCY_KEY"', docker_host=docker_host)
+    assert (await show.execute())["stdout"] == "key=\n"  # no firing, no key
+    task = Task.new(workflow="w", instance_id="i1", transition="run", executor=show.spec(), idempotency_key="k-4")
+    output, error = await run_task(ExecutorCache(default_registry()), task)
+    assert error is None, error
+    assert output["stdout"] == "key=k-4\n"
+
+
 async def test_volumes_working_dir_and_user(docker_host: str, tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("three words here")
     tmp_path.chmod(0o755)  # user 1234 in the container must be able to read the mount

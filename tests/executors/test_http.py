@@ -82,7 +82,9 @@ class Handler(BaseHTTPRequestHandler):
             "path": path,
             "query": {k: v for k, v in query.items() if k != "api_key"},  # a well-behaved server keeps keys to itself
             "headers": {
-                k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-") and k != "X-API-Key"
+                k.lower(): v
+                for k, v in self.headers.items()
+                if (k.lower().startswith("x-") and k != "X-API-Key") or k.lower() == "idempotency-key"
             },
             "body": json.loads(raw) if raw else None,
         }
@@ -459,6 +461,41 @@ async def test_action_in_a_workflow_fills_templates_from_token_data(server: Serv
     secret_free(wf.spec().model_dump_json(), done.model_dump_json(), *events)
 
 
+async def test_inside_a_firing_a_post_or_patch_carries_its_idempotency_key(server: Server) -> None:
+    """An action may run again for the same firing (at least once): the server sees the same key every time (here
+    a task on a worker, which carries the engine's key) and can do the work once."""
+    from circuit_breaker.executors._local_tasks import ExecutorCache, run_task
+    from circuit_breaker.tasks import Task
+
+    cache = ExecutorCache(default_registry())
+
+    async def sent_headers(**params: Any) -> dict[str, str]:
+        spec = HttpExecutor(url=server.url("/echo"), **params).spec()
+        task = Task.new(workflow="shop", instance_id="i1", transition="charge", executor=spec, idempotency_key="k-1")
+        output, error = await run_task(cache, task)
+        assert error is None, error
+        return output["body"]["headers"]  # type: ignore[no-any-return]
+
+    assert (await sent_headers(method="POST", json={}))["idempotency-key"] == "k-1"
+    assert (await sent_headers(method="PATCH", json={}))["idempotency-key"] == "k-1"
+    assert "idempotency-key" not in await sent_headers(method="GET")  # idempotent methods go without
+    assert "idempotency-key" not in await sent_headers(method="PUT", json={})
+    assert (await sent_headers(method="POST", headers={"idempotency-key": "mine"}))["idempotency-key"] == "mine"
+    assert (await sent_headers(method="POST", idempotency_header="X-Request-Id"))["x-request-id"] == "k-1"
+    assert "idempotency-key" not in await sent_headers(method="POST", idempotency_header=None)
+    alone = await HttpExecutor(method="POST", url=server.url("/echo"), json={}).execute()  # no firing, no key
+    assert "idempotency-key" not in alone["body"]["headers"]
+
+
+async def test_a_post_action_in_a_workflow_sends_the_firings_key(server: Server, engine: Engine) -> None:
+    wf = Workflow("charges_http")
+    new, charged = wf.states("new", "charged")
+    wf.flow(new >> charged, "charge", action=HttpExecutor(method="POST", url=server.url("/echo"), json={}))
+    done = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    assert done.status is InstanceStatus.COMPLETED
+    assert done.tokens[0].data["body"]["headers"]["idempotency-key"].startswith(f"{done.id}:charge:")
+
+
 # -- bad input ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("params", "problem"),
@@ -478,6 +515,7 @@ async def test_action_in_a_workflow_fills_templates_from_token_data(server: Serv
         ({"url": "http://x", "timeout": 0}, "parameter 'timeout'"),
         ({"url": "http://x", "output": "xml"}, "parameter 'output'"),
         ({"url": "http://x", "expected_status": [999]}, "999 is not an HTTP status code"),
+        ({"url": "http://x", "idempotency_header": "Idempotency Key"}, "is not an HTTP header name"),
     ],
 )
 def test_bad_parameters_are_refused_when_built(params: dict[str, Any], problem: str) -> None:

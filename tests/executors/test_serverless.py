@@ -120,6 +120,22 @@ async def test_auth_token_is_sent_and_masked(http_fn: str) -> None:
     assert SECRET not in repr(ex) and SECRET not in json.dumps(ex.spec())
 
 
+async def test_inside_a_firing_the_call_carries_its_idempotency_key(http_fn: str) -> None:
+    """The same key on every run of the firing (here a task on a worker, with the engine's key)."""
+    from circuit_breaker.executors._local_tasks import ExecutorCache, run_task
+    from circuit_breaker.tasks import Task
+
+    cache = ExecutorCache(default_registry())
+    for header, expected in (("Idempotency-Key", "k-2"), (None, None)):
+        ex = ServerlessExecutor(function_name="score", url=http_fn, payload={"n": 1}, idempotency_header=header)
+        task = Task.new(workflow="w", instance_id="i1", transition="score", executor=ex.spec(), idempotency_key="k-2")
+        output, error = await run_task(cache, task)
+        assert error is None, error
+        assert output["output"]["idempotency_key"] == expected
+    alone = await ServerlessExecutor(function_name="score", url=http_fn, payload={"n": 1}).execute()
+    assert alone["output"]["idempotency_key"] is None
+
+
 async def test_templated_payload_from_token_data_in_a_workflow(http_fn: str, engine: Engine) -> None:
     wf = Workflow("scoring")
     a, b = wf.states("a", "b")
@@ -193,6 +209,18 @@ async def test_cloudevents_are_delivered(event_fn: str, events_dir: Path, ce_mod
     attributes = record["attributes"]
     assert attributes["type"] == "com.example.order.created" and attributes["source"] == "/orders"
     assert attributes["subject"] == "on_event" and attributes["specversion"] == "1.0"
+
+
+async def test_a_cloudevent_sent_for_a_firing_has_its_idempotency_key_as_id(event_fn: str, events_dir: Path) -> None:
+    """Sent again for the same firing, it is the same event (source and id): a consumer drops the repeat."""
+    from circuit_breaker.executors._local_tasks import ExecutorCache, run_task
+    from circuit_breaker.tasks import Task
+
+    ex = ServerlessExecutor(backend="cloudevents", url=event_fn, source="/orders", payload={"tag": "keyed"})
+    task = Task.new(workflow="w", instance_id="i1", transition="notify", executor=ex.spec(), idempotency_key="k-3")
+    output, error = await run_task(ExecutorCache(default_registry()), task)
+    assert error is None, error
+    assert _delivered(events_dir, "keyed")["attributes"]["id"] == "k-3"
 
 
 async def test_cloudevent_function_raising_is_a_retryable_failure(event_fn: str) -> None:

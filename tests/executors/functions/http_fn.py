@@ -26,4 +26,10 @@ def score(request: flask.Request) -> Any:
     if payload.get("reply_event"):  # a Knative-style reply: a binary-mode CloudEvent
         ce = {"ce-id": "r-1", "ce-source": "/score", "ce-type": "score.done", "ce-specversion": "1.0"}
         return {"score": n * 2}, 200, {**ce, "Content-Type": "application/json"}
-    return {"score": n * 2, "received": payload, "path": path or "/", "auth": request.headers.get("Authorization")}
+    return {
+        "score": n * 2,
+        "received": payload,
+        "path": path or "/",
+        "auth": request.headers.get("Authorization"),
+        "idempotency_key": request.headers.get("Idempotency-Key"),
+    }
