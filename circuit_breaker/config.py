@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds between a serving engine's marks (where replay starts at the next open); 0: never.",
     )
+    stop_grace: float = Field(
+        10.0,
+        ge=0,
+        description="serve: on Ctrl-C or SIGTERM, seconds the running local actions get to finish (what they finish "
+        "is stored; the rest run again when an engine loads their instances).",
+    )
     gc_tuning: bool = Field(
         True,
         description="serve and worker: after start-up, freeze the heap and collect garbage less often (less CPU).",

@@ -164,7 +164,7 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     setup_logging()  # JSON lines when stderr is not a terminal, with workflow, instance and task fields
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    stopper = _stopper(stop, loop)
+    stopper = _stopper(stop, loop, settings.stop_grace)
     for sig in stop_signals():
         loop.add_signal_handler(sig, _first_only(stop, stopper) if sig == signal.SIGHUP else stopper)
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
@@ -191,14 +191,16 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
             ops.stop()
         await control.stop()
         await inject.stop()
+        await engine.close(grace=settings.stop_grace)  # running local actions get to finish
 
 
 SHUTDOWN_LIMIT = 30.0  # seconds serve may take to stop after Ctrl-C or SIGTERM before it exits regardless
 
 
-def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop, grace: float = 0.0) -> Callable[[], None]:
     """The first Ctrl-C or SIGTERM stops serve cleanly; a second one, or a clean stop that takes longer than
-    SHUTDOWN_LIMIT (NATS gone, say), ends the process at once. Nothing is lost: the events are the state."""
+    SHUTDOWN_LIMIT past the ``grace`` running actions get (NATS gone, say), ends the process at once. Nothing
+    is lost: the events are the state."""
 
     def now(why: str) -> None:
         from ..nats._server import _reap_children
@@ -212,7 +214,8 @@ def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Callable[[
         if stop.is_set():
             now("asked twice")
         stop.set()
-        loop.call_later(SHUTDOWN_LIMIT, now, f"not stopped after {SHUTDOWN_LIMIT:g}s")
+        limit = SHUTDOWN_LIMIT + grace
+        loop.call_later(limit, now, f"not stopped after {limit:g}s")
 
     return signalled
 

@@ -153,6 +153,8 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starts: dict[tuple[str, str], deque[float]] = {}  # recent action starts, for rate limits
         self._closed = False
+        self._draining = False  # closing with a grace period: running actions finish, nothing new starts
+        self._actions: set[asyncio.Task[Any]] = set()  # local actions running (a subset of _tasks)
         self._opened = False
         self._loaded: set[str] = set()  # workflows whose stored instances are loaded
         self._starting: set[str] = set()  # instance ids whose first event is being stored
@@ -269,8 +271,16 @@ class Engine:
         self._kick(run)
         return True
 
-    async def close(self) -> None:
-        """Cancel running actions (their tokens stay where they were), end subscriptions, close the store."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Cancel running actions (their tokens stay where they were), end subscriptions, close the store.
+
+        With ``grace`` seconds, nothing new starts, and the local actions running now get that long to finish
+        first; what they finish is stored as usual. The rest are cancelled: they run again when an engine loads
+        their instances (at least once)."""
+        if self._closed:
+            return
+        if grace > 0:
+            await self._drain(grace)
         self._closed = True
         await _cancel([t for t in (self._watcher, self._marker, *self._loading) if t is not None])
         await _cancel(list(self._tasks))
@@ -280,6 +290,18 @@ class Engine:
             sink(None)
         self._subscribers.clear()
         await self.store.close()
+
+    async def _drain(self, grace: float) -> None:
+        self._draining = True  # scheduler passes end at once from now: no firing, no action starts
+        running = {t for t in self._actions if not t.done()}
+        if not running:
+            return
+        log.info("waiting up to %gs for %d running action(s) to finish", grace, len(running))
+        _, left = await asyncio.wait(running, timeout=grace)
+        if left:
+            log.warning("%d action(s) still running after %gs are cancelled; they run again on load", len(left), grace)
+        # What finished was stored; let the passes those commits kicked off see the flag and end.
+        await asyncio.sleep(0)
 
     # -- workflows -------------------------------------------------------------------------------------
     def register(self, workflow: Workflow) -> CompiledWorkflow:
@@ -1236,7 +1258,7 @@ class Engine:
         firings = 0
         conflicts = 0
         try:
-            while not self._closed and run.local:  # (another engine may start driving it meanwhile)
+            while not self._closed and not self._draining and run.local:  # (another engine may drive it meanwhile)
                 run.dirty = False
                 try:
                     progressed = await self._step(run) if run.status is RUNNING else False
@@ -1379,7 +1401,9 @@ class Engine:
         run.reserve(consumed)
         run.inflight += 1
         run.running[ct.name] = run.running.get(ct.name, 0) + 1
-        self._spawn(run, self._fire_with_action(run, ct, consumed, view))
+        action = self._spawn(run, self._fire_with_action(run, ct, consumed, view))
+        self._actions.add(action)
+        action.add_done_callback(self._actions.discard)
         return False
 
     def _selections(self, run: Run, ct: CompiledTransition) -> Iterator[dict[str, tuple[Token, ...]]]:

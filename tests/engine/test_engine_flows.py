@@ -365,3 +365,68 @@ async def test_diagrams_show_the_token_counts_of_an_instance(engine: Engine) -> 
     assert 'p_pool("pool (2)")' in wf.to_mermaid(inst)
     assert '"p_pool" [label="pool (2)"' in wf.to_dot(inst)
     assert "pool (2)" not in wf.to_mermaid()
+
+
+def graceful_workflow(calls: dict[str, int], started: asyncio.Event) -> Workflow:
+    """``work`` takes ``token.data["seconds"]`` on its first run and no time on a later one; ``then`` follows it."""
+    wf = Workflow("graceful_stop")
+    a, b, c = wf.states("a", "b", "c")
+
+    @wf.flow(a >> b, "work")
+    async def work(token):
+        key = f"work{token.data['n']}"
+        calls[key] = calls.get(key, 0) + 1
+        started.set()
+        if calls[key] == 1:
+            await asyncio.sleep(token.data["seconds"])
+        return {"worked": True}
+
+    @wf.flow(b >> c, "then")
+    def then(token):
+        calls["then"] = calls.get("then", 0) + 1
+        return {}
+
+    return wf
+
+
+@pytest.mark.parametrize("kind", ["memory", "jetstream"])
+async def test_closing_with_a_grace_period_lets_running_actions_finish_and_starts_nothing_new(
+    kind: str, nats_url: str
+) -> None:
+    """What a stopping ``serve`` does: the quick action finishes and is stored, the one that outlasts the grace
+    period is cancelled, nothing new starts; an engine opening the store later runs on from there."""
+    from circuit_breaker.nats import JetStreamStore
+    from circuit_breaker.store import MemoryStore
+    from tests.conftest import drop_streams
+
+    memory = MemoryStore()
+
+    async def store() -> MemoryStore | JetStreamStore:
+        if kind == "memory":
+            return memory
+        return JetStreamStore(servers=[nats_url])
+
+    if kind == "jetstream":
+        await drop_streams(nats_url)
+    calls: dict[str, int] = {}
+    started = asyncio.Event()
+    wf = graceful_workflow(calls, started)
+    engine = Engine(store=await store(), workflows=[wf])
+    await engine.open()
+    quick = await engine.start(wf, {"n": 1, "seconds": 0.3})
+    slow = await engine.start(wf, {"n": 2, "seconds": 60})
+    await asyncio.wait_for(started.wait(), 5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await engine.close(grace=1.5)
+    assert loop.time() - began < 5  # the slow one did not hold the stop up
+    assert calls == {"work1": 1, "work2": 1}  # 'then' never started while stopping
+
+    async with Engine(store=await store(), workflows=[wf]) as again:
+        first = await again.wait(quick.id, timeout=10)
+        second = await again.wait(slow.id, timeout=10)
+    assert first.status is InstanceStatus.COMPLETED and second.status is InstanceStatus.COMPLETED
+    # The quick one's work was stored before the stop (it did not run again); the slow one ran again.
+    assert calls == {"work1": 1, "work2": 2, "then": 2}
+    if kind == "jetstream":
+        await drop_streams(nats_url)

@@ -1,0 +1,91 @@
+"""Stopping ``circuit-breaker serve`` (SIGTERM) while local actions run: they get ``stop_grace`` seconds to
+finish and what they finish is stored; one that outlasts the grace is cancelled and runs again later."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.cli._support import console_script, run_cli
+from tests.conftest import drop_streams
+
+WORKFLOW = '''
+import asyncio
+import os
+from pathlib import Path
+
+from circuit_breaker import Workflow
+
+slow_stop = Workflow("slow_stop")
+a, b, c = slow_stop.states("a", "b", "c")
+
+
+@slow_stop.flow(a >> b, "work")
+async def work(token):
+    log = Path(os.environ["STOP_LOG"])
+    with log.open("a") as out:
+        out.write(f"start {token.data['n']}\\n")
+    await asyncio.sleep(token.data["seconds"])
+    with log.open("a") as out:
+        out.write(f"done {token.data['n']}\\n")
+    return {"worked": True}
+
+
+slow_stop.flow(b >> c, "close", trigger="manual")
+'''
+
+
+def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_path: Path, nats_url: str) -> None:
+    asyncio.run(drop_streams(nats_url))
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "slow_stop.py").write_text(WORKFLOW)
+    log = tmp_path / "actions.log"
+    env = {**os.environ, "CB_NATS_URL": nats_url, "CB_STOP_GRACE": "3", "STOP_LOG": str(log), "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [console_script(), "serve", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline(), proc.stderr.read() if proc.stderr else ""
+        cli_env = {"CB_NATS_URL": nats_url}
+
+        def inject(n: int, seconds: float) -> str:
+            data = json.dumps({"n": n, "seconds": seconds})
+            done = run_cli("inject", "slow_stop", "--data", data, "--json", cwd=tmp_path, env=cli_env)
+            assert done.code == 0, done.err
+            return str(done.json()["instance_id"])
+
+        quick, slow = inject(1, 1.0), inject(2, 120.0)
+        deadline = time.monotonic() + 20
+        while not (log.exists() and {"start 1", "start 2"} <= set(log.read_text().splitlines())):
+            assert time.monotonic() < deadline, "the actions did not start"
+            time.sleep(0.05)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        took = time.monotonic() - began
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert 2.5 < took < 20, (took, err)  # it waited for the grace period (3 s), not for the slow action
+    assert log.read_text().splitlines() == ["start 1", "start 2", "done 1"]
+    assert "still running after 3s are cancelled" in err
+    # The quick action's firing was stored before serve exited (the next engine settles the instance: it waits
+    # for 'close'); the slow one's token is where it was.
+    first = run_cli("status", quick, "--json", cwd=tmp_path, env=cli_env)
+    assert first.code == 0, first.err
+    assert [t["place"] for t in first.json()["tokens"]] == ["b"] and first.json()["tokens"][0]["data"]["worked"]
+    second = run_cli("status", slow, "--json", cwd=tmp_path, env=cli_env)
+    assert second.json()["status"] == "running" and [t["place"] for t in second.json()["tokens"]] == ["a"]
+    asyncio.run(drop_streams(nats_url))
