@@ -268,3 +268,27 @@ def test_csv_has_a_header_and_one_row_per_entry() -> None:
 def test_export_history_refuses_an_unknown_format() -> None:
     with pytest.raises(ValueError, match="xml"):
         Token().export_history("xml")
+
+
+def test_ids_are_32_random_hex_characters_never_repeated_also_across_a_fork() -> None:
+    """Ids are made ahead in blocks; a forked child (a worker's subprocess, say) must not hand out the ids its
+    parent still holds."""
+    import os
+
+    from circuit_breaker.token import new_id
+
+    ids = [new_id() for _ in range(5_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids
+        os.write(write, "".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    theirs = {child[i : i + 32] for i in range(0, len(child), 32)}
+    mine = {new_id() for _ in range(10)}
+    assert len(theirs) == 10 and not theirs & mine
