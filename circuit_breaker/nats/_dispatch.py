@@ -66,7 +66,13 @@ class NatsTaskQueue:
         self._js: Any = None
         self._acks = AckedPublisher(connection)
         self._deliver: ResultHandler | None = None
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
+        # Results taken and not yet applied (running, or waiting for a slot); pulls ask for no more than the free
+        # slots, so that results do not queue up on the semaphore (whose every acquire looks at all waiters).
+        self._taken = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._subs: dict[str, Puller] = {}
         self._handling: set[asyncio.Task[None]] = set()
@@ -163,10 +169,10 @@ class NatsTaskQueue:
         keep them from the others."""
         delay = 0.2
         while not self._closed:
-            async with self._slots:  # (wait until applying one more is possible)
-                pass
+            await self._room.wait()  # (until applying one more is possible)
             try:
-                await self._subs[workflow].pull(self.batch, self._apply, self.poll)
+                free = max(1, min(self.batch, self.concurrency - self._taken))  # (pumps of other workflows share)
+                await self._subs[workflow].pull(free, self._apply, self.poll)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -192,12 +198,18 @@ class NatsTaskQueue:
         """A delivered result, also one that reached the inbox after its pull had ended (see ``Puller``): applied
         like any other. Handing it back instead could bounce it through a request the server still fills (one
         it ends with "409 Server Shutdown" goes on delivering), each bounce counting a delivery."""
-        self._track(self._handle_in_slot(msg))
-
-    def _track(self, coro: Any) -> None:
-        job = asyncio.get_running_loop().create_task(coro)
+        self._taken += 1
+        if self._taken >= self.concurrency:
+            self._room.clear()
+        job = asyncio.get_running_loop().create_task(self._handle_in_slot(msg))
         self._handling.add(job)
-        job.add_done_callback(self._handling.discard)
+        job.add_done_callback(self._handled)
+
+    def _handled(self, job: asyncio.Task[None]) -> None:
+        self._handling.discard(job)
+        self._taken -= 1
+        if self._taken < self.concurrency:
+            self._room.set()
 
     async def _handle_in_slot(self, msg: Msg) -> None:
         async with self._slots:

@@ -65,6 +65,51 @@ async def test_each_of_several_workflows_gets_its_results_at_once(nats_url: str)
         await drop_streams(nats_url)
 
 
+async def test_the_reader_takes_no_more_results_than_it_has_slots_for(nats_url: str) -> None:
+    """Results it cannot apply yet stay in the stream (another engine sharing the durable may take them) instead
+    of piling up in this engine, each waiting for a slot."""
+    await drop_streams(nats_url)
+    nc = await nats.connect(nats_url)
+    release = asyncio.Event()
+    applying: list[str] = []
+    most = 0
+
+    async def deliver(result: TaskResult) -> None:
+        nonlocal most
+        applying.append(result.task_id)
+        most = max(most, len(applying))
+        await release.wait()
+        applying.remove(result.task_id)
+
+    queue = NatsTaskQueue(nc, concurrency=4, batch=256)
+    try:
+        await queue.open(deliver)
+        await queue.listen("slotted")
+        js = nc.jetstream()
+        for n in range(20):
+            result = result_of("slotted", n)
+            await js.publish(result_subject("slotted", result.instance_id, result.task_id), result.model_dump_json().encode())
+        for _ in range(100):
+            if len(applying) == 4:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # (time for a pull that would take more)
+        info = await js.consumer_info(RESULTS_STREAM, engine_durable("slotted"))
+        assert len(applying) == 4 and info.num_ack_pending <= 4 and info.num_pending >= 16, info
+        release.set()
+        for _ in range(200):
+            info = await js.consumer_info(RESULTS_STREAM, engine_durable("slotted"))
+            if info.num_ack_pending == 0 and info.num_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert info.num_ack_pending == 0 and info.num_pending == 0 and most == 4
+    finally:
+        release.set()
+        await queue.close()
+        await nc.close()
+        await drop_streams(nats_url)
+
+
 async def test_an_existing_results_consumer_is_used_as_it_is(nats_url: str) -> None:
     await drop_streams(nats_url)
     nc = await nats.connect(nats_url)
