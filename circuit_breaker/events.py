@@ -7,6 +7,7 @@ language read; ``type`` tells the kinds apart. Every event has ``workflow``, ``i
 
 from __future__ import annotations
 
+import abc
 import functools
 from datetime import datetime
 from enum import StrEnum
@@ -18,9 +19,14 @@ from pydantic_core import CoreSchema
 from .token import Token, utcnow
 
 
-class _WireToken:
+class _WireToken(abc.ABC):  # noqa: B024 (no abstract methods: a virtual base, for register())
     """Stands in for ``Token`` in the serialisation schema below, so pydantic-core builds a serializer from
-    that schema instead of reusing ``Token``'s own (it reuses a complete model's serializer)."""
+    that schema instead of reusing ``Token``'s own (it reuses a complete model's serializer). A virtual base of
+    ``Token``, so that serialising through a union of events (``TypeAdapter(Event)``) takes a token for it
+    without a warning."""
+
+
+_WireToken.register(Token)
 
 
 class _WithoutHistory:

@@ -32,7 +32,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def check_name(kind: str, name: Any, workflow: str | None = None) -> str:
     """Names travel in NATS subjects later, so they must be plain tokens: no dots, wildcards or spaces."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DefinitionError(
             f"{kind} name {name!r} is invalid: use letters, digits, '_' and '-' only", workflow=workflow
         )

@@ -154,6 +154,7 @@ class Engine:
         self._starts: dict[tuple[str, str], deque[float]] = {}  # recent action starts, for rate limits
         self._closed = False
         self._draining = False  # closing with a grace period: running actions finish, nothing new starts
+        self._closing: asyncio.Future[None] | None = None  # set once close() began
         self._actions: set[asyncio.Task[Any]] = set()  # local actions running (a subset of _tasks)
         self._opened = False
         self._loaded: set[str] = set()  # workflows whose stored instances are loaded
@@ -277,10 +278,22 @@ class Engine:
         With ``grace`` seconds, nothing new starts, and the local actions running now get that long to finish
         first; what they finish is stored as usual. The rest are cancelled: they run again when an engine loads
         their instances (at least once)."""
-        if self._closed:
+        if self._closing is not None:  # closing already (a second caller waits for the first)
+            await asyncio.shield(self._closing)
             return
-        if grace > 0:
-            await self._drain(grace)
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            if grace > 0:
+                try:
+                    await self._drain(grace)
+                except asyncio.CancelledError:
+                    await self._close()  # (asked to hurry: stop now rather than leave an engine that starts nothing)
+                    raise
+            await self._close()
+        finally:
+            self._closing.set_result(None)
+
+    async def _close(self) -> None:
         self._closed = True
         await _cancel([t for t in (self._watcher, self._marker, *self._loading) if t is not None])
         await _cancel(list(self._tasks))
@@ -377,7 +390,7 @@ class Engine:
             cw = self._workflows.get(self._archived[instance_id][0])
             if cw is not None:
                 run = await self._adopt(instance_id, cw)  # finished a while ago: read back from the store
-        elif run is None and self._shared and isinstance(instance_id, str) and _PLAIN_NAME.match(instance_id):
+        elif run is None and self._shared and isinstance(instance_id, str) and _PLAIN_NAME.fullmatch(instance_id):
             stored = await self.store.read(instance_id)
             cw = self._workflows.get(stored[0].workflow) if stored else None
             if cw is not None:
@@ -1357,6 +1370,8 @@ class Engine:
             if not all(run.free(arc.place) >= arc.weight for arc in ct.net.inputs):
                 continue
             for consumed in self._selections(run, ct):
+                if self._draining:  # (stopping began while this pass awaited a store append)
+                    return False
                 if ct.handler is not None and not self._may_start(run, ct):
                     break
                 view = input_token(ct, consumed)

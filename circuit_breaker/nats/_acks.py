@@ -93,6 +93,7 @@ class AckedPublisher:
         self._futures: dict[str, tuple[asyncio.Future[bytes], float]] = {}
         self._next = 0
         self._sub: Any = None
+        self._stopped = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_at = float("inf")
         self._sweep_loop: asyncio.AbstractEventLoop | None = None
@@ -101,12 +102,21 @@ class AckedPublisher:
         self._routed = self._direct and hasattr(nc, "_process_msg")
 
     async def start(self) -> None:
+        self._stopped = False
         self._prefix = self._nc.new_inbox() + "."
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
         if self._routed:
             _ReplyRouter.of(self._nc).handlers[self._sub._id] = self._on_raw_reply
 
+    async def _started(self) -> None:
+        """Subscribed for the answers (on first use); a stopped publisher stays stopped."""
+        if self._sub is None:
+            if self._stopped:
+                raise StoreError("acknowledged publishing was stopped (the store or queue is closed)")
+            await self.start()
+
     async def stop(self) -> None:
+        self._stopped = True
         if self._sub is not None:
             if self._routed:
                 _ReplyRouter.of(self._nc).handlers.pop(self._sub._id, None)
@@ -120,8 +130,7 @@ class AckedPublisher:
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> dict[str, Any]:
         """The server's answer; raises APIError, NoStreamResponseError, nats.errors.TimeoutError or a
         connection error."""
-        if self._sub is None:
-            await self.start()
+        await self._started()
         token, future = self._expect(timeout)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
@@ -134,10 +143,14 @@ class AckedPublisher:
         values free of CR and LF) and return the stored message's stream sequence; raises like ``publish``."""
         future = self.send_encoded(subject, header_block, payload, timeout)
         if future is None:  # not started, or a nats-py without the internals send_encoded uses
-            if self._sub is None:
-                await self.start()
+            await self._started()
             token, future = self._expect(timeout)
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=_header_dict(header_block))
+            try:
+                await self._nc.publish(subject, payload, reply=self._prefix + token, headers=_header_dict(header_block))
+            except BaseException:
+                self._futures.pop(token, None)
+                future.cancel()  # (nobody will await it: no "exception never retrieved" from the sweeper)
+                raise
         return stream_sequence(await future)
 
     def send_encoded(

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 import uuid
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -389,6 +390,7 @@ class JetStreamStore:
         payload = type(event).__pydantic_serializer__.to_json(event)
         if len(payload) + len(header_block) > self.connection.max_payload:
             self._refuse_size(event, len(payload) + len(header_block))
+        begun = time.monotonic()
         try:
             # Written now, one await for the acknowledgement; the long way when that cannot be done.
             future = acks.send_encoded(subject, header_block, payload, self.publish_timeout)
@@ -397,7 +399,8 @@ class JetStreamStore:
             else:
                 stored_at = await acks.publish_encoded(subject, header_block, payload, self.publish_timeout)
         except (APIError, *_TRANSIENT) as err:
-            stored_at = await self._append_again(acks, event, err, (subject, header_block, payload), stream_seq, msg_id)
+            message = (subject, header_block, payload)
+            stored_at = await self._append_again(acks, event, err, message, stream_seq, msg_id, begun)
         self._saw(iid, seq, stored_at)
         if self._writer:
             self._wrote(event)
@@ -410,12 +413,13 @@ class JetStreamStore:
         message: tuple[str, bytes, bytes],
         stream_seq: int,
         msg_id: str,
+        begun: float,
     ) -> int:
-        """After the first attempt of an append failed with ``failure``: judge it, and publish the same message
-        again (same id) while the failure is transient, for ``publish_retry_for``; the stored stream sequence."""
+        """After the first attempt of an append (made at ``begun``, on the monotonic clock) failed with
+        ``failure``: judge it, and publish the same message again (same id) while the failure is transient, up to
+        ``publish_retry_for`` seconds after ``begun``; the stored stream sequence."""
         iid = event.instance_id
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_retry_for
+        deadline = begun + self.publish_retry_for
         delay, attempt = 0.05, 1
         while True:
             if isinstance(failure, APIError) and not isinstance(failure, ServiceUnavailableError):
@@ -427,7 +431,7 @@ class JetStreamStore:
                 if landed is not None:
                     return landed
                 raise ConcurrencyError(iid, event.seq - 1) from None
-            if loop.time() + delay > deadline:
+            if time.monotonic() + delay > deadline:
                 raise StoreError(
                     f"appending event {event.seq} of instance {iid}: no acknowledgement after {attempt} attempts"
                     f" in {self.publish_retry_for:g}s ({type(failure).__name__})"
@@ -475,7 +479,7 @@ class JetStreamStore:
             try:
                 return await call()
             except _TRANSIENT as err:
-                if loop.time() + delay > deadline:
+                if time.monotonic() + delay > deadline:
                     raise StoreError(f"JetStream did not answer for {self.publish_retry_for:g}s: {err!r}") from err
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -430,3 +430,33 @@ async def test_closing_with_a_grace_period_lets_running_actions_finish_and_start
     assert calls == {"work1": 1, "work2": 2, "then": 2}
     if kind == "jetstream":
         await drop_streams(nats_url)
+
+
+async def test_a_scheduler_pass_under_way_when_the_stop_begins_starts_nothing_more() -> None:
+    """Found in review: a pass that was awaiting a store append (here a rejection's) when close(grace) began went
+    on to the next candidate and started its action during the drain."""
+    from circuit_breaker.events import Event
+    from circuit_breaker.store import MemoryStore
+
+    class NetworkedStore(MemoryStore):
+        async def append(self, event: Event, expected_seq: int) -> None:
+            await asyncio.sleep(0.1)  # an append yields, as JetStream's does (a round trip)
+            await super().append(event, expected_seq)
+
+    started: list[int] = []
+    wf = Workflow("drain_step")
+    a, b, c = wf.states("a", "b", "c")
+    wf.flow(a >> c, "refused", validations={"all": ["missing_field"]})  # judged first: rejected (an append)
+
+    @wf.flow(a >> b, "work")
+    async def work(token):
+        started.append(token.data["n"])
+        return {}
+
+    engine = Engine(store=NetworkedStore(), workflows=[wf])
+    await engine.open()
+    start = asyncio.create_task(engine.start(wf, {"n": 1}))
+    await asyncio.sleep(0.15)  # token_injected is stored (0.1 s); the pass awaits the rejection's append
+    await engine.close(grace=2.0)
+    await asyncio.gather(start, return_exceptions=True)
+    assert started == []

@@ -112,3 +112,45 @@ async def test_folding_the_stored_events_rebuilds_the_instance_exactly(engine: E
         assert again.version == live.version
         assert again.incidents == live.incidents
         assert list(again.history) == list(live.history)
+
+
+async def test_produced_tokens_travel_without_history_however_an_event_is_serialised() -> None:
+    """The stored form, ``model_dump_json``, JSON-mode dumps and a union of events (a service's own models, a
+    FastAPI response of ``list[Event]``) all leave the produced tokens' history out, without warnings."""
+    import json
+    import warnings
+
+    from pydantic import BaseModel, TypeAdapter
+
+    from circuit_breaker.events import Event
+
+    wf = Workflow("histories")
+    a, b, c = wf.states("a", "b", "c")
+    wf.flow(a >> b, "one")
+    wf.flow(b >> c, "two")
+    async with Engine() as engine:
+        done = await engine.wait((await engine.start(wf, {"n": 1})).id, timeout=5)
+        events = [e async for e in engine.events(instance=done.id)]
+    fired = [e for e in events if isinstance(e, TransitionFired)]
+    assert len(fired) == 2 and len(fired[1].produced[0].history) == 3  # (created, one, two) in memory
+
+    class Envelope(BaseModel):
+        event: Event
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forms = [
+            type(fired[1]).__pydantic_serializer__.to_json(fired[1]),
+            fired[1].model_dump_json().encode(),
+            json.dumps(fired[1].model_dump(mode="json")).encode(),
+            TypeAdapter(Event).dump_json(fired[1]),
+            json.dumps(json.loads(Envelope(event=fired[1]).model_dump_json())["event"]).encode(),
+        ]
+    for form in forms:
+        produced = json.loads(form)["produced"]
+        assert [set(t) for t in produced] == [{"id", "instance_id", "place", "data", "created_at", "updated_at"}]
+    # The fold rebuilds the history from the stored form: replay equals the live instance.
+    run = Run(done.id, engine._workflow(wf))
+    for event in events:
+        run.apply(parse_event(type(event).__pydantic_serializer__.to_json(event)))
+    assert run.snapshot().tokens == done.tokens
