@@ -62,7 +62,7 @@ def test_invalid_workflow_names_are_refused(bad: Any) -> None:
         Workflow(bad)
 
 
-@pytest.mark.parametrize("bad", ["in.review", "in review", "*", ">", "", "a\nb"])
+@pytest.mark.parametrize("bad", ["in.review", "in review", "*", ">", "", "a\nb", "review\n"])
 def test_invalid_place_names_are_refused_naming_them(bad: str) -> None:
     wf = Workflow("w")
     with pytest.raises(DefinitionError, match="place name") as info:
@@ -81,7 +81,7 @@ def test_states_is_all_or_nothing_when_a_name_is_invalid() -> None:
     assert wf.initial_place is draft
 
 
-@pytest.mark.parametrize("bad", ["go.now", "go now", "go*", "go>"])
+@pytest.mark.parametrize("bad", ["go.now", "go now", "go*", "go>", "go\n"])
 def test_invalid_transition_names_are_refused(bad: str) -> None:
     wf, a, b, _ = abc()
     with pytest.raises(DefinitionError, match="transition name"):
