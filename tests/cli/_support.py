@@ -63,3 +63,23 @@ def run_cli(
         [console_script(), *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout, check=False
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_serve(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``circuit-breaker serve --json ARGS`` in ``cwd``, started: the process and its ready line (``url``,
+    ``workflows``, ``metrics_port``). The caller stops it."""
+    proc = subprocess.Popen(
+        [console_script(), "serve", "--json", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(10)
+        pytest.fail(f"serve did not start: {proc.stderr.read() if proc.stderr else ''}")
+    ready: dict[str, Any] = json.loads(line)
+    return proc, ready

@@ -7,13 +7,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli._support import console_script, run_cli
+from tests.cli._support import run_cli, start_serve
 from tests.conftest import drop_streams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,19 +35,7 @@ def served(project: Path, nats_url: str) -> Iterator[str]:
     import asyncio
 
     asyncio.run(drop_streams(nats_url))
-    env = {**os.environ, "CB_NATS_URL": nats_url, "NO_COLOR": "1"}
-    proc = subprocess.Popen(
-        [console_script(), "serve", "--json"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line, proc.stderr.read() if proc.stderr else ""
-    started = json.loads(line)
+    proc, started = start_serve(project, {**os.environ, "CB_NATS_URL": nats_url, "NO_COLOR": "1"})
     assert started["workflows"] == ["data_pipeline", "document_review", "invoice_approval"]
     yield nats_url
     proc.send_signal(signal.SIGTERM)

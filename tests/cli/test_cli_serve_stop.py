@@ -7,11 +7,10 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-from tests.cli._support import console_script, run_cli
+from tests.cli._support import run_cli, start_serve
 from tests.conftest import drop_streams
 
 WORKFLOW = '''
@@ -46,16 +45,8 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
     (tmp_path / "workflows" / "slow_stop.py").write_text(WORKFLOW)
     log = tmp_path / "actions.log"
     env = {**os.environ, "CB_NATS_URL": nats_url, "CB_STOP_GRACE": "3", "STOP_LOG": str(log), "NO_COLOR": "1"}
-    proc = subprocess.Popen(
-        [console_script(), "serve", "--json"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, _ = start_serve(tmp_path, env)
     try:
-        assert proc.stdout is not None and proc.stdout.readline(), proc.stderr.read() if proc.stderr else ""
         cli_env = {"CB_NATS_URL": nats_url}
 
         def inject(n: int, seconds: float) -> str:

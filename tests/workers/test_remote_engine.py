@@ -303,25 +303,15 @@ wf.flow(queued >> done, "stamp").action(default_registry().create("set", values=
 
 async def test_serve_hands_actions_of_a_kind_to_workers_and_reports_metrics(spawn, fresh_nats, tmp_path) -> None:
     """``serve --remote-executors set --metrics-port 0``: the workflow code does not say remote; the engine does."""
-    from tests.cli._support import console_script
+    from tests.cli._support import start_serve
 
     (tmp_path / "workflows").mkdir()
     (tmp_path / "workflows" / "served.py").write_text(WORKFLOW_FILE)
     worker = spawn("--executors", "set", "--concurrency", "8")
     env = {**os.environ, "CB_NATS_URL": fresh_nats, "NO_COLOR": "1"}
-    proc = subprocess.Popen(
-        [console_script(), "serve", "--json", "--remote-executors", "set", "--metrics-port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, ready = start_serve(tmp_path, env, "--remote-executors", "set", "--metrics-port", "0")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, proc.stderr.read() if proc.stderr else ""
-        port = json.loads(line)["metrics_port"]
+        port = ready["metrics_port"]
         from circuit_breaker.nats import Client
 
         async with Client(servers=[fresh_nats]) as client:
