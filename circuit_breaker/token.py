@@ -220,6 +220,11 @@ class Token(BaseModel):
             }
         )
 
+    def with_data(self, data: dict[str, Any]) -> Token:
+        """This token with other ``data`` (the same id, place and history): what ``model_copy(update=...)``
+        gives, without its cost; ``data`` is not validated."""
+        return make_token({**self.__dict__, "data": data})
+
     def export_history(self, fmt: str = "json") -> str:
         """The history as ``json``, ``yaml`` or ``csv``."""
         exporters = {"json": self.history.to_json, "yaml": self.history.to_yaml, "csv": self.history.to_csv}

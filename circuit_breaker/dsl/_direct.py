@@ -108,13 +108,13 @@ def fire(wf: Workflow, token: Token, transition: str, *, actor: str | None = Non
     data = view.data
     if ct.handler is not None:
         try:
-            result: object = ct.handler(view.model_copy(update={"data": dict(data)}))
+            result: object = ct.handler(view.with_data(dict(data)))
             if asyncio.iscoroutine(result):
                 result = _run_coroutine(result)
         except Exception as err:
             raise action_failure(cw, ct, err, 1) from err
         data = merge_result(cw, ct, data, result)
-    after = view if data is view.data else view.model_copy(update={"data": data})
+    after = view if data is view.data else view.with_data(data)
     post = post_check(ct, after)
     if not post.valid:
         raise TransitionRejectedError(wf.name, transition, token.instance_id, list(post.errors))

@@ -39,7 +39,7 @@ def input_token(ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]]) 
                 first = tok
             merged.update(tok.data)
     assert first is not None  # a transition has at least one input arc
-    return first.model_copy(update={"data": merged})
+    return first.with_data(merged)
 
 
 def pre_check(ct: CompiledTransition, token: Token) -> RuleResult:

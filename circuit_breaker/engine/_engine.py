@@ -852,7 +852,7 @@ class Engine:
             merged = {**view.data, **extra}
             if run.cw.token_model is not None:
                 merged = run.cw.validate_data(merged)
-            view = view.model_copy(update={"data": merged})
+            view = view.with_data(merged)
         pre = pre_check(ct, view)
         if not pre.valid:
             raise TransitionNotEnabledError(run.cw.name, transition, instance_id, list(pre.errors))
@@ -890,7 +890,7 @@ class Engine:
             data = await self._run_action(run, ct, view, actor, raise_on_failure=True, consumed=consumed)
             if data is None:  # another engine moved the instance on while the action ran
                 raise ConcurrencyError(run.id, run.seq)
-            after = view.model_copy(update={"data": data})
+            after = view.with_data(data)
             post = post_check(ct, after)
             expanded, errors = _expand(ct, after, consumed) if post.valid else (None, list(post.errors))
             if errors is not None:
@@ -1501,7 +1501,7 @@ class Engine:
             data = await self._run_action(run, ct, view, None, raise_on_failure=False, consumed=consumed)
             if data is None:
                 return  # an incident was recorded
-            after = view.model_copy(update={"data": data})
+            after = view.with_data(data)
             post = post_check(ct, after)
             expanded, errors = _expand(ct, after, consumed) if post.valid else (None, list(post.errors))
             if errors is None:
@@ -1542,7 +1542,7 @@ class Engine:
             attempt += 1
             try:
                 # The action gets its own copy of the data, so mutating it in place cannot corrupt a token.
-                arg = view.model_copy(update={"data": dict(view.data)})
+                arg = view.with_data(dict(view.data))
                 firing = _current_firing.set(Firing(cw.name, run.id, ct.name, tuple(token_ids), attempt))
                 try:
                     if ct.timeout is not None:

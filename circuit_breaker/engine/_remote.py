@@ -455,7 +455,7 @@ class RemoteActions:
             pending = run.pending.get(task_id)
             if pending is None or attempt < pending.attempt or run.status in TERMINAL:
                 return
-            view = input_token(ct, pending.tokens).model_copy(update={"data": data})
+            view = input_token(ct, pending.tokens).with_data(data)
             post = post_check(ct, view)
             errors = None if post.valid else list(post.errors)
             expanded = None
