@@ -201,6 +201,7 @@ class Engine:
                 writer=self.drive,
                 on_gone=self._orphaned if self.drive and self.follow else None,
                 workflows=lambda: list(self._workflows),
+                on_poke=self._poked if self.drive else None,
             )
         for cw in list(self._workflows.values()):
             self._schedule_load(cw)
@@ -213,6 +214,18 @@ class Engine:
         if self._watcher is None and not self._closed:
             start = max(self._open_start, since + 1)
             self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
+
+    def _poked(self, instance_id: str) -> None:
+        """An engine that does not drive (an observer's manual firing) wrote to ``instance_id``: if this engine
+        drives it, read what was written and go on with it (a lone engine does not follow the stream)."""
+        run = self._runs.get(instance_id)
+        if run is None or not run.local or run.status in TERMINAL or self._closed:
+            return
+        self._spawn(run, self._read_poked(run))
+
+    async def _read_poked(self, run: Run) -> None:
+        async with run.lock:
+            await self._catch_up(run)
 
     def _orphaned(self, origin: str) -> None:
         """Another engine left or stopped answering: drive the unfinished instances it was driving (those whose

@@ -61,6 +61,7 @@ from ._subjects import (
     EVENTS_STREAM,
     HELLO_SUBJECT,
     MARKS_BUCKET,
+    POKE_SUBJECT,
     PROBE_SUBJECT,
     event_filter,
     event_subject,
@@ -247,6 +248,8 @@ class JetStreamStore:
         self.watched_up_to = 0
         self._hello_sub: Any = None
         self._probe_sub: Any = None
+        self._poke_sub: Any = None
+        self._observer = False  # announced as an engine that does not drive: its appends poke the drivers
         self._marks: Any = None  # the CB_MARKS bucket
         self._stream_created = ""  # a mark counts only for the stream it was taken on (not a re-created one)
         # Takeover: which driving engine (store origin, this one included) last wrote each unfinished instance
@@ -329,11 +332,11 @@ class JetStreamStore:
                 with contextlib.suppress(Exception):
                     await self._nc.publish(HELLO_SUBJECT, json.dumps({"origin": self.origin, "bye": True}).encode())
                     await self._nc.flush(timeout=1)
-        for sub in (self._hello_sub, self._probe_sub):
+        for sub in (self._hello_sub, self._probe_sub, self._poke_sub):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-        self._hello_sub = self._probe_sub = None
+        self._hello_sub = self._probe_sub = self._poke_sub = None
         if self._acks is not None:
             await self._acks.stop()
             self._acks = None
@@ -404,6 +407,31 @@ class JetStreamStore:
         self._saw(iid, seq, stored_at)
         if self._writer:
             self._wrote(event)
+        elif self._observer:
+            await self._poke(event)
+
+    def _presence(self, takes_over: bool, workflows: Callable[[], Collection[str]] | None, **fields: Any) -> bytes:
+        """A hello, heartbeat or answer: this engine's origin, ``fields``, and the workflows it takes over."""
+        if not takes_over:
+            fields["takes_over"] = []
+        elif workflows is not None:
+            fields["takes_over"] = sorted(workflows())
+        return json.dumps({"origin": self.origin, **fields}).encode()
+
+    async def _poked(self, on_poke: Callable[[str], None], msg: Any) -> None:
+        try:
+            poke = json.loads(msg.data)
+            instance_id = poke["instance_id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if isinstance(instance_id, str) and poke.get("origin") != self.origin:
+            on_poke(instance_id)
+
+    async def _poke(self, event: Event) -> None:
+        """Tell the driving engines this observer wrote ``event`` (a lone one does not follow the stream)."""
+        poke = {"origin": self.origin, "workflow": event.workflow, "instance_id": event.instance_id, "seq": event.seq}
+        with contextlib.suppress(Exception):  # (core NATS: a lost poke leaves the instance as before this fix)
+            await self.connection.publish(POKE_SUBJECT, json.dumps(poke).encode())
 
     async def _append_again(
         self,
@@ -686,6 +714,7 @@ class JetStreamStore:
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
+        on_poke: Callable[[str], None] | None = None,
     ) -> None:
         """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``, heartbeats ``{"origin", "beat"}``
         every ``heartbeat`` seconds and ``{"origin", "bye"}`` on close. Hello and beats also say ``takes_over``:
@@ -697,16 +726,14 @@ class JetStreamStore:
         ``since`` so the newcomer follows it too. A peer that says bye, or is not heard of for three heartbeats,
         is gone: ``on_gone(origin)`` lets this engine take over the instances it drove (``writer_of``). Core
         NATS, so a lost hello only costs liveness, never correctness: conflicts are caught by the CAS.
+
+        An engine that does not write as a driver (``writer=False``) says on ``cb.engines.poke`` which instance
+        it wrote to after each append; a writer hands that instance id to ``on_poke``.
         """
         nc = self.connection
         loop = asyncio.get_running_loop()
 
-        def presence(**fields: Any) -> bytes:
-            if on_gone is None:
-                fields["takes_over"] = []
-            elif workflows is not None:
-                fields["takes_over"] = sorted(workflows())
-            return json.dumps({"origin": self.origin, **fields}).encode()
+        presence = partial(self._presence, on_gone is not None, workflows)
 
         async def heard(msg: Any) -> None:
             try:
@@ -741,6 +768,9 @@ class JetStreamStore:
 
         self._hello_sub = await nc.subscribe(HELLO_SUBJECT, cb=heard)
         self._writer = writer
+        self._observer = not writer
+        if writer and on_poke is not None:
+            self._poke_sub = await nc.subscribe(POKE_SUBJECT, cb=partial(self._poked, on_poke))
         if writer:
             await self._discover(presence(since=since), heard)
             self._probe_sub = await nc.subscribe(PROBE_SUBJECT, cb=heard)  # (after our own probe: no self-answer)

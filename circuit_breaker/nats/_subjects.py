@@ -37,6 +37,7 @@ __all__ = [
     "INBOX_PREFIX",
     "INBOX_STREAM",
     "HELLO_SUBJECT",
+    "POKE_SUBJECT",
     "PROBE_SUBJECT",
     "INJECT_PREFIX",
     "RESULTS_STREAM",
@@ -156,6 +157,11 @@ def worker_durable(kind: str) -> str:
 
 HELLO_SUBJECT = "cb.engines.hello"
 """Engines announce themselves here (core NATS), so that engines sharing a stream follow each other's events."""
+
+POKE_SUBJECT = "cb.engines.poke"
+"""An engine that does not drive (``drive=False``: an observer's manual firing) says here that it wrote to an
+instance (``{"origin", "workflow", "instance_id", "seq"}``, core NATS): the engine driving the instance reads
+what it wrote and goes on with it, also when it is alone and so does not follow the stream."""
 
 PROBE_SUBJECT = "cb.engines.probe"
 """A starting engine asks here (a request) which driving engines already run: each answers with its presence
