@@ -189,9 +189,11 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
             probe.cancel()
         if ops is not None:
             ops.stop()
-        await control.stop()
+        # Manual firings being answered, then the local actions running, get stop_grace seconds in all.
+        deadline = loop.time() + settings.stop_grace
+        await control.stop(grace=settings.stop_grace)
         await inject.stop()
-        await engine.close(grace=settings.stop_grace)  # running local actions get to finish
+        await engine.close(grace=max(0.0, deadline - loop.time()))
 
 
 SHUTDOWN_LIMIT = 30.0  # seconds serve may take to stop after Ctrl-C or SIGTERM before it exits regardless

@@ -123,16 +123,23 @@ class ControlService:
                 sub = await self.connection.subscribe(control_subject(workflow, verb), queue=self.queue, cb=handler)
                 self._subs.append(sub)
 
-    async def stop(self) -> None:
-        """Stop taking requests; the ones being answered finish first."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking requests; the ones being answered finish first (within ``grace`` seconds, if given: the
+        rest are cancelled, a manual action with them, and their askers get no answer)."""
         subs, self._subs = self._subs, []
         for sub in subs:
             try:
                 await sub.unsubscribe()
             except Exception:  # the connection may be closing already
                 log.debug("unsubscribing %s failed", sub.subject, exc_info=True)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            return
+        _, left = await asyncio.wait(set(self._tasks), timeout=grace)
+        if left:
+            log.warning("%d control request(s) still being answered after %gs are cancelled", len(left), grace)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
 
     def _handler(self, verb: Verb) -> Any:
         async def handle(msg: Msg) -> None:

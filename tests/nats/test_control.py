@@ -142,3 +142,39 @@ async def test_firing_before_anything_was_stored_names_the_unknown_instance(fres
             await request_fire(nc, "abc", "run", timeout=5)
     finally:
         await nc.close()
+
+
+async def test_stopping_with_a_grace_period_cancels_a_manual_firing_that_outlasts_it(nats_url: str) -> None:
+    """What a stopping ``serve`` does: a manual action being answered gets the grace period, not for ever; the
+    firing is not stored and its token stays where it was."""
+    await drop_streams(nats_url)
+    wf = Workflow("slow_manual")
+    a, b = wf.states("a", "b")
+    began = asyncio.Event()
+
+    @wf.flow(a >> b, "approve", trigger="manual")
+    async def approve(token: Any) -> dict[str, Any]:
+        began.set()
+        await asyncio.sleep(60)
+        return {}
+
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf]) as engine:
+        nc = await nats.connect(nats_url)
+        control = ControlService(engine, nc)
+        await control.start()
+        try:
+            inst = await engine.wait((await engine.start("slow_manual", {})).id, timeout=5)
+            body = json.dumps({"instance_id": inst.id, "transition": "approve"}).encode()
+            asking = asyncio.create_task(nc.request("cb.ctl.slow_manual.fire", body, timeout=30))
+            await asyncio.wait_for(began.wait(), 5)
+            t0 = time.monotonic()
+            await control.stop(grace=0.5)
+            assert time.monotonic() - t0 < 3
+            after = await engine.get(inst.id)
+            assert after.status.value == "waiting" and [t.place for t in after.tokens] == ["a"]
+            asking.cancel()
+            await asyncio.gather(asking, return_exceptions=True)
+        finally:
+            await control.stop()
+            await nc.close()
+    await drop_streams(nats_url)
