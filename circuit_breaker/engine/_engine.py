@@ -322,10 +322,12 @@ class Engine:
         running = {t for t in self._actions if not t.done()}
         if not running:
             return
-        log.info("waiting up to %gs for %d running action(s) to finish", grace, len(running))
+        log.info("waiting up to %.1fs for %d running action(s) to finish", grace, len(running))
         _, left = await asyncio.wait(running, timeout=grace)
         if left:
-            log.warning("%d action(s) still running after %gs are cancelled; they run again on load", len(left), grace)
+            log.warning(
+                "%d action(s) still running after %.1fs are cancelled; they run again on load", len(left), grace
+            )
         # What finished was stored; let the passes those commits kicked off see the flag and end.
         await asyncio.sleep(0)
 

@@ -136,7 +136,7 @@ class ControlService:
             return
         _, left = await asyncio.wait(set(self._tasks), timeout=grace)
         if left:
-            log.warning("%d control request(s) still being answered after %gs are cancelled", len(left), grace)
+            log.warning("%d control request(s) still being answered after %.1fs are cancelled", len(left), grace)
             for task in left:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)

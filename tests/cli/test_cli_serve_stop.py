@@ -71,7 +71,7 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
             proc.wait(10)
     assert 2.5 < took < 20, (took, err)  # it waited for the grace period (3 s), not for the slow action
     assert log.read_text().splitlines() == ["start 1", "start 2", "done 1"]
-    assert "still running after 3s are cancelled" in err
+    assert "1 action(s) still running after 3.0s are cancelled" in err
     # The quick action's firing was stored before serve exited (the next engine settles the instance: it waits
     # for 'close'); the slow one's token is where it was.
     first = run_cli("status", quick, "--json", cwd=tmp_path, env=cli_env)
