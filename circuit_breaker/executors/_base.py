@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -40,6 +42,20 @@ def idempotency_key() -> str | None:
 
     firing = current_firing()
     return firing.idempotency_key if firing is not None else None
+
+
+def request_key(*parts: Any) -> str | None:
+    """The idempotency key of one request an action makes (None outside a firing): the firing's key and a digest
+    of what the request is (``parts``: method, URL, body...). Each distinct request of a firing has a key of its
+    own (a step sequence's two POSTs must not share one), the same on every run of the firing and every retry."""
+    key = idempotency_key()
+    if key is None:
+        return None
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return f"{key}:{digest.hexdigest()}"
 
 
 # An HTTP header name (RFC 9110 token).

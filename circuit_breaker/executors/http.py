@@ -32,7 +32,7 @@ import httpx
 import yaml
 
 from ..errors import ExecutorError
-from ._base import Executor, add_idempotency_header, check_header_name, idempotency_key
+from ._base import Executor, add_idempotency_header, check_header_name, request_key
 from ._breaker import BreakerRegistry, CircuitOpenError, default_breakers
 from ._params import param
 
@@ -105,8 +105,8 @@ class HttpExecutor(Executor):
     spec_ttl: float = param(default=300.0, ge=0, description="seconds a loaded OpenAPI document is reused")
     idempotency_header: str | None = param(
         default="Idempotency-Key",
-        description="inside a firing, a POST or PATCH carries the firing's idempotency key in this header (the same "
-        "on every retry and every run of the firing); none: not sent",
+        description="inside a firing, a POST or PATCH carries an idempotency key in this header: the firing's key "
+        "and a digest of the request (the same on every retry and every run of the firing); none: not sent",
     )
 
     def __init__(self, **params: Any) -> None:
@@ -196,9 +196,10 @@ class HttpExecutor(Executor):
         elif kind == "api_key":
             target = req.query if auth.get("in", "header") == "query" else req.headers
             target[auth["name"]] = auth["value"]
-        key = idempotency_key()
-        if key is not None and req.method.upper() in _NOT_IDEMPOTENT:
-            add_idempotency_header(req.headers, self.idempotency_header, key)
+        if req.method.upper() in _NOT_IDEMPOTENT:
+            key = request_key(req.method.upper(), req.url, req.query, req.body)
+            if key is not None:
+                add_idempotency_header(req.headers, self.idempotency_header, key)
         parsed = httpx.URL(req.url)
         req.origin = f"{parsed.scheme}://{parsed.host}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
         return req

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import ExecutorError
-from ._base import Executor, add_idempotency_header, check_header_name, idempotency_key
+from ._base import Executor, add_idempotency_header, check_header_name, request_key
 from ._params import param
 from .shell import check_env, child_env, decode, run_process, tail
 
@@ -154,8 +154,8 @@ class ServerlessExecutor(Executor):
     auth_token: str | None = param(secret=True, description="remote: sent as 'Authorization: Bearer <token>'")
     idempotency_header: str | None = param(
         default="Idempotency-Key",
-        description="remote, inside a firing: the firing's idempotency key goes in this header (and is a "
-        "cloudevent's id), the same on every run of the firing; none: no header",
+        description="remote, inside a firing: an idempotency key (the firing's key and a digest of the call) goes "
+        "in this header and is a cloudevent's id, the same on every run of the firing; none: no header",
     )
 
     # -- validation --------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ class ServerlessExecutor(Executor):
         headers = {k: str(v) for k, v in self.headers.items()}
         if self.auth_token:
             headers["Authorization"] = f"Bearer {self.auth_token}"
-        key = idempotency_key()
+        key = request_key(self.backend, self._target_url(), self.function_name, self.event_type, self.payload)
         if key is not None:
             add_idempotency_header(headers, self.idempotency_header, key)
         if self.backend != "cloudevents":

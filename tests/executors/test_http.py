@@ -463,25 +463,33 @@ async def test_action_in_a_workflow_fills_templates_from_token_data(server: Serv
 
 async def test_inside_a_firing_a_post_or_patch_carries_its_idempotency_key(server: Server) -> None:
     """An action may run again for the same firing (at least once): the server sees the same key every time (here
-    a task on a worker, which carries the engine's key) and can do the work once."""
+    a task on a worker, which carries the engine's key) and can do the work once. Each distinct request of a
+    firing has its own key (the firing's key and a digest of the request)."""
     from circuit_breaker.executors._local_tasks import ExecutorCache, run_task
     from circuit_breaker.tasks import Task
 
     cache = ExecutorCache(default_registry())
 
-    async def sent_headers(**params: Any) -> dict[str, str]:
-        spec = HttpExecutor(url=server.url("/echo"), **params).spec()
+    async def sent_headers(path: str = "/echo", **params: Any) -> dict[str, str]:
+        spec = HttpExecutor(url=server.url(path), **params).spec()
         task = Task.new(workflow="shop", instance_id="i1", transition="charge", executor=spec, idempotency_key="k-1")
         output, error = await run_task(cache, task)
         assert error is None, error
         return output["body"]["headers"]  # type: ignore[no-any-return]
 
-    assert (await sent_headers(method="POST", json={}))["idempotency-key"] == "k-1"
-    assert (await sent_headers(method="PATCH", json={}))["idempotency-key"] == "k-1"
+    posted = (await sent_headers(method="POST", json={"amount": 5}))["idempotency-key"]
+    assert posted.startswith("k-1:")
+    assert (await sent_headers(method="POST", json={"amount": 5}))["idempotency-key"] == posted  # run again
+    others = {
+        (await sent_headers(method="POST", json={"amount": 6}))["idempotency-key"],
+        (await sent_headers("/echo/other", method="POST", json={"amount": 5}))["idempotency-key"],
+        (await sent_headers(method="PATCH", json={"amount": 5}))["idempotency-key"],
+    }
+    assert len(others) == 3 and posted not in others and all(k.startswith("k-1:") for k in others)
     assert "idempotency-key" not in await sent_headers(method="GET")  # idempotent methods go without
     assert "idempotency-key" not in await sent_headers(method="PUT", json={})
     assert (await sent_headers(method="POST", headers={"idempotency-key": "mine"}))["idempotency-key"] == "mine"
-    assert (await sent_headers(method="POST", idempotency_header="X-Request-Id"))["x-request-id"] == "k-1"
+    assert (await sent_headers(method="POST", idempotency_header="X-Request-Id"))["x-request-id"].startswith("k-1:")
     assert "idempotency-key" not in await sent_headers(method="POST", idempotency_header=None)
     alone = await HttpExecutor(method="POST", url=server.url("/echo"), json={}).execute()  # no firing, no key
     assert "idempotency-key" not in alone["body"]["headers"]

@@ -126,12 +126,16 @@ async def test_inside_a_firing_the_call_carries_its_idempotency_key(http_fn: str
     from circuit_breaker.tasks import Task
 
     cache = ExecutorCache(default_registry())
-    for header, expected in (("Idempotency-Key", "k-2"), (None, None)):
-        ex = ServerlessExecutor(function_name="score", url=http_fn, payload={"n": 1}, idempotency_header=header)
+    keys = []
+    for header, n in (("Idempotency-Key", 1), ("Idempotency-Key", 1), ("Idempotency-Key", 2), (None, 1)):
+        ex = ServerlessExecutor(function_name="score", url=http_fn, payload={"n": n}, idempotency_header=header)
         task = Task.new(workflow="w", instance_id="i1", transition="score", executor=ex.spec(), idempotency_key="k-2")
         output, error = await run_task(cache, task)
         assert error is None, error
-        assert output["output"]["idempotency_key"] == expected
+        keys.append(output["output"]["idempotency_key"])
+    assert keys[0].startswith("k-2:") and keys[1] == keys[0]  # the same call again: the same key
+    assert keys[2].startswith("k-2:") and keys[2] != keys[0]  # another call of the same firing: its own key
+    assert keys[3] is None
     alone = await ServerlessExecutor(function_name="score", url=http_fn, payload={"n": 1}).execute()
     assert alone["output"]["idempotency_key"] is None
 
@@ -220,7 +224,7 @@ async def test_a_cloudevent_sent_for_a_firing_has_its_idempotency_key_as_id(even
     task = Task.new(workflow="w", instance_id="i1", transition="notify", executor=ex.spec(), idempotency_key="k-3")
     output, error = await run_task(ExecutorCache(default_registry()), task)
     assert error is None, error
-    assert _delivered(events_dir, "keyed")["attributes"]["id"] == "k-3"
+    assert _delivered(events_dir, "keyed")["attributes"]["id"].startswith("k-3:")
 
 
 async def test_cloudevent_function_raising_is_a_retryable_failure(event_fn: str) -> None:
