@@ -25,6 +25,7 @@ import typer
 
 from ..errors import (
     CircuitBreakerError,
+    ConfigError,
     ControlError,
     DefinitionError,
     InjectError,
@@ -121,6 +122,8 @@ def _errors() -> Iterator[None]:
         raise _die(ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED, str(err)) from None
     except WaitTimeoutError as err:
         raise _die(ExitCode.TIMEOUT, f"{err}; raise --timeout to wait longer") from None
+    except ConfigError as err:  # a setting's value (env CB_*, the settings file, a flag), as for a bad option
+        raise _die(ExitCode.USAGE, str(err)) from None
     except CircuitBreakerError as err:
         raise _die(ExitCode.FAILED, str(err)) from None
 

@@ -140,6 +140,10 @@ def serve(
     It resumes the stored instances, answers injections (``cb.inject.<workflow>`` and the inbox) and manual
     firings (``circuit-breaker fire``), hands remote actions to workers and applies their results, and
     publishes every state change as an event.
+
+    Ctrl-C or SIGTERM: nothing new starts; manual firings being answered and local actions running get
+    CB_STOP_GRACE seconds (default 10) to finish, the rest run again when an engine loads their instances.
+    A second Ctrl-C or SIGTERM stops at once (exit 1). Settings: CB_* variables or circuit_breaker.toml.
     """
     from ._app import _errors
 
@@ -194,6 +198,24 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
         await control.stop(grace=settings.stop_grace)
         await inject.stop()
         await engine.close(grace=max(0.0, deadline - loop.time()))
+    _exit_if_threads_run()
+
+
+def _exit_if_threads_run() -> None:
+    """Sync actions run in threads, which cannot be cancelled: leave without waiting for those still running
+    (their firings were not stored: they run again when an engine loads their instances)."""
+    from ..dsl._firing import action_threads
+
+    running = action_threads()
+    if running:
+        log.warning(
+            "%d synchronous action(s) still running in threads cannot be cancelled; exiting without waiting for "
+            "them (they run again when an engine loads their instances)",
+            running,
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 SHUTDOWN_LIMIT = 30.0  # seconds serve may take to stop after Ctrl-C or SIGTERM before it exits regardless

@@ -1286,6 +1286,9 @@ class Engine:
         firings = 0
         conflicts = 0
         try:
+            if self._draining and run.local and not self._closed and run.status is RUNNING and run.all_final():
+                # Stopping: nothing new starts, but an instance whose last action finished meanwhile is complete.
+                await self._settle(run)
             while not self._closed and not self._draining and run.local:  # (another engine may drive it meanwhile)
                 run.dirty = False
                 try:

@@ -10,6 +10,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.cli._support import run_cli, start_serve
 from tests.conftest import drop_streams
 
@@ -36,6 +38,19 @@ async def work(token):
 
 
 slow_stop.flow(b >> c, "close", trigger="manual")
+
+blocking = Workflow("blocking")
+x, y = blocking.states("x", "y")
+
+
+@blocking.flow(x >> y, "block")
+def block(token):  # a sync action: it runs in a thread, which cannot be cancelled
+    import time
+
+    with Path(os.environ["STOP_LOG"]).open("a") as out:
+        out.write("start sync\\n")
+    time.sleep(120)
+    return {}
 '''
 
 
@@ -45,6 +60,7 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
     (tmp_path / "workflows" / "slow_stop.py").write_text(WORKFLOW)
     log = tmp_path / "actions.log"
     env = {**os.environ, "CB_NATS_URL": nats_url, "CB_STOP_GRACE": "3", "STOP_LOG": str(log), "NO_COLOR": "1"}
+    # (A sync action's thread would hold the process at exit for its whole 120 s; serve does not wait for it.)
     proc, _ = start_serve(tmp_path, env)
     try:
         cli_env = {"CB_NATS_URL": nats_url}
@@ -56,8 +72,10 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
             return str(done.json()["instance_id"])
 
         quick, slow = inject(1, 1.0), inject(2, 120.0)
+        sync = run_cli("inject", "blocking", "--data", "{}", "--json", cwd=tmp_path, env=cli_env)
+        assert sync.code == 0, sync.err
         deadline = time.monotonic() + 20
-        while not (log.exists() and {"start 1", "start 2"} <= set(log.read_text().splitlines())):
+        while not (log.exists() and {"start 1", "start 2", "start sync"} <= set(log.read_text().splitlines())):
             assert time.monotonic() < deadline, "the actions did not start"
             time.sleep(0.05)
         began = time.monotonic()
@@ -69,9 +87,10 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert 2.5 < took < 20, (took, err)  # it waited for the grace period (3 s), not for the slow action
-    assert log.read_text().splitlines() == ["start 1", "start 2", "done 1"]
-    assert "1 action(s) still running after 3.0s are cancelled" in err
+    assert 2.5 < took < 20, (took, err)  # it waited for the grace period (3 s), not for the slow actions
+    assert sorted(log.read_text().splitlines()) == ["done 1", "start 1", "start 2", "start sync"]
+    assert "2 action(s) still running after 3.0s are cancelled" in err
+    assert "1 synchronous action(s) still running in threads cannot be cancelled" in err
     # The quick action's firing was stored before serve exited (the next engine settles the instance: it waits
     # for 'close'); the slow one's token is where it was.
     first = run_cli("status", quick, "--json", cwd=tmp_path, env=cli_env)
@@ -80,3 +99,15 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
     second = run_cli("status", slow, "--json", cwd=tmp_path, env=cli_env)
     assert second.json()["status"] == "running" and [t["place"] for t in second.json()["tokens"]] == ["a"]
     asyncio.run(drop_streams(nats_url))
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [(("serve",), "CB_STOP_GRACE"), (("instances",), "CB_STOP_GRACE"), (("worker", "--executors", "set"), "CB_WORKER__GRACE")],
+)
+def test_a_bad_setting_is_a_usage_error_naming_it(tmp_path: Path, command: tuple[str, ...], setting: str) -> None:
+    (tmp_path / "workflows").mkdir()
+    done = run_cli(*command, cwd=tmp_path, env={setting: "-1"})
+    assert done.code == 2, done.err
+    name = setting.removeprefix("CB_").lower().replace("__", ".")
+    assert name in done.error_line() and "greater than or equal to 0" in done.error_line()

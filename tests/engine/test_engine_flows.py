@@ -460,3 +460,28 @@ async def test_a_scheduler_pass_under_way_when_the_stop_begins_starts_nothing_mo
     await engine.close(grace=2.0)
     await asyncio.gather(start, return_exceptions=True)
     assert started == []
+
+
+async def test_an_instance_whose_last_action_finishes_while_stopping_is_stored_completed() -> None:
+    """Found in a walk-through: it stayed 'running' in its final place until an engine loaded it again."""
+    from circuit_breaker.store import MemoryStore
+
+    store = MemoryStore()
+    wf = Workflow("last_step")
+    a, b = wf.states("a", "b")
+    began = asyncio.Event()
+
+    @wf.flow(a >> b, "work")
+    async def work(token):
+        began.set()
+        await asyncio.sleep(0.3)
+        return {"worked": True}
+
+    engine = Engine(store=store, workflows=[wf])
+    await engine.open()
+    inst = await engine.start(wf, {})
+    await asyncio.wait_for(began.wait(), 5)
+    await engine.close(grace=5)
+    async with Engine(store=store, workflows=[wf], drive=False) as reader:
+        stored = await reader.get(inst.id)
+    assert stored.status is InstanceStatus.COMPLETED and stored.tokens[0].data["worked"]
