@@ -16,7 +16,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -142,8 +144,10 @@ def serve(
     publishes every state change as an event.
 
     Ctrl-C or SIGTERM: nothing new starts; manual firings being answered and local actions running get
-    CB_STOP_GRACE seconds (default 10) to finish, the rest run again when an engine loads their instances.
-    A second Ctrl-C or SIGTERM stops at once (exit 1). Settings: CB_* variables or circuit_breaker.toml.
+    CB_STOP_GRACE seconds (default 10) to finish. Local actions still running then are cancelled and run
+    again when an engine loads their instances; a manual firing still running is not stored (its asker gets
+    no answer). A second Ctrl-C or SIGTERM stops at once (exit 1). Settings: CB_* variables or
+    circuit_breaker.toml.
     """
     from ._app import _errors
 
@@ -168,6 +172,8 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     setup_logging()  # JSON lines when stderr is not a terminal, with workflow, instance and task fields
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    threads = _CountingExecutor()
+    loop.set_default_executor(threads)
     stopper = _stopper(stop, loop, settings.stop_grace)
     for sig in stop_signals():
         loop.add_signal_handler(sig, _first_only(stop, stopper) if sig == signal.SIGHUP else stopper)
@@ -193,25 +199,45 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
             probe.cancel()
         if ops is not None:
             ops.stop()
-        # Manual firings being answered, then the local actions running, get stop_grace seconds in all.
+        # Nothing new starts; manual firings and injections being answered and the local actions running get
+        # stop_grace seconds in all.
+        engine.stop_starting()
         deadline = loop.time() + settings.stop_grace
-        await control.stop(grace=settings.stop_grace)
-        await inject.stop()
+        await asyncio.gather(control.stop(grace=settings.stop_grace), inject.stop(grace=settings.stop_grace))
         await engine.close(grace=max(0.0, deadline - loop.time()))
-    _exit_if_threads_run()
+    _exit_if_threads_run(threads)
 
 
-def _exit_if_threads_run() -> None:
-    """Sync actions run in threads, which cannot be cancelled: leave without waiting for those still running
-    (their firings were not stored: they run again when an engine loads their instances)."""
-    from ..dsl._firing import action_threads
+class _CountingExecutor(ThreadPoolExecutor):
+    """serve's default executor (``asyncio.to_thread``: sync actions, executors' blocking calls): it knows how
+    many calls have not ended, because a thread cannot be cancelled and a stop must not wait for one."""
 
-    running = action_threads()
-    if running:
+    def __init__(self) -> None:
+        super().__init__(thread_name_prefix="cb-serve")
+        self.unfinished = 0
+        self._count = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def counted() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._count:
+                    self.unfinished -= 1
+
+        with self._count:
+            self.unfinished += 1
+        return super().submit(counted)
+
+
+def _exit_if_threads_run(threads: _CountingExecutor) -> None:
+    """Calls running in threads (a sync action, say) cannot be cancelled: leave without waiting for them (their
+    firings were not stored: they run again when an engine loads their instances)."""
+    if threads.unfinished:
         log.warning(
-            "%d synchronous action(s) still running in threads cannot be cancelled; exiting without waiting for "
-            "them (they run again when an engine loads their instances)",
-            running,
+            "%d call(s) still running in threads (synchronous actions) cannot be cancelled; exiting without "
+            "waiting for them (their actions run again when an engine loads their instances)",
+            threads.unfinished,
         )
         logging.shutdown()
         sys.stdout.flush()

@@ -7,7 +7,6 @@ merges into the data, the rules judge the result, and only then are output token
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -74,31 +73,13 @@ def action_failure(cw: CompiledWorkflow, ct: CompiledTransition, err: BaseExcept
     )
 
 
-_IN_THREADS: set[int] = set()  # the threads running a sync action now (ids)
-
-
-def action_threads() -> int:
-    """How many sync actions are running in threads now. A thread cannot be cancelled: one whose firing was
-    given up (an engine stopping) runs to its end, and a stopping ``serve`` exits without waiting for it."""
-    return len(_IN_THREADS)
-
-
-def _in_thread(handler: Any, token: Token) -> Any:
-    me = threading.get_ident()
-    _IN_THREADS.add(me)
-    try:
-        return handler(token)
-    finally:
-        _IN_THREADS.discard(me)
-
-
 async def run_action(ct: CompiledTransition, token: Token) -> Any:
     """Run the action once. Sync actions run in a worker thread so they cannot stall the event loop."""
     handler = ct.handler
     assert handler is not None
     if ct.is_async:
         return await handler(token)  # type: ignore[misc]
-    result = await asyncio.to_thread(_in_thread, handler, token)
+    result = await asyncio.to_thread(handler, token)
     if asyncio.iscoroutine(result):
         return await result
     return result

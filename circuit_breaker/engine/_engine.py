@@ -9,6 +9,7 @@ parallel branches run in parallel while no token can be consumed twice. A firing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -215,17 +216,39 @@ class Engine:
             start = max(self._open_start, since + 1)
             self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
 
-    def _poked(self, instance_id: str) -> None:
-        """An engine that does not drive (an observer's manual firing) wrote to ``instance_id``: if this engine
-        drives it, read what was written and go on with it (a lone engine does not follow the stream)."""
+    def _poked(self, instance_id: str) -> bool:
+        """An engine that does not drive (an observer's manual firing) changed ``instance_id``: if this engine
+        drives it, read what was written and go on with it (a lone engine does not follow the stream); says
+        whether it does."""
         run = self._runs.get(instance_id)
-        if run is None or not run.local or run.status in TERMINAL or self._closed:
-            return
+        if run is None or not run.local or run.status in TERMINAL or self._closed or self._draining:
+            return False
         self._spawn(run, self._read_poked(run))
+        return True
 
     async def _read_poked(self, run: Run) -> None:
         async with run.lock:
-            await self._catch_up(run)
+            await self._catch_up(run)  # (the change may have come in already, when this engine follows the stream)
+        if run.status in TERMINAL:  # cancelled by the observer: as for any other engine's final event
+            me = asyncio.current_task()
+            for task in list(run.tasks):
+                if task is not me:
+                    task.cancel()
+            run.update_settled()
+            self._ended(run)
+        elif run.local and not self._closed:
+            self._kick(run)  # go on with it: resume a waiting instance whose automatic transitions are enabled now
+
+    async def _handed_over(self, run: Run) -> bool:
+        """After this observer's own change to ``run`` (a manual firing, a status change): the engine driving the
+        instance goes on with it, and this one stops driving it; False when none took it (this one goes on)."""
+        if self.drive or not self._shared or not run.local:
+            return False
+        assert isinstance(self.store, SharedStore)
+        if await self.store.hand_over(run.cw.name, run.id, run.seq):
+            run.local = False
+            return True
+        return False
 
     def _orphaned(self, origin: str) -> None:
         """Another engine left or stopped answering: drive the unfinished instances it was driving (those whose
@@ -296,7 +319,7 @@ class Engine:
             return
         self._closing = asyncio.get_running_loop().create_future()
         try:
-            if grace > 0:
+            if grace > 0 or self._draining:
                 try:
                     await self._drain(grace)
                 except asyncio.CancelledError:
@@ -316,6 +339,11 @@ class Engine:
             sink(None)
         self._subscribers.clear()
         await self.store.close()
+
+    def stop_starting(self) -> None:
+        """Start nothing new from now on (no firing, no action, no scheduler pass); what runs goes on. The first
+        step of a graceful stop: ``close(grace=...)`` then gives the running actions their time."""
+        self._draining = True
 
     async def _drain(self, grace: float) -> None:
         self._draining = True  # scheduler passes end at once from now: no firing, no action starts
@@ -879,6 +907,8 @@ class Engine:
             await self._commit_fire(run, ct, consumed, view, view.data, actor)
         else:
             await self._fire_action(run, ct, consumed, view, actor)
+        if await self._handed_over(run):
+            return run.snapshot()  # (an observer's firing: the driving engine follows it up)
         if ct.feeds_auto or run.status is RUNNING or (ct.outputs_final and run.all_final()):
             try:
                 await self._after_fire(run, ct)
@@ -1031,6 +1061,7 @@ class Engine:
             try:
                 details = {"retry": True} if retry else None
                 await self._set_status(run, trigger(run), actor, reason=reason, details=details, when=when)
+                await self._handed_over(run)
                 return run
             except ConcurrencyError:
                 if attempt == CONFLICT_ATTEMPTS:
@@ -1288,7 +1319,8 @@ class Engine:
         try:
             if self._draining and run.local and not self._closed and run.status is RUNNING and run.all_final():
                 # Stopping: nothing new starts, but an instance whose last action finished meanwhile is complete.
-                await self._settle(run)
+                with contextlib.suppress(ConcurrencyError):  # (another engine wrote it first: it goes on there)
+                    await self._settle(run)
             while not self._closed and not self._draining and run.local:  # (another engine may drive it meanwhile)
                 run.dirty = False
                 try:

@@ -53,7 +53,9 @@ def request_key(*parts: Any) -> str | None:
         return None
     digest = hashlib.blake2b(digest_size=8)
     for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        # Through JSON once first: keys of mixed types (YAML's {1: a, b: 2}) become strings that sort.
+        plain = json.loads(json.dumps(part, default=str))
+        digest.update(json.dumps(plain, sort_keys=True).encode())
         digest.update(b"\0")
     return f"{key}:{digest.hexdigest()}"
 

@@ -74,6 +74,8 @@ log = logging.getLogger("circuit_breaker.nats")
 
 WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's error codes for a failed expected-sequence check
 # No answer, or "no stream" while a cluster elects a new leader (about 5 s after a leader dies).
+HAND_OVER_WAIT = 0.5  # seconds an observer waits for the engine driving an instance to take its change over
+
 _TRANSIENT = (
     NatsTimeoutError,
     asyncio.TimeoutError,
@@ -249,7 +251,6 @@ class JetStreamStore:
         self._hello_sub: Any = None
         self._probe_sub: Any = None
         self._poke_sub: Any = None
-        self._observer = False  # announced as an engine that does not drive: its appends poke the drivers
         self._marks: Any = None  # the CB_MARKS bucket
         self._stream_created = ""  # a mark counts only for the stream it was taken on (not a re-created one)
         # Takeover: which driving engine (store origin, this one included) last wrote each unfinished instance
@@ -407,8 +408,6 @@ class JetStreamStore:
         self._saw(iid, seq, stored_at)
         if self._writer:
             self._wrote(event)
-        elif self._observer:
-            await self._poke(event)
 
     def _presence(self, takes_over: bool, workflows: Callable[[], Collection[str]] | None, **fields: Any) -> bytes:
         """A hello, heartbeat or answer: this engine's origin, ``fields``, and the workflows it takes over."""
@@ -418,20 +417,29 @@ class JetStreamStore:
             fields["takes_over"] = sorted(workflows())
         return json.dumps({"origin": self.origin, **fields}).encode()
 
-    async def _poked(self, on_poke: Callable[[str], None], msg: Any) -> None:
+    async def _poked(self, on_poke: Callable[[str], bool], msg: Any) -> None:
         try:
             poke = json.loads(msg.data)
             instance_id = poke["instance_id"]
         except (ValueError, KeyError, TypeError):
             return
-        if isinstance(instance_id, str) and poke.get("origin") != self.origin:
-            on_poke(instance_id)
+        if isinstance(instance_id, str) and poke.get("origin") != self.origin and on_poke(instance_id) and msg.reply:
+            with contextlib.suppress(Exception):  # (only the engine that drives the instance answers)
+                await self.connection.publish(msg.reply, json.dumps({"origin": self.origin, "taken": True}).encode())
 
-    async def _poke(self, event: Event) -> None:
-        """Tell the driving engines this observer wrote ``event`` (a lone one does not follow the stream)."""
-        poke = {"origin": self.origin, "workflow": event.workflow, "instance_id": event.instance_id, "seq": event.seq}
-        with contextlib.suppress(Exception):  # (core NATS: a lost poke leaves the instance as before this fix)
-            await self.connection.publish(POKE_SUBJECT, json.dumps(poke).encode())
+    async def hand_over(self, workflow: str, instance_id: str, seq: int) -> bool:
+        """After an engine that does not drive changed ``instance_id`` (an observer's manual firing): ask the
+        driving engines on ``cb.engines.poke`` to go on with it; True when the one that drives it answered (the
+        asker then leaves it to that one), False when none did within ``HAND_OVER_WAIT`` seconds."""
+        poke = {"origin": self.origin, "workflow": workflow, "instance_id": instance_id, "seq": seq}
+        try:
+            msg = await self.connection.request(POKE_SUBJECT, json.dumps(poke).encode(), timeout=HAND_OVER_WAIT)
+        except Exception:  # no driving engine runs (no responders), none drives it (timeout), or NATS refused
+            return False
+        try:
+            return bool(json.loads(msg.data).get("taken"))
+        except (ValueError, AttributeError):
+            return False
 
     async def _append_again(
         self,
@@ -714,7 +722,7 @@ class JetStreamStore:
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
-        on_poke: Callable[[str], None] | None = None,
+        on_poke: Callable[[str], bool] | None = None,
     ) -> None:
         """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``, heartbeats ``{"origin", "beat"}``
         every ``heartbeat`` seconds and ``{"origin", "bye"}`` on close. Hello and beats also say ``takes_over``:
@@ -727,8 +735,8 @@ class JetStreamStore:
         is gone: ``on_gone(origin)`` lets this engine take over the instances it drove (``writer_of``). Core
         NATS, so a lost hello only costs liveness, never correctness: conflicts are caught by the CAS.
 
-        An engine that does not write as a driver (``writer=False``) says on ``cb.engines.poke`` which instance
-        it wrote to after each append; a writer hands that instance id to ``on_poke``.
+        A writer answers the requests on ``cb.engines.poke`` (see ``hand_over``) for which ``on_poke(instance_id)``
+        says it drives the instance.
         """
         nc = self.connection
         loop = asyncio.get_running_loop()
@@ -768,7 +776,6 @@ class JetStreamStore:
 
         self._hello_sub = await nc.subscribe(HELLO_SUBJECT, cb=heard)
         self._writer = writer
-        self._observer = not writer
         if writer and on_poke is not None:
             self._poke_sub = await nc.subscribe(POKE_SUBJECT, cb=partial(self._poked, on_poke))
         if writer:

@@ -65,15 +65,20 @@ class SharedStore(Store, Protocol):
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
-        on_poke: Callable[[str], None] | None = None,
+        on_poke: Callable[[str], bool] | None = None,
     ) -> None:
         """Tell the other engines this one is here (if it may write; a writer returns once the writers already
         running have introduced themselves) and call ``on_peer(position)`` when another writer is seen: its events
         must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
         a writer leaves or stops answering: the instances it drove need another driver (see ``takes_over``).
         ``workflows()`` names the workflows whose instances this engine takes over (none without ``on_gone``).
-        A writer's ``on_poke(instance_id)`` is called when an engine that does not drive wrote to that instance;
-        one that does not drive (``writer=False``) says so after each of its appends."""
+        A writer's ``on_poke(instance_id)`` is called when an engine that does not drive changed that instance
+        (see ``hand_over``); it says whether this engine drives it and goes on with it."""
+        ...
+
+    async def hand_over(self, workflow: str, instance_id: str, seq: int) -> bool:
+        """This engine (one that does not drive) changed ``instance_id`` up to version ``seq``: tell the engine
+        that drives it, which goes on with it; True when that engine took it over."""
         ...
 
     def watch(self, start_seq: int) -> AsyncIterator[Event]:

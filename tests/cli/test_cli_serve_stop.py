@@ -51,6 +51,20 @@ def block(token):  # a sync action: it runs in a thread, which cannot be cancell
         out.write("start sync\\n")
     time.sleep(120)
     return {}
+
+
+threaded = Workflow("threaded")
+t1, t2 = threaded.states("t1", "t2")
+
+
+@threaded.flow(t1 >> t2, "offload")
+async def offload(token):  # an async action that hands blocking work to a thread
+    import time
+
+    with Path(os.environ["STOP_LOG"]).open("a") as out:
+        out.write("start threaded\\n")
+    await asyncio.to_thread(time.sleep, 120)
+    return {}
 '''
 
 
@@ -60,7 +74,7 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
     (tmp_path / "workflows" / "slow_stop.py").write_text(WORKFLOW)
     log = tmp_path / "actions.log"
     env = {**os.environ, "CB_NATS_URL": nats_url, "CB_STOP_GRACE": "3", "STOP_LOG": str(log), "NO_COLOR": "1"}
-    # (A sync action's thread would hold the process at exit for its whole 120 s; serve does not wait for it.)
+    # (A thread would hold the process at exit for its whole 120 s; serve does not wait for one.)
     proc, _ = start_serve(tmp_path, env)
     try:
         cli_env = {"CB_NATS_URL": nats_url}
@@ -72,10 +86,12 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
             return str(done.json()["instance_id"])
 
         quick, slow = inject(1, 1.0), inject(2, 120.0)
-        sync = run_cli("inject", "blocking", "--data", "{}", "--json", cwd=tmp_path, env=cli_env)
-        assert sync.code == 0, sync.err
+        for workflow in ("blocking", "threaded"):
+            injected = run_cli("inject", workflow, "--data", "{}", "--json", cwd=tmp_path, env=cli_env)
+            assert injected.code == 0, injected.err
         deadline = time.monotonic() + 20
-        while not (log.exists() and {"start 1", "start 2", "start sync"} <= set(log.read_text().splitlines())):
+        expected = {"start 1", "start 2", "start sync", "start threaded"}
+        while not (log.exists() and expected <= set(log.read_text().splitlines())):
             assert time.monotonic() < deadline, "the actions did not start"
             time.sleep(0.05)
         began = time.monotonic()
@@ -88,9 +104,9 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
             proc.kill()
             proc.wait(10)
     assert 2.5 < took < 20, (took, err)  # it waited for the grace period (3 s), not for the slow actions
-    assert sorted(log.read_text().splitlines()) == ["done 1", "start 1", "start 2", "start sync"]
-    assert "2 action(s) still running after 3.0s are cancelled" in err
-    assert "1 synchronous action(s) still running in threads cannot be cancelled" in err
+    assert sorted(log.read_text().splitlines()) == ["done 1", "start 1", "start 2", "start sync", "start threaded"]
+    assert "3 action(s) still running after 3.0s are cancelled" in err
+    assert "2 call(s) still running in threads (synchronous actions) cannot be cancelled" in err
     # The quick action's firing was stored before serve exited (the next engine settles the instance: it waits
     # for 'close'); the slow one's token is where it was.
     first = run_cli("status", quick, "--json", cwd=tmp_path, env=cli_env)

@@ -485,3 +485,34 @@ async def test_an_instance_whose_last_action_finishes_while_stopping_is_stored_c
     async with Engine(store=store, workflows=[wf], drive=False) as reader:
         stored = await reader.get(inst.id)
     assert stored.status is InstanceStatus.COMPLETED and stored.tokens[0].data["worked"]
+
+
+async def test_after_stop_starting_a_manual_firing_in_progress_ends_but_starts_no_follow_up() -> None:
+    """serve's first step of a stop: what runs goes on, nothing new starts (found in review: a follow-up action
+    started while serve waited for a manual firing)."""
+    ran: list[str] = []
+    began = asyncio.Event()
+    wf = Workflow("stop_follow_up")
+    a, b, c = wf.states("a", "b", "c")
+
+    @wf.flow(a >> b, "approve", trigger="manual")
+    async def approve(token):
+        began.set()
+        await asyncio.sleep(0.2)
+        return {"approved": True}
+
+    @wf.flow(b >> c, "ship")
+    async def ship(token):
+        ran.append("ship")
+        return {}
+
+    engine = Engine(workflows=[wf])
+    await engine.open()
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    firing = asyncio.create_task(engine.fire(inst.id, "approve"))
+    await asyncio.wait_for(began.wait(), 5)
+    engine.stop_starting()
+    fired = await firing
+    await asyncio.sleep(0.3)
+    assert [t.place for t in fired.tokens] == ["b"] and ran == []
+    await engine.close(grace=1)

@@ -11,40 +11,96 @@ from circuit_breaker.nats import JetStreamStore
 from tests.conftest import drop_streams
 
 
-def observed_workflow() -> Workflow:
+def observed_workflow(ran: list[str] | None = None) -> Workflow:
     wf = Workflow("observed")
     a, b, c = wf.states("a", "b", "c")
     wf.flow(a >> b, "go", trigger="manual")
-    wf.flow(b >> c, "next")  # automatic: whoever drives the instance fires it
+
+    @wf.flow(b >> c, "next")  # automatic, with an action: whoever drives the instance runs it
+    async def next_step(token):
+        if ran is not None:
+            ran.append("next")
+        return {"next": True}
+
     return wf
 
 
+async def until(engine: Engine, instance_id: str, status: InstanceStatus, seconds: float = 10) -> object:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    got = await engine.get(instance_id)
+    while got.status is not status and loop.time() < deadline:
+        await asyncio.sleep(0.05)  # (the driver hears of the observer's change a moment later)
+        got = await engine.get(instance_id)
+    return got
+
+
 async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: str) -> None:
+    """The observer stays open (a dashboard): the follow-up runs once, on the driving engine."""
     await drop_streams(nats_url)
-    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow()]) as driver:
+    ran: list[str] = []
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)]) as driver:
         started = await driver.start("observed", {})
         waiting = await driver.wait(started.id, timeout=5)
         assert waiting.status is InstanceStatus.WAITING
-        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow()], drive=False)
+        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)], drive=False)
         async with observer:
             fired = await observer.fire(started.id, "go", actor="dashboard")
-        assert [t.place for t in fired.tokens] == ["b"]  # the observer fired; it does not go on by itself
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        done = await driver.get(started.id)
-        while done.status is not InstanceStatus.COMPLETED and loop.time() < deadline:
-            await asyncio.sleep(0.05)  # (the driver hears of the observer's write a moment later)
-            done = await driver.get(started.id)
+            assert [t.place for t in fired.tokens] == ["b"]  # the observer fired; the driver goes on
+            done = await until(driver, started.id, InstanceStatus.COMPLETED)
+            await asyncio.sleep(0.3)  # (time for a second run of 'next', were the observer driving too)
         assert done.status is InstanceStatus.COMPLETED and [t.place for t in done.tokens] == ["c"]
         assert [e.actor for e in done.history if e.transition == "go"] == ["dashboard"]
+        assert ran == ["next"] and driver.conflicts == 0
     async with Engine(store=JetStreamStore(servers=[nats_url]), drive=False, workflows=[observed_workflow()]) as reader:
         stored = await reader.get(started.id)
     assert stored.status is InstanceStatus.COMPLETED and stored.version == done.version
     await drop_streams(nats_url)
 
 
+async def test_with_no_driving_engine_an_observers_firing_goes_on_by_itself(nats_url: str) -> None:
+    await drop_streams(nats_url)
+    ran: list[str] = []
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)]) as first:
+        started = await first.start("observed", {})
+        await first.wait(started.id, timeout=5)
+    observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)], drive=False)
+    async with observer:
+        await observer.fire(started.id, "go")
+        done = await until(observer, started.id, InstanceStatus.COMPLETED)
+    assert done.status is InstanceStatus.COMPLETED and ran == ["next"]
+    await drop_streams(nats_url)
+
+
+async def test_an_observers_cancel_stops_the_action_running_on_the_driving_engine(nats_url: str) -> None:
+    await drop_streams(nats_url)
+    began, stopped = asyncio.Event(), asyncio.Event()
+    wf = Workflow("long_run")
+    a, b = wf.states("a", "b")
+
+    @wf.flow(a >> b, "work")
+    async def work(token):
+        began.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return {}
+
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf]) as driver:
+        started = await driver.start(wf, {})
+        await asyncio.wait_for(began.wait(), 5)
+        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+            await observer.cancel(started.id, actor="dashboard", reason="not needed")
+        await asyncio.wait_for(stopped.wait(), 5)  # the driver heard of it and stopped the action
+        assert (await driver.get(started.id)).status is InstanceStatus.CANCELLED
+    await drop_streams(nats_url)
+
+
 async def test_a_store_used_on_its_own_says_nothing_on_the_poke_subject(nats_url: str) -> None:
-    """Only an engine announced as an observer pokes: a store used directly (a tool, a benchmark) does not."""
+    """Only an observer engine's own changes are handed over: a store used directly (a tool, a benchmark) says
+    nothing on the poke subject."""
     import nats
 
     from circuit_breaker.events import EventType, TokenInjected
