@@ -216,15 +216,40 @@ class Engine:
             start = max(self._open_start, since + 1)
             self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
 
-    def _poked(self, instance_id: str) -> bool:
+    def _poked(self, instance_id: str, workflow: str) -> bool:
         """An engine that does not drive (an observer's manual firing) changed ``instance_id``: if this engine
-        drives it, read what was written and go on with it (a lone engine does not follow the stream); says
-        whether it does."""
-        run = self._runs.get(instance_id)
-        if run is None or not run.local or run.status in TERMINAL or self._closed or self._draining:
+        drives it, read what was written and go on with it (a lone engine does not follow the stream). A lone
+        engine also takes up an instance of its workflows that nobody drives (one the observer started). Says
+        whether it takes the instance over."""
+        if self._closed or self._draining:
             return False
-        self._spawn(run, self._read_poked(run))
+        run = self._runs.get(instance_id)
+        if run is not None and run.local:
+            if run.status in TERMINAL:
+                return False
+            self._spawn(run, self._read_poked(run))
+            return True
+        alone = self._watcher is None  # (no other driving engine showed up: nobody else can be driving it)
+        cw = self._workflows.get(workflow)
+        if not alone or cw is None or workflow not in self._loaded or instance_id in self._archived:
+            return False
+        if run is not None:
+            if run.status in TERMINAL:
+                return False
+            run.local = True
+            self._spawn(run, self._read_poked(run))
+            return True
+        task = asyncio.get_running_loop().create_task(self._take_up(instance_id, cw))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return True
+
+    async def _take_up(self, instance_id: str, cw: CompiledWorkflow) -> None:
+        """Drive an instance this engine did not know (an observer started it), from what the store holds."""
+        run = await self._adopt(instance_id, cw)
+        if run is not None and run.status not in TERMINAL and not self._closed:
+            run.local = True
+            self._kick(run)
 
     async def _read_poked(self, run: Run) -> None:
         async with run.lock:

@@ -417,13 +417,15 @@ class JetStreamStore:
             fields["takes_over"] = sorted(workflows())
         return json.dumps({"origin": self.origin, **fields}).encode()
 
-    async def _poked(self, on_poke: Callable[[str], bool], msg: Any) -> None:
+    async def _poked(self, on_poke: Callable[[str, str], bool], msg: Any) -> None:
         try:
             poke = json.loads(msg.data)
-            instance_id = poke["instance_id"]
-        except (ValueError, KeyError, TypeError):
+            instance_id, workflow = poke["instance_id"], poke["workflow"]
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return
-        if isinstance(instance_id, str) and poke.get("origin") != self.origin and on_poke(instance_id) and msg.reply:
+        if not (isinstance(instance_id, str) and isinstance(workflow, str)) or poke.get("origin") == self.origin:
+            return
+        if on_poke(instance_id, workflow) and msg.reply:
             with contextlib.suppress(Exception):  # (only the engine that drives the instance answers)
                 await self.connection.publish(msg.reply, json.dumps({"origin": self.origin, "taken": True}).encode())
 
@@ -722,7 +724,7 @@ class JetStreamStore:
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
-        on_poke: Callable[[str], bool] | None = None,
+        on_poke: Callable[[str, str], bool] | None = None,
     ) -> None:
         """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``, heartbeats ``{"origin", "beat"}``
         every ``heartbeat`` seconds and ``{"origin", "bye"}`` on close. Hello and beats also say ``takes_over``:
@@ -735,8 +737,8 @@ class JetStreamStore:
         is gone: ``on_gone(origin)`` lets this engine take over the instances it drove (``writer_of``). Core
         NATS, so a lost hello only costs liveness, never correctness: conflicts are caught by the CAS.
 
-        A writer answers the requests on ``cb.engines.poke`` (see ``hand_over``) for which ``on_poke(instance_id)``
-        says it drives the instance.
+        A writer answers the requests on ``cb.engines.poke`` (see ``hand_over``) for which
+        ``on_poke(instance_id, workflow)`` says it takes the instance over.
         """
         nc = self.connection
         loop = asyncio.get_running_loop()
@@ -747,7 +749,7 @@ class JetStreamStore:
             try:
                 hello = json.loads(msg.data)
                 origin = str(hello["origin"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 return
             if origin == self.origin:
                 return

@@ -65,15 +65,15 @@ class SharedStore(Store, Protocol):
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
-        on_poke: Callable[[str], bool] | None = None,
+        on_poke: Callable[[str, str], bool] | None = None,
     ) -> None:
         """Tell the other engines this one is here (if it may write; a writer returns once the writers already
         running have introduced themselves) and call ``on_peer(position)`` when another writer is seen: its events
         must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
         a writer leaves or stops answering: the instances it drove need another driver (see ``takes_over``).
         ``workflows()`` names the workflows whose instances this engine takes over (none without ``on_gone``).
-        A writer's ``on_poke(instance_id)`` is called when an engine that does not drive changed that instance
-        (see ``hand_over``); it says whether this engine drives it and goes on with it."""
+        A writer's ``on_poke(instance_id, workflow)`` is called when an engine that does not drive changed that
+        instance (see ``hand_over``); it says whether this engine takes it over (and goes on with it)."""
         ...
 
     async def hand_over(self, workflow: str, instance_id: str, seq: int) -> bool:

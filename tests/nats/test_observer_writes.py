@@ -5,6 +5,7 @@ the stream (found in the sixth session's list: the instance stayed 'running' wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from circuit_breaker import Engine, InstanceStatus, Workflow
 from circuit_breaker.nats import JetStreamStore
@@ -95,6 +96,40 @@ async def test_an_observers_cancel_stops_the_action_running_on_the_driving_engin
             await observer.cancel(started.id, actor="dashboard", reason="not needed")
         await asyncio.wait_for(stopped.wait(), 5)  # the driver heard of it and stopped the action
         assert (await driver.get(started.id)).status is InstanceStatus.CANCELLED
+    await drop_streams(nats_url)
+
+
+async def test_a_lone_driving_engine_takes_up_an_instance_an_observer_started_and_fired(nats_url: str) -> None:
+    """Found in a walk-through: the serving engine never knew the instance (an observer started it), so nobody
+    answered, and the observer closed with the follow-up left undone."""
+    await drop_streams(nats_url)
+    ran: list[str] = []
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)]) as driver:
+        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)], drive=False)
+        async with observer:
+            started = await observer.start("observed", {})
+            await observer.fire(started.id, "go")
+        done = await until(driver, started.id, InstanceStatus.COMPLETED)
+        assert done.status is InstanceStatus.COMPLETED and ran == ["next"]
+    await drop_streams(nats_url)
+
+
+async def test_malformed_pokes_are_ignored(nats_url: str) -> None:
+    import nats
+
+    from circuit_breaker.nats._subjects import POKE_SUBJECT
+
+    await drop_streams(nats_url)
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow()]) as driver:
+        nc = await nats.connect(nats_url)
+        try:
+            for body in (b"", b"\xff\xfe", b"[1]", b"null", b"3", b'{"instance_id": 1}', b"[" * 100_000):
+                with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    await nc.request(POKE_SUBJECT, body, timeout=0.2)
+        finally:
+            await nc.close()
+        started = await driver.start("observed", {})  # still working
+        assert (await driver.wait(started.id, timeout=5)).status is InstanceStatus.WAITING
     await drop_streams(nats_url)
 
 
