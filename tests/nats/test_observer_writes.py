@@ -12,6 +12,11 @@ from circuit_breaker.nats import JetStreamStore
 from tests.conftest import drop_streams
 
 
+def on_nats(url: str, workflow: Workflow, *, drive: bool = True) -> Engine:
+    """A driving engine, or with ``drive=False`` an observer, on the JetStream store at ``url``."""
+    return Engine(store=JetStreamStore(servers=[url]), workflows=[workflow], drive=drive)
+
+
 def observed_workflow(ran: list[str] | None = None) -> Workflow:
     wf = Workflow("observed")
     a, b, c = wf.states("a", "b", "c")
@@ -40,11 +45,11 @@ async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: s
     """The observer stays open (a dashboard): the follow-up runs once, on the driving engine."""
     await drop_streams(nats_url)
     ran: list[str] = []
-    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)]) as driver:
+    async with on_nats(nats_url, observed_workflow(ran)) as driver:
         started = await driver.start("observed", {})
         waiting = await driver.wait(started.id, timeout=5)
         assert waiting.status is InstanceStatus.WAITING
-        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)], drive=False)
+        observer = on_nats(nats_url, observed_workflow(ran), drive=False)
         async with observer:
             fired = await observer.fire(started.id, "go", actor="dashboard")
             assert [t.place for t in fired.tokens] == ["b"]  # the observer fired; the driver goes on
@@ -53,7 +58,7 @@ async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: s
         assert done.status is InstanceStatus.COMPLETED and [t.place for t in done.tokens] == ["c"]
         assert [e.actor for e in done.history if e.transition == "go"] == ["dashboard"]
         assert ran == ["next"] and driver.conflicts == 0
-    async with Engine(store=JetStreamStore(servers=[nats_url]), drive=False, workflows=[observed_workflow()]) as reader:
+    async with on_nats(nats_url, observed_workflow(), drive=False) as reader:
         stored = await reader.get(started.id)
     assert stored.status is InstanceStatus.COMPLETED and stored.version == done.version
     await drop_streams(nats_url)
@@ -62,10 +67,10 @@ async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: s
 async def test_with_no_driving_engine_an_observers_firing_goes_on_by_itself(nats_url: str) -> None:
     await drop_streams(nats_url)
     ran: list[str] = []
-    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)]) as first:
+    async with on_nats(nats_url, observed_workflow(ran)) as first:
         started = await first.start("observed", {})
         await first.wait(started.id, timeout=5)
-    observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)], drive=False)
+    observer = on_nats(nats_url, observed_workflow(ran), drive=False)
     async with observer:
         await observer.fire(started.id, "go")
         done = await until(observer, started.id, InstanceStatus.COMPLETED)
@@ -89,10 +94,10 @@ async def test_an_observers_cancel_stops_the_action_running_on_the_driving_engin
             raise
         return {}
 
-    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf]) as driver:
+    async with on_nats(nats_url, wf) as driver:
         started = await driver.start(wf, {})
         await asyncio.wait_for(began.wait(), 5)
-        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+        async with on_nats(nats_url, wf, drive=False) as observer:
             await observer.cancel(started.id, actor="dashboard", reason="not needed")
         await asyncio.wait_for(stopped.wait(), 5)  # the driver heard of it and stopped the action
         assert (await driver.get(started.id)).status is InstanceStatus.CANCELLED
@@ -104,8 +109,8 @@ async def test_a_lone_driving_engine_takes_up_an_instance_an_observer_started_an
     answered, and the observer closed with the follow-up left undone."""
     await drop_streams(nats_url)
     ran: list[str] = []
-    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)]) as driver:
-        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)], drive=False)
+    async with on_nats(nats_url, observed_workflow(ran)) as driver:
+        observer = on_nats(nats_url, observed_workflow(ran), drive=False)
         async with observer:
             started = await observer.start("observed", {})
             await observer.fire(started.id, "go")
@@ -120,7 +125,7 @@ async def test_malformed_pokes_are_ignored(nats_url: str) -> None:
     from circuit_breaker.nats._subjects import POKE_SUBJECT
 
     await drop_streams(nats_url)
-    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow()]) as driver:
+    async with on_nats(nats_url, observed_workflow()) as driver:
         nc = await nats.connect(nats_url)
         try:
             for body in (b"", b"\xff\xfe", b"[1]", b"null", b"3", b'{"instance_id": 1}', b"[" * 100_000):
