@@ -224,24 +224,20 @@ class Engine:
         if self._closed or self._draining:
             return False
         run = self._runs.get(instance_id)
-        if run is not None and run.local:
-            if run.status in TERMINAL:
-                return False
-            self._spawn(run, self._read_poked(run))
-            return True
-        alone = self._watcher is None  # (no other driving engine showed up: nobody else can be driving it)
-        cw = self._workflows.get(workflow)
-        if not alone or cw is None or workflow not in self._loaded or instance_id in self._archived:
+        if run is not None and run.status in TERMINAL:
             return False
-        if run is not None:
-            if run.status in TERMINAL:
+        if run is None or not run.local:
+            alone = self._watcher is None  # (no other driving engine showed up: nobody else can be driving it)
+            cw = self._workflows.get(workflow)
+            if not alone or cw is None or workflow not in self._loaded or instance_id in self._archived:
                 return False
+            if run is None:
+                task = asyncio.get_running_loop().create_task(self._take_up(instance_id, cw))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return True
             run.local = True
-            self._spawn(run, self._read_poked(run))
-            return True
-        task = asyncio.get_running_loop().create_task(self._take_up(instance_id, cw))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(run, self._read_poked(run))
         return True
 
     async def _take_up(self, instance_id: str, cw: CompiledWorkflow) -> None:
@@ -254,14 +250,8 @@ class Engine:
     async def _read_poked(self, run: Run) -> None:
         async with run.lock:
             await self._catch_up(run)  # (the change may have come in already, when this engine follows the stream)
-        if run.status in TERMINAL:  # cancelled by the observer: as for any other engine's final event
-            me = asyncio.current_task()
-            for task in list(run.tasks):
-                if task is not me:
-                    task.cancel()
-            run.update_settled()
-            self._ended(run)
-        elif run.local and not self._closed:
+        self._after_foreign(run)  # (cancelled by the observer: as for any other engine's final event)
+        if run.status not in TERMINAL and run.local and not self._closed:
             self._kick(run)  # go on with it: resume a waiting instance whose automatic transitions are enabled now
 
     async def _handed_over(self, run: Run) -> bool:
@@ -720,12 +710,7 @@ class Engine:
             elif event.seq < run.seq:
                 return  # older than what this engine knows (its own newer events, or read back already)
             # (event.seq == run.seq: read back already, after a conflict; its writer still wrote the newest event)
-        if run.status in TERMINAL:
-            for task in list(run.tasks):  # cancelled or completed elsewhere: our actions are moot
-                task.cancel()
-        run.update_settled()
-        if run.status in TERMINAL:
-            self._ended(run)
+        self._after_foreign(run)
         if run.local and event.seq == run.seq and self._drives_elsewhere(run.id):
             # The last writer drives: two engines stepping the same instance would only conflict. This one
             # drives it again when it writes to it (a manual firing, a task result) or takes it over.
@@ -734,6 +719,17 @@ class Engine:
             self._kick(run)
         elif not run.local and self.drive and self.follow and not self._closed and getattr(self.store, "gone", None):
             self._take_over(run)  # an event of an engine that is gone, read after it left (the watcher lagged)
+
+    def _after_foreign(self, run: Run) -> None:
+        """After applying what another engine (or an observer) wrote: an instance that ended there ends here."""
+        if run.status in TERMINAL:
+            me = asyncio.current_task()
+            for task in list(run.tasks):  # cancelled or completed elsewhere: our actions are moot
+                if task is not me:
+                    task.cancel()
+        run.update_settled()
+        if run.status in TERMINAL:
+            self._ended(run)
 
     # -- public operations -----------------------------------------------------------------------------
     async def start(

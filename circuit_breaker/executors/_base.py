@@ -44,6 +44,13 @@ def idempotency_key() -> str | None:
     return firing.idempotency_key if firing is not None else None
 
 
+def with_idempotency_key(env: Mapping[str, str]) -> dict[str, str]:
+    """A program's environment: inside a firing ``CB_IDEMPOTENCY_KEY`` holds its key (a value in ``env`` wins),
+    as Python actions read ``current_firing().idempotency_key``."""
+    key = idempotency_key()
+    return dict(env) if key is None else {"CB_IDEMPOTENCY_KEY": key, **env}
+
+
 def request_key(*parts: Any) -> str | None:
     """The idempotency key of one request an action makes (None outside a firing): the firing's key and a digest
     of what the request is (``parts``: method, URL, body...). Each distinct request of a firing has a key of its

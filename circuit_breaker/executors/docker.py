@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import ExecutorError
-from ._base import Executor, idempotency_key
+from ._base import Executor, with_idempotency_key
 from ._params import param
 
 _CLIENTS: dict[str, Any] = {}
@@ -163,11 +163,6 @@ class DockerExecutor(Executor):
                 f"cannot pull image {self.image!r}: {err}", executor=self.name, kind="pull_failed", retryable=True
             ) from err
 
-    def _environment(self) -> dict[str, str]:
-        """The container's variables; inside a firing ``CB_IDEMPOTENCY_KEY`` holds its key (a value set wins)."""
-        key = idempotency_key()
-        return self.environment if key is None else {"CB_IDEMPOTENCY_KEY": key, **self.environment}
-
     def _create(self, client: Any) -> Any:
         import docker
 
@@ -183,7 +178,7 @@ class DockerExecutor(Executor):
             return client.containers.create(
                 self.image,
                 command,
-                environment=self._environment(),
+                environment=with_idempotency_key(self.environment),  # (CB_IDEMPOTENCY_KEY in a firing)
                 volumes=volumes,
                 working_dir=self.working_dir,
                 user=self.user,

@@ -151,12 +151,11 @@ def child_env(env: Mapping[str, str] | None, inherit: bool, exclude: Sequence[st
     ``env`` on top; ``${VAR}`` in ``env`` values is filled from the running token's data or the environment.
     Inside a firing (an engine's action, or a task on a worker) ``CB_IDEMPOTENCY_KEY`` holds its key."""
     from ..environment import build_environment
-    from ._base import idempotency_key, token_data
+    from ._base import token_data, with_idempotency_key
 
-    built = build_environment(inherit=inherit, exclude=exclude, set=env or {}, context=token_data())
-    key = idempotency_key()
-    if key is not None:  # for the outside world, as Python actions get it (a value set in ``env`` wins)
-        built.setdefault("CB_IDEMPOTENCY_KEY", key)
+    built = with_idempotency_key(
+        build_environment(inherit=inherit, exclude=exclude, set=env or {}, context=token_data())
+    )
     if env and any("${" in v for v in env.values() if isinstance(v, str)):
         # ${VAR} filled a secret-named variable (DB_PASSWORD=${db_password}): mask the value it got.
         default_masker().add_environment({k: built[k] for k in env if k in built})

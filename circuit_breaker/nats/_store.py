@@ -73,9 +73,8 @@ __all__ = ["JetStreamStore", "ensure_bucket", "ensure_stream"]
 log = logging.getLogger("circuit_breaker.nats")
 
 WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's error codes for a failed expected-sequence check
-# No answer, or "no stream" while a cluster elects a new leader (about 5 s after a leader dies).
 HAND_OVER_WAIT = 0.5  # seconds an observer waits for the engine driving an instance to take its change over
-
+# No answer, or "no stream" while a cluster elects a new leader (about 5 s after a leader dies).
 _TRANSIENT = (
     NatsTimeoutError,
     asyncio.TimeoutError,
@@ -347,16 +346,15 @@ class JetStreamStore:
                 await drain_connection(nc)  # (bounded: a server that froze must not hold up a shutdown)
 
     # -- writing -------------------------------------------------------------------------------------------
-    def _refuse_size(self, event: Event, size: int) -> None:
+    @staticmethod
+    def _too_large(event: Event, size: int, limit: int) -> TokenDataError:
         """An event larger than the server takes in one message can never be stored: say so, naming it."""
-        limit = self.connection.max_payload
-        if size > limit:
-            raise TokenDataError(
-                f"event {event.type.value} of instance {event.instance_id} (workflow {event.workflow!r}) is {size} "
-                f"bytes, more than the NATS server takes in one message (max_payload {limit}); keep large data out "
-                "of tokens (store it elsewhere and keep a reference in the token)",
-                workflow=event.workflow,
-            )
+        return TokenDataError(
+            f"event {event.type.value} of instance {event.instance_id} (workflow {event.workflow!r}) is {size} "
+            f"bytes, more than the NATS server takes in one message (max_payload {limit}); keep large data out "
+            "of tokens (store it elsewhere and keep a reference in the token)",
+            workflow=event.workflow,
+        )
 
     async def append(self, event: Event, expected_seq: int) -> None:
         iid = event.instance_id
@@ -392,8 +390,9 @@ class JetStreamStore:
         subject = event_subject(event.workflow, iid, event.type)  # a StrEnum: formats as its value
         # The bytes of model_dump_json().encode(), without its str round trip.
         payload = type(event).__pydantic_serializer__.to_json(event)
-        if len(payload) + len(header_block) > self.connection.max_payload:
-            self._refuse_size(event, len(payload) + len(header_block))
+        size, limit = len(payload) + len(header_block), self.connection.max_payload
+        if size > limit:
+            raise self._too_large(event, size, limit)
         begun = time.monotonic()
         try:
             # Written now, one await for the acknowledgement; the long way when that cannot be done.
