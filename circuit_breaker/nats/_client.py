@@ -25,6 +25,7 @@ from ..config import Settings
 from ..dsl._data import json_problem
 from ..errors import InjectError
 from ..events import EventType
+from ._acks import msg_id_block
 from ._embedded import connect_nats, drain_connection
 from ._events import TRANSITION_TYPES, EventStream, Since, event_filters, subject_token
 from ._inbox import ensure_inbox_stream
@@ -178,7 +179,7 @@ class Client:
         headers = {DEDUPE_HEADER: key}
         # nats-py checks the payload alone, but the server counts the headers too, and closes the connection
         # (for good, for this client) when the whole is over its limit: refused here instead.
-        size = len(payload) + len(f"NATS/1.0\r\n{DEDUPE_HEADER}: {key}\r\n\r\n".encode())
+        size = len(payload) + len(msg_id_block(key))  # (the header block nats-py writes for headers)
         limit = self.connection.max_payload
         if size > limit:
             raise InjectError(
