@@ -218,18 +218,21 @@ class Engine:
 
     def _poked(self, instance_id: str, workflow: str) -> bool:
         """An engine that does not drive (an observer's manual firing) changed ``instance_id``: if this engine
-        drives it, read what was written and go on with it (a lone engine does not follow the stream). A lone
-        engine also takes up an instance of its workflows that nobody drives (one the observer started). Says
-        whether it takes the instance over."""
+        drives it, read what was written and go on with it (a lone engine does not follow the stream). An
+        instance of its workflows that no engine drives (one the observer started) is taken up by one driving
+        engine: a lone one, or the one of several that the store chooses for it. Says whether it takes the
+        instance over."""
         if self._closed or self._draining:
             return False
         run = self._runs.get(instance_id)
         if run is not None and run.status in TERMINAL:
             return False
         if run is None or not run.local:
-            alone = self._watcher is None  # (no other driving engine showed up: nobody else can be driving it)
             cw = self._workflows.get(workflow)
-            if not alone or cw is None or workflow not in self._loaded or instance_id in self._archived:
+            if cw is None or workflow not in self._loaded or instance_id in self._archived:
+                return False
+            # A lone engine (no other driving engine showed up) is the only one that can drive it.
+            if self._watcher is not None and not cast(SharedStore, self.store).takes_up(instance_id, workflow):
                 return False
             if run is None:
                 task = asyncio.get_running_loop().create_task(self._take_up(instance_id, cw))

@@ -897,16 +897,27 @@ class JetStreamStore:
         """Whether this engine should drive ``instance_id`` because the engine that last wrote it is gone (it then
         forgets that writer). One live engine per instance (the highest rendezvous hash among this engine and the
         live peers it knows), so the survivors share the orphans instead of all driving each of them."""
-        if self.writer_of.get(instance_id) not in self.gone:
-            return False
-        takes = self._takes
-        candidates = [self.origin]  # (the engine asking runs the workflow)
-        candidates += [p for p in self._peers if workflow is None or p not in takes or workflow in takes[p]]
-        owner = max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode()))
-        if owner != self.origin:
+        if self.writer_of.get(instance_id) not in self.gone or not self._chosen(instance_id, workflow):
             return False
         self.writer_of[instance_id] = self.origin  # this engine drives it from now on
         return True
+
+    def takes_up(self, instance_id: str, workflow: str) -> bool:
+        """Whether this engine should drive ``instance_id``, which no live engine drives (an observer started it,
+        or its last driver is gone), after an observer changed it: the same one live engine per instance as
+        ``takes_over`` chooses, so that of several driving engines one goes on with it at once."""
+        if self.drives_elsewhere(instance_id) or not self._chosen(instance_id, workflow):
+            return False
+        self.writer_of[instance_id] = self.origin
+        return True
+
+    def _chosen(self, instance_id: str, workflow: str | None) -> bool:
+        """Whether this engine has the highest rendezvous hash for ``instance_id`` among itself and the live peers
+        that take over ``workflow``: every engine that knows the same peers picks the same one."""
+        takes = self._takes
+        candidates = [self.origin]  # (the engine asking runs the workflow)
+        candidates += [p for p in self._peers if workflow is None or p not in takes or workflow in takes[p]]
+        return max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode())) == self.origin
 
     def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:
         known = self._last.get(instance_id)

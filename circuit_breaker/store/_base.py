@@ -57,6 +57,11 @@ class SharedStore(Store, Protocol):
         gone, and this one is the live engine chosen for it among those that take over that workflow."""
         ...
 
+    def takes_up(self, instance_id: str, workflow: str) -> bool:
+        """Whether this engine should drive ``instance_id`` (of ``workflow``), which no live engine drives, after
+        an engine that does not drive changed it: this one is the live engine chosen for it."""
+        ...
+
     async def announce(
         self,
         since: int,

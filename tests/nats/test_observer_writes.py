@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from circuit_breaker import Engine, InstanceStatus, Workflow
 from circuit_breaker.nats import JetStreamStore
 from tests.conftest import drop_streams
@@ -104,18 +106,25 @@ async def test_an_observers_cancel_stops_the_action_running_on_the_driving_engin
     await drop_streams(nats_url)
 
 
-async def test_a_lone_driving_engine_takes_up_an_instance_an_observer_started_and_fired(nats_url: str) -> None:
+@pytest.mark.parametrize("drivers", [1, 2])
+async def test_a_driving_engine_takes_up_an_instance_an_observer_started_and_fired(
+    nats_url: str, drivers: int
+) -> None:
     """Found in a walk-through: the serving engine never knew the instance (an observer started it), so nobody
-    answered, and the observer closed with the follow-up left undone."""
+    answered, and the observer closed with the follow-up left undone. With two driving engines, one of them (the
+    one the store chooses) takes it up at once, instead of nobody until the step-aside safety net minutes later."""
     await drop_streams(nats_url)
     ran: list[str] = []
-    async with on_nats(nats_url, observed_workflow(ran)) as driver:
+    async with contextlib.AsyncExitStack() as stack:
+        engines = [await stack.enter_async_context(on_nats(nats_url, observed_workflow(ran))) for _ in range(drivers)]
         observer = on_nats(nats_url, observed_workflow(ran), drive=False)
         async with observer:
             started = await observer.start("observed", {})
             await observer.fire(started.id, "go")
-        done = await until(driver, started.id, InstanceStatus.COMPLETED)
-        assert done.status is InstanceStatus.COMPLETED and ran == ["next"]
+        done = await until(engines[0], started.id, InstanceStatus.COMPLETED, seconds=5)
+        assert done.status is InstanceStatus.COMPLETED and [t.place for t in done.tokens] == ["c"]
+        await asyncio.sleep(0.3)  # (time for a second run of 'next', were two engines driving it)
+        assert ran == ["next"] and sum(e.conflicts for e in engines) == 0
     await drop_streams(nats_url)
 
 
