@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Finished instances an engine keeps in memory; older ones are read back from the stream on demand.",
     )
+    remember_finished: int = Field(
+        100_000,
+        ge=0,
+        description="Finished instances out of memory whose workflow and status an engine remembers (for listings "
+        "and metrics); past them, listing a workflow's finished instances replays its events.",
+    )
     mark_every: float = Field(
         30.0,
         ge=0,

@@ -22,6 +22,7 @@
     │   └── TaskStateError              retrying a task the instance does not wait for, or that is not dead
     ├── ConcurrencyError                someone else changed the instance first (retryable)
     ├── WaitTimeoutError                engine.wait() gave up
+    ├── EngineClosedError               a change asked of an engine that was closed (names the operation)
     ├── WorkflowLoadError               a workflow file cannot be loaded
     ├── ExecutorConfigError             an executor's parameters are missing or of the wrong type
     │   ├── UnknownExecutorError        no executor registered under that name
@@ -231,6 +232,17 @@ class WaitTimeoutError(CircuitBreakerError):
         self.instance_id = instance_id
         self.timeout = timeout
         self.status = status
+
+
+class EngineClosedError(CircuitBreakerError):
+    """A change (start, fire, retry, pause, resume, cancel) asked of an engine that was closed, or a manual
+    firing whose action a closing engine cancelled: nothing moved, and the instance is as it was stored."""
+
+    def __init__(self, operation: str, instance_id: str | None = None) -> None:
+        on = f" instance {instance_id}" if instance_id is not None else ""
+        super().__init__(f"the engine is closed: cannot {operation}{on}; nothing moved")
+        self.operation = operation
+        self.instance_id = instance_id
 
 
 class WorkflowLoadError(CircuitBreakerError):

@@ -54,6 +54,7 @@ ERROR_TREE = {
     "TaskStateError": "InstanceStateError",
     "ConcurrencyError": "CircuitBreakerError",
     "WaitTimeoutError": "CircuitBreakerError",
+    "EngineClosedError": "CircuitBreakerError",
     "WorkflowLoadError": "CircuitBreakerError",
     "ExecutorConfigError": "CircuitBreakerError",
     "UnknownExecutorError": "ExecutorConfigError",

@@ -119,6 +119,7 @@ async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: 
         drive=drive,
         remote_executors=remote,
         keep_finished=settings.keep_finished,
+        remember_finished=settings.remember_finished,
         mark_every=settings.mark_every,
     ) as engine:
         yield engine

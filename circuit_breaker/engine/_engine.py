@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -42,6 +42,7 @@ from ..errors import (
     CircuitBreakerError,
     ConcurrencyError,
     DuplicateNameError,
+    EngineClosedError,
     InstanceExistsError,
     InstanceStateError,
     StoreError,
@@ -73,6 +74,7 @@ from ..store import MarkingStore, MemoryStore, SharedStore, Store
 from ..token import History, HistoryEntry, Token, new_id, utcnow
 from ._context import Firing
 from ._context import _current as _current_firing
+from ._finished import FinishedIndex
 from ._instance import Instance
 from ._lifecycle import TERMINAL, InstanceStatus, next_status
 from ._run import NO_LOCK, Run
@@ -93,6 +95,7 @@ STEP_ASIDE_CHECKS = 60
 READ_BACK_ONE_BY_ONE = 50  # more finished instances than this are read back in one pass over the stored events
 MARK_EVERY = 30.0  # seconds between two marks of a driving engine (see Engine.mark_every)
 KEEP_FINISHED = 10_000  # finished instances an engine keeps in memory by default (the rest are read back when asked)
+REMEMBER_FINISHED = 100_000  # finished instances out of memory whose workflow and status an engine remembers
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 
 
@@ -113,6 +116,7 @@ class Engine:
         tasks: TaskQueue | None = None,
         remote_executors: Iterable[str] = (),
         keep_finished: int = KEEP_FINISHED,
+        remember_finished: int = REMEMBER_FINISHED,
         mark_every: float = MARK_EVERY,
     ) -> None:
         self.store: Store = store if store is not None else MemoryStore()
@@ -121,12 +125,13 @@ class Engine:
         self._store_forget: Callable[[str], None] | None = getattr(self.store, "forget", None)
         # Memory stays bounded however long the engine runs: past the ``keep_finished`` most recently finished
         # instances (completed, cancelled, rolled back), an instance leaves memory, and only its workflow and
-        # status stay; get(), wait() and instances() read it back from the store.
+        # status stay, for the ``remember_finished`` most recent of those; get(), wait() and instances() read
+        # it back from the store.
         if keep_finished < 0:
             raise ValueError(f"keep_finished must be 0 or more, not {keep_finished}")
         self.keep_finished = keep_finished
         self._finished: OrderedDict[str, None] = OrderedDict()  # finished instances in memory, oldest first
-        self._archived: dict[str, tuple[str, InstanceStatus]] = {}  # left memory: id -> (workflow, status)
+        self._archived = FinishedIndex(remember_finished)  # left memory: id -> (workflow, status)
         # Marks (a store that keeps them, e.g. JetStream): where each workflow's unfinished instances began, so
         # that an engine opens by replaying only from the lowest of them. Every ``mark_every`` seconds a driving
         # engine that follows the others learns of the instances begun since (also those begun by writers it does
@@ -447,11 +452,17 @@ class Engine:
         if self._loading:
             await self._ready()
         run = self._runs.get(instance_id)
-        if run is None and instance_id in self._archived:
-            cw = self._workflows.get(self._archived[instance_id][0])
+        archived = self._archived.workflow_of(instance_id) if run is None else None
+        if archived is not None:
+            cw = self._workflows.get(archived)
             if cw is not None:
                 run = await self._adopt(instance_id, cw)  # finished a while ago: read back from the store
-        elif run is None and self._shared and isinstance(instance_id, str) and _PLAIN_NAME.fullmatch(instance_id):
+        elif (
+            run is None
+            and (self._shared or self._archived.dropped)  # (another engine's, or one this engine forgot)
+            and isinstance(instance_id, str)
+            and _PLAIN_NAME.fullmatch(instance_id)
+        ):
             stored = await self.store.read(instance_id)
             cw = self._workflows.get(stored[0].workflow) if stored else None
             if cw is not None:
@@ -483,7 +494,7 @@ class Engine:
                 finished[iid] = None  # still winding down (its actions being cancelled): later
                 continue
             del self._runs[iid]
-            self._archived[iid] = (run.cw.name, run.status)
+            self._archived.add(iid, run.cw.name, run.status)
             self._forget(iid)
 
     def _forget(self, *instance_ids: str) -> None:
@@ -554,7 +565,7 @@ class Engine:
         never has to fit in memory at once."""
         runs: dict[str, Run] = {}
         ended: OrderedDict[str, None] = OrderedDict()
-        archived: dict[str, tuple[str, InstanceStatus]] = {}
+        archived = FinishedIndex(self._archived.limit)
         reread: set[str] = set()
         begun = self._begun.setdefault(cw.name, {})
         async for event, position in self._stored(cw.name):
@@ -576,13 +587,14 @@ class Engine:
                     ended[iid] = None
                     if len(ended) > self.keep_finished:
                         oldest, _ = ended.popitem(last=False)
-                        archived[oldest] = (cw.name, runs.pop(oldest).status)
-        for iid, status in archived.items():
+                        archived.add(oldest, cw.name, runs.pop(oldest).status)
+        for iid, name, status in archived.items():
             if iid not in self._runs:  # (unless followed live meanwhile)
-                self._archived[iid] = status
+                self._archived.add(iid, name, status)
                 self._forget(iid)
+        self._archived.dropped |= archived.dropped
         for iid in reread:
-            self._archived.pop(iid, None)
+            self._archived.pop(iid)
             await self._adopt(iid, cw)
         return runs, ended
 
@@ -651,7 +663,7 @@ class Engine:
         if known is not None:
             return known
         self._runs[instance_id] = run
-        self._archived.pop(instance_id, None)
+        self._archived.pop(instance_id)
         run.update_settled()
         if run.status in TERMINAL:
             self._ended(run)
@@ -744,6 +756,8 @@ class Engine:
         actor: str | None = None,
     ) -> Instance:
         """Start an instance with ``data`` in the initial place; returns once the instance exists."""
+        if self._closed:
+            raise EngineClosedError(f"start an instance of workflow {getattr(workflow, 'name', workflow)!r}")
         cw = self._workflow(workflow)
         if self._loading:
             await self._ready()
@@ -810,7 +824,8 @@ class Engine:
         """The instances this engine knows, optionally of one workflow and in one status; finished ones that
         left memory are read back from the store. A driving engine on a store that keeps marks knows those
         begun from its workflows' marks on (older ones all finished; get() still reads them by id); an observer
-        (``drive=False``) replays the whole history, so it lists every instance."""
+        (``drive=False``) replays the whole history, so it lists every instance. Past ``remember_finished``
+        finished instances out of memory, a workflow's finished ones are listed from a replay of its events."""
         wanted = InstanceStatus(status) if status is not None else None
         if self._loading:
             await self._ready()
@@ -819,39 +834,45 @@ class Engine:
             for r in self._runs.values()
             if (workflow is None or r.cw.name == workflow) and (wanted is None or r.status is wanted)
         ]
+        if wanted is not None and wanted not in TERMINAL:
+            return found  # (every instance out of memory has finished)
+        names = {name for name in self._workflows if workflow is None or name == workflow}
+        forgotten = names & self._archived.dropped  # the store lists all of their finished instances
         archived = {  # finished long ago: read back, not kept
             iid: name
-            for iid, (name, ended) in self._archived.items()
-            if (workflow is None or name == workflow)
-            and (wanted is None or ended is wanted)
-            and name in self._workflows
+            for iid, name, ended in self._archived.items()
+            if name in names and name not in forgotten and (wanted is None or ended is wanted)
         }
-        found.extend(run.snapshot() for run in await self._read_back(archived))
+        rebuilt = await self._read_back(archived, forgotten)
+        found.extend(run.snapshot() for run in rebuilt if wanted is None or run.status is wanted)
         return found
 
-    async def _read_back(self, wanted: dict[str, str]) -> list[Run]:
-        """Runs rebuilt from the store for the instance ids in ``wanted`` (id -> workflow), without keeping
-        them: one by one for a few, else in one pass over each workflow's events."""
+    async def _read_back(self, wanted: dict[str, str], every: Collection[str] = ()) -> list[Run]:
+        """Runs rebuilt from the store for the instance ids in ``wanted`` (id -> workflow), and for the workflows
+        in ``every`` each finished instance not in memory, without keeping them: one by one for a few, else in
+        one pass over each workflow's events."""
         rebuilt: dict[str, Run] = {}
-        if len(wanted) <= READ_BACK_ONE_BY_ONE:
+        if len(wanted) <= READ_BACK_ONE_BY_ONE and not every:
             for iid, name in wanted.items():
                 run = await self._fold_stored(iid, self._workflows[name])
                 if run is not None:
                     rebuilt[iid] = run
         else:
-            for name in sorted(set(wanted.values())):
+            in_memory = self._runs
+            for name in sorted({*wanted.values(), *every}):
                 cw = self._workflows[name]
+                all_out = name in every
                 async for event in self.store.replay(workflow=name):
                     iid = event.instance_id
-                    if iid not in wanted:
+                    if iid not in wanted and (not all_out or iid in in_memory):
                         continue
                     run = rebuilt.get(iid)
                     if run is None:
                         run = rebuilt[iid] = self._new_run(iid, cw)
                     if event.seq == run.seq + 1:
                         run.apply(event)
-        self._forget(*wanted)  # read for the caller, not kept
-        return [run for run in rebuilt.values() if run.seq]
+        self._forget(*rebuilt)  # read for the caller, not kept
+        return [run for run in rebuilt.values() if run.seq and (run.id in wanted or run.status in TERMINAL)]
 
     async def wait(self, instance_id: str, timeout: float | None = None) -> Instance:
         """Return once the instance is completed, waiting only on manual transitions, failed, paused or cancelled."""
@@ -873,7 +894,10 @@ class Engine:
 
         On a shared store another engine may change the instance meanwhile: the firing is then judged again
         on the new state (its action may run again), and ConcurrencyError is raised only if that keeps happening.
+        A closed engine raises EngineClosedError, also when it closes while the firing's action runs.
         """
+        if self._closed:
+            raise EngineClosedError(f"fire {transition!r} on", instance_id)
         run = self._runs.get(instance_id)
         if run is None or self._loading:
             run = await self._find(instance_id)
@@ -954,6 +978,25 @@ class Engine:
             assert waiter is not None
             await asyncio.shield(waiter)  # a caller giving up does not stop the task; its result still counts
             return
+        # In a task of its own among the running actions (action and commit), so that close(grace=...) gives it
+        # its time too; the caller giving up cancels it, as before.
+        action = self._spawn(run, self._manual_action(run, ct, consumed, view, actor))
+        self._actions.add(action)
+        action.add_done_callback(self._actions.discard)
+        try:
+            await action
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not action.cancelled() or (me is not None and me.cancelling()):
+                raise  # the caller gave up (the action was cancelled with it)
+            # Stopped by the engine: it closed, or the instance was cancelled (here, or by another engine).
+            if self._closed:
+                raise EngineClosedError(f"fire {ct.name!r} on", run.id) from None
+            raise InstanceStateError(run.id, run.status.value, f"fire {ct.name!r} on") from None
+
+    async def _manual_action(
+        self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token, actor: str | None
+    ) -> None:
         run.reserve(consumed)
         try:
             data = await self._run_action(run, ct, view, actor, raise_on_failure=True, consumed=consumed)
@@ -979,6 +1022,8 @@ class Engine:
         handed out again, as its next attempt; a failed instance runs again if that task was all that failed it.
         ``attempt`` is the attempt the caller saw dead-lettered: a later one already out makes the request stale.
         """
+        if self._closed:
+            raise EngineClosedError("retry", instance_id)
         if task_id is not None:
             return await self._retry_task(instance_id, task_id, actor, attempt)
         run = await self._find(instance_id)
@@ -1079,6 +1124,8 @@ class Engine:
     ) -> Run:
         """A status change asked for by a caller; judged again if another engine changed the instance first
         (``when``: only if it holds for the state under the instance's lock)."""
+        if self._closed:
+            raise EngineClosedError(f"change the status ({reason or 'by hand'}) of", instance_id)
         run = await self._find(instance_id)
         run.local = True
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):

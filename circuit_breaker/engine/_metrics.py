@@ -147,9 +147,9 @@ class _Snapshot:
             for pending in run.pending.values():
                 tkey = (pending.executor, "true" if pending.dead else "false")
                 tasks[tkey] = tasks.get(tkey, 0) + 1
-        for workflow, ended in list(self.engine._archived.values()):  # finished, out of memory
+        for (workflow, ended), n in self.engine._archived.counts().items():  # finished, out of memory
             key = (workflow, ended.value)
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + n
         for (workflow, status), n in sorted(counts.items()):
             instances.add_metric([workflow, status], n)
         for (kind, dead), n in sorted(tasks.items()):

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from circuit_breaker import Engine, EventType, InstanceStatus, RuleSet, Workflow
+from circuit_breaker import Engine, Event, EventType, InstanceStatus, RuleSet, Workflow
 from circuit_breaker.errors import (
+    EngineClosedError,
     InstanceStateError,
     TransitionNotEnabledError,
     TransitionRejectedError,
@@ -15,6 +16,7 @@ from circuit_breaker.errors import (
     UnknownTransitionError,
     UnknownWorkflowError,
 )
+from circuit_breaker.nats import JetStreamStore
 
 
 def fork_join_workflow() -> Workflow:
@@ -435,7 +437,6 @@ async def test_closing_with_a_grace_period_lets_running_actions_finish_and_start
 async def test_a_scheduler_pass_under_way_when_the_stop_begins_starts_nothing_more() -> None:
     """Found in review: a pass that was awaiting a store append (here a rejection's) when close(grace) began went
     on to the next candidate and started its action during the drain."""
-    from circuit_breaker.events import Event
     from circuit_breaker.store import MemoryStore
 
     class NetworkedStore(MemoryStore):
@@ -516,3 +517,89 @@ async def test_after_stop_starting_a_manual_firing_in_progress_ends_but_starts_n
     await asyncio.sleep(0.3)
     assert [t.place for t in fired.tokens] == ["b"] and ran == []
     await engine.close(grace=1)
+
+
+async def stored_after_close(engine: Engine, instance_id: str) -> list[Event]:
+    """What the closed engine's store holds of an instance (on JetStream through a store opened anew)."""
+    if not isinstance(engine.store, JetStreamStore):
+        return await engine.store.read(instance_id)
+    store = JetStreamStore(servers=engine.store.servers)
+    await store.open()
+    try:
+        return await store.read(instance_id)
+    finally:
+        await store.close()
+
+
+def slow_approval(began: asyncio.Event, seconds: float) -> Workflow:
+    wf = Workflow("slow_approval")
+    a, b = wf.states("a", "b")
+
+    @wf.flow(a >> b, "approve", trigger="manual")
+    async def approve(token):
+        began.set()
+        await asyncio.sleep(seconds)
+        return {"approved": True}
+
+    return wf
+
+
+async def test_a_closing_engine_gives_a_manual_firings_action_its_grace_too(engine: Engine) -> None:
+    """A library user's close(grace=...) while a manual firing's action runs: the action is one of the running
+    actions, so it finishes and is stored, and the caller gets the fired instance (it used to find the engine
+    closed under it)."""
+    began = asyncio.Event()
+    wf = slow_approval(began, 0.3)
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    firing = asyncio.create_task(engine.fire(inst.id, "approve", actor="ann"))
+    await asyncio.wait_for(began.wait(), 5)
+    await engine.close(grace=5)
+    fired = await firing
+    assert [t.place for t in fired.tokens] == ["b"] and fired.tokens[0].data["approved"] is True
+    stored = await stored_after_close(engine, inst.id)
+    assert [e.transition for e in stored if e.type is EventType.TRANSITION_FIRED] == ["approve"]
+
+
+async def test_closing_without_grace_during_a_manual_firing_says_so_and_moves_nothing(engine: Engine) -> None:
+    began = asyncio.Event()
+    wf = slow_approval(began, 30)
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    firing = asyncio.create_task(engine.fire(inst.id, "approve"))
+    await asyncio.wait_for(began.wait(), 5)
+    await engine.close()
+    with pytest.raises(EngineClosedError, match=f"fire 'approve' on instance {inst.id}; nothing moved"):
+        await firing
+    assert [e.type for e in await stored_after_close(engine, inst.id)] == [
+        EventType.TOKEN_INJECTED,
+        EventType.INSTANCE_STATUS_CHANGED,
+    ], "only the start and its wait are stored: the token stays in 'a'"
+
+
+async def test_cancelling_an_instance_during_a_manual_firing_ends_the_firing_with_a_clear_error(
+    engine: Engine,
+) -> None:
+    began = asyncio.Event()
+    wf = slow_approval(began, 30)
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    firing = asyncio.create_task(engine.fire(inst.id, "approve"))
+    await asyncio.wait_for(began.wait(), 5)
+    await engine.cancel(inst.id, reason="withdrawn")
+    with pytest.raises(InstanceStateError, match="it is cancelled"):
+        await firing
+    assert [t.place for t in (await engine.get(inst.id)).tokens] == ["a"]
+
+
+async def test_a_closed_engine_refuses_changes_naming_them() -> None:
+    wf = Workflow("after_close")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "go", trigger="manual")
+    async with Engine(workflows=[wf]) as engine:
+        inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    with pytest.raises(EngineClosedError, match="cannot start an instance of workflow 'after_close'"):
+        await engine.start(wf, {})
+    with pytest.raises(EngineClosedError, match=f"cannot fire 'go' on instance {inst.id}"):
+        await engine.fire(inst.id, "go")
+    for change in (engine.pause, engine.resume, engine.cancel, engine.retry):
+        with pytest.raises(EngineClosedError, match=inst.id):
+            await change(inst.id)
+    assert (await engine.get(inst.id)).status is InstanceStatus.WAITING  # reading still works; nothing moved

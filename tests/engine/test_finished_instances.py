@@ -133,6 +133,43 @@ async def test_an_instance_read_back_while_another_ends_is_not_lost(store_factor
 def test_keep_finished_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="keep_finished"):
         Engine(keep_finished=-1)
+    with pytest.raises(ValueError, match="remember_finished"):
+        Engine(remember_finished=-1)
+
+
+async def test_what_is_remembered_of_finished_instances_is_bounded_too(store_factory: Callable[[], Store]) -> None:
+    """Out of memory an instance costs its id, workflow and status: bounded by ``remember_finished`` as well, so a
+    serving engine's memory does not grow with every instance it ever finished. What it forgot, the store still
+    answers: get() by id, a listing (a replay of the workflow's events), a second start with the same id."""
+    async with Engine(store=store_factory(), workflows=[review()], keep_finished=0, remember_finished=2) as engine:
+        live: dict[str, Instance] = {}
+        finished = await finish(engine, 8, live)
+        dropped = (await engine.wait((await engine.start("finishing", {"n": 8})).id, timeout=5)).id
+        await engine.cancel(dropped, reason="not needed")
+        waiting = (await engine.wait((await engine.start("finishing", {"n": 9})).id, timeout=5)).id
+        assert len(engine._archived) <= 2 and len(in_memory(engine)) <= 2
+
+        same(await engine.get(finished[0]), live[finished[0]])  # forgotten, read back by id
+        listed = {i.id: i for i in await engine.instances("finishing", "completed")}
+        assert listed.keys() == set(finished)
+        for iid in finished:
+            same(listed[iid], live[iid])
+        assert {i.id for i in await engine.instances()} == {*finished, dropped, waiting}
+        assert [i.id for i in await engine.instances(status="cancelled")] == [dropped]
+        assert [i.id for i in await engine.instances(status="waiting")] == [waiting]
+        assert len(in_memory(engine)) <= 3, "a listing reads back without keeping"
+        with pytest.raises(InstanceExistsError):
+            await engine.start("finishing", {}, instance_id=finished[1])
+
+        text = EngineMetrics(engine).render().decode()  # what is remembered, and what is in memory
+        counted = sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("cb_engine_instances{")
+        )
+        assert counted == len(engine._archived) + len(in_memory(engine))
+
+    async with Engine(store=store_factory(), workflows=[review()], keep_finished=0, remember_finished=2) as again:
+        assert len(again._archived) <= 2 and in_memory(again) == {waiting}  # opening on the history: the same bound
+        assert {i.id for i in await again.instances("finishing", "completed")} == set(finished)
 
 
 async def test_a_long_listing_of_finished_instances_is_read_back_in_one_pass(
@@ -152,6 +189,7 @@ async def test_a_served_engine_keeps_as_many_as_cb_keep_finished_says(
     nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CB_KEEP_FINISHED", "7")
+    monkeypatch.setenv("CB_REMEMBER_FINISHED", "70")
     monkeypatch.setenv("CB_MARK_EVERY", "12.5")
     settings = Settings()
     (tmp_path / "workflows").mkdir()
@@ -159,6 +197,7 @@ async def test_a_served_engine_keeps_as_many_as_cb_keep_finished_says(
     try:
         async with project_engine(nc, settings, tmp_path, drive=False) as engine:
             assert engine.keep_finished == 7 and engine.mark_every == 12.5
+            assert engine._archived.limit == 70
     finally:
         await nc.close()
     monkeypatch.setenv("CB_KEEP_FINISHED", "-1")
