@@ -99,6 +99,15 @@ REMEMBER_FINISHED = 100_000  # finished instances out of memory whose workflow a
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 
 
+class _ManualStage:
+    """How far a manual firing's action task got: whether it began storing the firing (its commit)."""
+
+    __slots__ = ("storing",)
+
+    def __init__(self) -> None:
+        self.storing = False
+
+
 class Engine:
     """Runs workflows. ``Engine()`` keeps everything in memory; pass a store for durability.
 
@@ -206,7 +215,7 @@ class Engine:
                 self._peer if self.follow else _ignore,
                 writer=self.drive,
                 on_gone=self._orphaned if self.drive and self.follow else None,
-                workflows=lambda: list(self._workflows),
+                workflows=lambda: [] if self._draining else list(self._workflows),  # (stopping: choose another)
                 on_poke=self._poked if self.drive else None,
             )
         for cw in list(self._workflows.values()):
@@ -221,12 +230,12 @@ class Engine:
             start = max(self._open_start, since + 1)
             self._watcher = asyncio.get_running_loop().create_task(self._watch(start))
 
-    def _poked(self, instance_id: str, workflow: str) -> bool:
+    def _poked(self, instance_id: str, workflow: str, unowned: bool = False) -> bool:
         """An engine that does not drive (an observer's manual firing) changed ``instance_id``: if this engine
         drives it, read what was written and go on with it (a lone engine does not follow the stream). An
         instance of its workflows that no engine drives (one the observer started) is taken up by one driving
-        engine: a lone one, or the one of several that the store chooses for it. Says whether it takes the
-        instance over."""
+        engine: a lone one, or, once the observer found no driver (``unowned``), the one of several that the store
+        chooses for it. Says whether it takes the instance over."""
         if self._closed or self._draining:
             return False
         run = self._runs.get(instance_id)
@@ -236,8 +245,7 @@ class Engine:
             cw = self._workflows.get(workflow)
             if cw is None or workflow not in self._loaded or instance_id in self._archived:
                 return False
-            # A lone engine (no other driving engine showed up) is the only one that can drive it.
-            if self._watcher is not None and not cast(SharedStore, self.store).takes_up(instance_id, workflow):
+            if not cast(SharedStore, self.store).takes_up(instance_id, workflow, unowned):
                 return False
             if run is None:
                 task = asyncio.get_running_loop().create_task(self._take_up(instance_id, cw))
@@ -588,10 +596,10 @@ class Engine:
                     if len(ended) > self.keep_finished:
                         oldest, _ = ended.popitem(last=False)
                         archived.add(oldest, cw.name, runs.pop(oldest).status)
+                        self._forget(oldest)  # (also when the index forgets it: the store must not remember it)
         for iid, name, status in archived.items():
             if iid not in self._runs:  # (unless followed live meanwhile)
                 self._archived.add(iid, name, status)
-                self._forget(iid)
         self._archived.dropped |= archived.dropped
         for iid in reread:
             self._archived.pop(iid)
@@ -843,14 +851,16 @@ class Engine:
             for iid, name, ended in self._archived.items()
             if name in names and name not in forgotten and (wanted is None or ended is wanted)
         }
-        rebuilt = await self._read_back(archived, forgotten)
+        rebuilt = await self._read_back(archived, forgotten, frozenset(self._runs))
         found.extend(run.snapshot() for run in rebuilt if wanted is None or run.status is wanted)
         return found
 
-    async def _read_back(self, wanted: dict[str, str], every: Collection[str] = ()) -> list[Run]:
+    async def _read_back(
+        self, wanted: dict[str, str], every: Collection[str] = (), listed: Collection[str] = ()
+    ) -> list[Run]:
         """Runs rebuilt from the store for the instance ids in ``wanted`` (id -> workflow), and for the workflows
-        in ``every`` each finished instance not in memory, without keeping them: one by one for a few, else in
-        one pass over each workflow's events."""
+        in ``every`` each finished instance but those ``listed`` from memory, without keeping them: one by one
+        for a few, else in one pass over each workflow's events."""
         rebuilt: dict[str, Run] = {}
         if len(wanted) <= READ_BACK_ONE_BY_ONE and not every:
             for iid, name in wanted.items():
@@ -858,19 +868,22 @@ class Engine:
                 if run is not None:
                     rebuilt[iid] = run
         else:
-            in_memory = self._runs
+            passed: set[str] = set()  # read past, not rebuilt: the store must not remember them either
             for name in sorted({*wanted.values(), *every}):
                 cw = self._workflows[name]
                 all_out = name in every
                 async for event in self.store.replay(workflow=name):
                     iid = event.instance_id
-                    if iid not in wanted and (not all_out or iid in in_memory):
+                    if iid not in wanted and (not all_out or iid in listed):
+                        if iid not in self._runs:
+                            passed.add(iid)
                         continue
                     run = rebuilt.get(iid)
                     if run is None:
                         run = rebuilt[iid] = self._new_run(iid, cw)
                     if event.seq == run.seq + 1:
                         run.apply(event)
+            self._forget(*(iid for iid in passed if iid not in self._runs))
         self._forget(*rebuilt)  # read for the caller, not kept
         return [run for run in rebuilt.values() if run.seq and (run.id in wanted or run.status in TERMINAL)]
 
@@ -955,8 +968,17 @@ class Engine:
             await self._commit_fire(run, ct, consumed, view, view.data, actor)
         else:
             await self._fire_action(run, ct, consumed, view, actor)
+        try:
+            await self._follow_up(run, ct)
+        except asyncio.CancelledError:
+            self._follow_up_later(run, ct)  # the caller gave up after the firing was stored
+            raise
+        return run.snapshot()
+
+    async def _follow_up(self, run: Run, ct: CompiledTransition) -> None:
+        """After a manual firing was stored: the driving engine goes on (an observer's firing), or this one."""
         if await self._handed_over(run):
-            return run.snapshot()  # (an observer's firing: the driving engine follows it up)
+            return
         if ct.feeds_auto or run.status is RUNNING or (ct.outputs_final and run.all_final()):
             try:
                 await self._after_fire(run, ct)
@@ -964,10 +986,19 @@ class Engine:
                 # The firing is stored; only its follow-up lost to another engine. Never fire again for it:
                 # the instance was brought up to date, and the scheduler judges from there.
                 self._kick(run)
-            except asyncio.CancelledError:
-                self._kick(run)  # the caller gave up after the firing was stored: the engine still follows up
-                raise
-        return run.snapshot()
+
+    def _follow_up_later(self, run: Run, ct: CompiledTransition) -> None:
+        """The caller of a stored manual firing gave up before its follow-up: the engine still does it."""
+
+        async def follow_up() -> None:
+            try:
+                await self._follow_up(run, ct)
+            except Exception:  # (nobody awaits this task: say what failed; the scheduler looks again)
+                log.exception("following up transition %s of instance %s failed", ct.name, run.id)
+                self._kick(run)
+
+        if not self._closed:
+            self._spawn(run, follow_up())
 
     async def _fire_action(
         self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token, actor: str | None
@@ -980,22 +1011,34 @@ class Engine:
             return
         # In a task of its own among the running actions (action and commit), so that close(grace=...) gives it
         # its time too; the caller giving up cancels it, as before.
-        action = self._spawn(run, self._manual_action(run, ct, consumed, view, actor))
+        stage = _ManualStage()
+        action = self._spawn(run, self._manual_action(run, ct, consumed, view, actor, stage))
         self._actions.add(action)
         action.add_done_callback(self._actions.discard)
         try:
             await action
         except asyncio.CancelledError:
+            if action.done() and not action.cancelled():
+                # The caller gave up just as the firing ended: what it did stands; the engine goes on from there.
+                if action.exception() is None:
+                    self._follow_up_later(run, ct)
+                raise
             me = asyncio.current_task()
-            if not action.cancelled() or (me is not None and me.cancelling()):
+            if me is not None and me.cancelling():
                 raise  # the caller gave up (the action was cancelled with it)
             # Stopped by the engine: it closed, or the instance was cancelled (here, or by another engine).
             if self._closed:
-                raise EngineClosedError(f"fire {ct.name!r} on", run.id) from None
+                raise EngineClosedError(f"fire {ct.name!r} on", run.id, maybe_stored=stage.storing) from None
             raise InstanceStateError(run.id, run.status.value, f"fire {ct.name!r} on") from None
 
     async def _manual_action(
-        self, run: Run, ct: CompiledTransition, consumed: dict[str, tuple[Token, ...]], view: Token, actor: str | None
+        self,
+        run: Run,
+        ct: CompiledTransition,
+        consumed: dict[str, tuple[Token, ...]],
+        view: Token,
+        actor: str | None,
+        stage: _ManualStage,
     ) -> None:
         run.reserve(consumed)
         try:
@@ -1008,6 +1051,7 @@ class Engine:
             if errors is not None:
                 await self._reject(run, ct, consumed, errors, "rules", actor)
                 raise TransitionRejectedError(run.cw.name, ct.name, run.id, errors)
+            stage.storing = True
             await self._commit_fire(run, ct, consumed, after, data, actor, expanded)
         finally:
             run.release(consumed)

@@ -31,6 +31,7 @@ from ..errors import (
     CircuitBreakerError,
     ConcurrencyError,
     ControlError,
+    EngineClosedError,
     InstanceStateError,
     TaskStateError,
     TokenDataError,
@@ -73,6 +74,7 @@ _CODES: tuple[tuple[type[CircuitBreakerError], str], ...] = (
     (TokenDataError, "invalid_data"),
     (ActionError, "action_failed"),
     (ConcurrencyError, "conflict"),
+    (EngineClosedError, "unavailable"),
 )
 
 

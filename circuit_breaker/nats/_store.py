@@ -260,6 +260,7 @@ class JetStreamStore:
         self.gone: set[str] = set()  # engines that said bye or stopped beating
         self._peers: dict[str, float] = {}
         self._takes: dict[str, set[str]] = {}  # peer -> the workflows it takes over (absent: it did not say)
+        self._takes_over = False  # whether this engine takes over instances others leave (see announce's on_gone)
         self._beats: asyncio.Task[None] | None = None
         self._writer = False
 
@@ -416,7 +417,7 @@ class JetStreamStore:
             fields["takes_over"] = sorted(workflows())
         return json.dumps({"origin": self.origin, **fields}).encode()
 
-    async def _poked(self, on_poke: Callable[[str, str], bool], msg: Any) -> None:
+    async def _poked(self, on_poke: Callable[[str, str, bool], bool], msg: Any) -> None:
         try:
             poke = json.loads(msg.data)
             instance_id, workflow = poke["instance_id"], poke["workflow"]
@@ -424,23 +425,33 @@ class JetStreamStore:
             return
         if not (isinstance(instance_id, str) and isinstance(workflow, str)) or poke.get("origin") == self.origin:
             return
-        if on_poke(instance_id, workflow) and msg.reply:
+        if on_poke(instance_id, workflow, poke.get("unowned") is True) and msg.reply:
             with contextlib.suppress(Exception):  # (only the engine that drives the instance answers)
                 await self.connection.publish(msg.reply, json.dumps({"origin": self.origin, "taken": True}).encode())
 
     async def hand_over(self, workflow: str, instance_id: str, seq: int) -> bool:
         """After an engine that does not drive changed ``instance_id`` (an observer's manual firing): ask the
-        driving engines on ``cb.engines.poke`` to go on with it; True when the one that drives it answered (the
-        asker then leaves it to that one), False when none did within ``HAND_OVER_WAIT`` seconds."""
-        poke = {"origin": self.origin, "workflow": workflow, "instance_id": instance_id, "seq": seq}
-        try:
-            msg = await self.connection.request(POKE_SUBJECT, json.dumps(poke).encode(), timeout=HAND_OVER_WAIT)
-        except Exception:  # no driving engine runs (no responders), none drives it (timeout), or NATS refused
-            return False
-        try:
-            return bool(json.loads(msg.data).get("taken"))
-        except (ValueError, AttributeError):
-            return False
+        driving engines on ``cb.engines.poke`` to go on with it. First the one that drives it; when none answers
+        within ``HAND_OVER_WAIT`` seconds, again with ``"unowned": true`` (an observer started it, or its driver is
+        gone), which the one engine chosen for it takes up (see ``takes_up``): asking the driver first means an
+        engine whose view of the stream lags never takes up an instance another drives. True when an engine
+        took it over (the asker then leaves it to that one), False when none did."""
+        poke: dict[str, Any] = {"origin": self.origin, "workflow": workflow, "instance_id": instance_id, "seq": seq}
+        for unowned in (False, True):
+            if unowned:
+                poke["unowned"] = True
+            try:
+                msg = await self.connection.request(POKE_SUBJECT, json.dumps(poke).encode(), timeout=HAND_OVER_WAIT)
+            except NoRespondersError:
+                return False  # no driving engine runs at all
+            except Exception:  # none drives it (timeout), or NATS refused
+                continue
+            try:
+                if json.loads(msg.data).get("taken"):
+                    return True
+            except (ValueError, AttributeError):
+                pass
+        return False
 
     async def _append_again(
         self,
@@ -723,7 +734,7 @@ class JetStreamStore:
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
-        on_poke: Callable[[str, str], bool] | None = None,
+        on_poke: Callable[[str, str, bool], bool] | None = None,
     ) -> None:
         """Presence on ``cb.engines.hello``: ``{"origin", "since", "reply"}``, heartbeats ``{"origin", "beat"}``
         every ``heartbeat`` seconds and ``{"origin", "bye"}`` on close. Hello and beats also say ``takes_over``:
@@ -737,7 +748,7 @@ class JetStreamStore:
         NATS, so a lost hello only costs liveness, never correctness: conflicts are caught by the CAS.
 
         A writer answers the requests on ``cb.engines.poke`` (see ``hand_over``) for which
-        ``on_poke(instance_id, workflow)`` says it takes the instance over.
+        ``on_poke(instance_id, workflow, unowned)`` says it takes the instance over.
         """
         nc = self.connection
         loop = asyncio.get_running_loop()
@@ -777,6 +788,7 @@ class JetStreamStore:
 
         self._hello_sub = await nc.subscribe(HELLO_SUBJECT, cb=heard)
         self._writer = writer
+        self._takes_over = on_gone is not None
         if writer and on_poke is not None:
             self._poke_sub = await nc.subscribe(POKE_SUBJECT, cb=partial(self._poked, on_poke))
         if writer:
@@ -902,22 +914,28 @@ class JetStreamStore:
         self.writer_of[instance_id] = self.origin  # this engine drives it from now on
         return True
 
-    def takes_up(self, instance_id: str, workflow: str) -> bool:
-        """Whether this engine should drive ``instance_id``, which no live engine drives (an observer started it,
-        or its last driver is gone), after an observer changed it: the same one live engine per instance as
-        ``takes_over`` chooses, so that of several driving engines one goes on with it at once."""
-        if self.drives_elsewhere(instance_id) or not self._chosen(instance_id, workflow):
+    def takes_up(self, instance_id: str, workflow: str, unowned: bool) -> bool:
+        """Whether this engine should drive ``instance_id`` of ``workflow`` (one of its workflows, an instance it
+        does not drive now) after an engine that does not drive changed it: when it knows no other driving
+        engine, nobody else can drive it; else only when the asker found no driver (``unowned``) and this is the
+        one live engine chosen for it, as ``takes_over`` chooses, so that of several one goes on with it."""
+        if self._peers and (
+            not unowned or self.drives_elsewhere(instance_id) or not self._chosen(instance_id, workflow)
+        ):
             return False
         self.writer_of[instance_id] = self.origin
         return True
 
     def _chosen(self, instance_id: str, workflow: str | None) -> bool:
-        """Whether this engine has the highest rendezvous hash for ``instance_id`` among itself and the live peers
-        that take over ``workflow``: every engine that knows the same peers picks the same one."""
+        """Whether this engine has the highest rendezvous hash for ``instance_id`` among the live engines that take
+        over ``workflow``, itself included if it takes over (it runs the workflow, follows the others and is not
+        stopping): every engine that knows the same peers picks the same one."""
         takes = self._takes
-        candidates = [self.origin]  # (the engine asking runs the workflow)
+        candidates = [self.origin] if self._takes_over else []
         candidates += [p for p in self._peers if workflow is None or p not in takes or workflow in takes[p]]
-        return max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode())) == self.origin
+        return bool(candidates) and (
+            max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode())) == self.origin
+        )
 
     def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:
         known = self._last.get(instance_id)

@@ -57,9 +57,10 @@ class SharedStore(Store, Protocol):
         gone, and this one is the live engine chosen for it among those that take over that workflow."""
         ...
 
-    def takes_up(self, instance_id: str, workflow: str) -> bool:
-        """Whether this engine should drive ``instance_id`` (of ``workflow``), which no live engine drives, after
-        an engine that does not drive changed it: this one is the live engine chosen for it."""
+    def takes_up(self, instance_id: str, workflow: str, unowned: bool) -> bool:
+        """Whether this engine should drive ``instance_id`` (of ``workflow``), which it does not drive now, after
+        an engine that does not drive changed it: it knows no other driving engine, or the asker found no driver
+        (``unowned``) and this one is the live engine chosen for it."""
         ...
 
     async def announce(
@@ -70,15 +71,16 @@ class SharedStore(Store, Protocol):
         writer: bool = True,
         on_gone: Callable[[str], None] | None = None,
         workflows: Callable[[], Collection[str]] | None = None,
-        on_poke: Callable[[str, str], bool] | None = None,
+        on_poke: Callable[[str, str, bool], bool] | None = None,
     ) -> None:
         """Tell the other engines this one is here (if it may write; a writer returns once the writers already
         running have introduced themselves) and call ``on_peer(position)`` when another writer is seen: its events
         must be followed from ``position + 1`` on. ``on_gone(origin)`` is called when
         a writer leaves or stops answering: the instances it drove need another driver (see ``takes_over``).
         ``workflows()`` names the workflows whose instances this engine takes over (none without ``on_gone``).
-        A writer's ``on_poke(instance_id, workflow)`` is called when an engine that does not drive changed that
-        instance (see ``hand_over``); it says whether this engine takes it over (and goes on with it)."""
+        A writer's ``on_poke(instance_id, workflow, unowned)`` is called when an engine that does not drive changed
+        that instance (see ``hand_over``; ``unowned``: it found no engine driving it); it says whether this engine
+        takes it over (and goes on with it)."""
         ...
 
     async def hand_over(self, workflow: str, instance_id: str, seq: int) -> bool:

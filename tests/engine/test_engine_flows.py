@@ -603,3 +603,63 @@ async def test_a_closed_engine_refuses_changes_naming_them() -> None:
         with pytest.raises(EngineClosedError, match=inst.id):
             await change(inst.id)
     assert (await engine.get(inst.id)).status is InstanceStatus.WAITING  # reading still works; nothing moved
+
+
+async def test_a_caller_giving_up_just_as_its_manual_firing_is_stored_leaves_the_follow_up_to_the_engine() -> None:
+    """Found in review: cancelled (a timeout) between the action's task ending and the caller waking, the caller
+    skipped the follow-up, and the instance stayed waiting with an automatic transition enabled."""
+    wf = Workflow("give_up_window")
+    a, b, c = wf.states("a", "b", "c")
+    callers: list[asyncio.Task[object]] = []
+
+    @wf.flow(a >> b, "approve", trigger="manual")
+    async def approve(token):
+        await asyncio.sleep(0.05)
+        asyncio.get_running_loop().call_soon(callers[0].cancel)  # (runs before the caller wakes)
+        return {"ok": True}
+
+    wf.flow(b >> c, "ship")  # automatic
+
+    async with Engine(workflows=[wf]) as engine:
+        inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+        callers.append(asyncio.create_task(engine.fire(inst.id, "approve")))
+        with pytest.raises(asyncio.CancelledError):
+            await callers[0]
+        done = await engine.wait(inst.id, timeout=5)
+        assert done.status is InstanceStatus.COMPLETED and [t.place for t in done.tokens] == ["c"]
+
+
+async def test_closing_while_a_manual_firing_is_being_stored_says_it_may_be_stored() -> None:
+    """Found in review: the event was on the server, its acknowledgement on the way, when the engine closed; the
+    caller was told nothing moved."""
+    from circuit_breaker.store import MemoryStore
+
+    storing = asyncio.Event()
+
+    class SlowAcknowledgement(MemoryStore):
+        appends_atomically = False  # (its append suspends)
+
+        async def append(self, event: Event, expected_seq: int) -> None:
+            await super().append(event, expected_seq)
+            if event.type is EventType.TRANSITION_FIRED:
+                storing.set()
+                await asyncio.sleep(5)  # (stored; the acknowledgement still on its way)
+
+    wf = Workflow("closed_while_storing")
+    a, b = wf.states("a", "b")
+
+    @wf.flow(a >> b, "approve", trigger="manual")
+    async def approve(token):
+        return {"ok": True}
+
+    store = SlowAcknowledgement()
+    engine = Engine(store=store, workflows=[wf])
+    await engine.open()
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    firing = asyncio.create_task(engine.fire(inst.id, "approve"))
+    await asyncio.wait_for(storing.wait(), 5)
+    await engine.close()
+    with pytest.raises(EngineClosedError, match="may be stored: read the instance") as caught:
+        await firing
+    assert caught.value.maybe_stored and caught.value.retryable
+    assert [e.type for e in await store.read(inst.id)][-1] is EventType.TRANSITION_FIRED

@@ -83,6 +83,17 @@ async def test_each_refusal_has_its_code(served: tuple[Engine, Any]) -> None:
     assert late["error"]["code"] == "instance_state"
 
 
+async def test_a_closed_engine_answers_unavailable_so_that_the_caller_asks_again(
+    served: tuple[Engine, Any],
+) -> None:
+    """Found in review: the engine's refusal after it closed was answered as 'internal', with a traceback logged."""
+    engine, nc = served
+    inst = await engine.wait((await engine.start("signed", {})).id, timeout=5)
+    await engine.close()
+    refused = (await ask(nc, "fire", {"instance_id": inst.id, "transition": "sign"}))["error"]
+    assert refused["code"] == "unavailable" and "the engine is closed" in refused["message"], refused
+
+
 async def test_a_slow_action_does_not_hold_up_other_requests(served: tuple[Engine, Any]) -> None:
     engine, nc = served
     ids = [(await engine.wait((await engine.start("signed", {})).id, timeout=5)).id for _ in range(4)]

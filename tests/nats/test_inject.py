@@ -388,3 +388,17 @@ async def test_stopping_the_inbox_returns_even_when_its_fetch_does_not_end(fresh
         assert returned, "stop() waited for a fetch loop that does not end"
     finally:
         await nc.close()
+
+
+async def test_an_injection_into_a_closed_engine_is_refused_as_retryable() -> None:
+    """Found in review: the engine's refusal after it closed became a non-retryable internal error; the inbox
+    then gave the message up after a few attempts instead of leaving it to the next engine."""
+    from circuit_breaker.nats._inject import start_instance
+    from circuit_breaker.nats._protocol import InjectRequest
+
+    async with Engine(workflows=[orders_workflow()]) as engine:
+        pass
+    with pytest.raises(InjectError) as refused:
+        await start_instance(engine, "orders", InjectRequest(data={"item": "book", "qty": 1}))
+    assert refused.value.code == "unavailable" and refused.value.retryable
+    assert "the engine is closed" in str(refused.value)

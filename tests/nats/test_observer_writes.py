@@ -128,6 +128,73 @@ async def test_a_driving_engine_takes_up_an_instance_an_observer_started_and_fir
     await drop_streams(nats_url)
 
 
+def counting_pokes(engine: Engine, took: list[str]) -> None:
+    """Note each instance ``engine`` says it takes over when poked (before it opens: announce gets the hook)."""
+    poked = engine._poked
+
+    def counted(instance_id: str, workflow: str, unowned: bool = False) -> bool:
+        taken = poked(instance_id, workflow, unowned)
+        if taken:
+            took.append(instance_id)
+        return taken
+
+    engine._poked = counted
+
+
+async def test_an_engine_whose_view_lags_leaves_an_instance_another_drives_to_it(nats_url: str) -> None:
+    """Found in review: with two driving engines, the one whose watcher had not yet read the other's writes took
+    up instances the other drove (the rendezvous hash picked it), and both ran the follow-up. The observer asks
+    the driver first; only when none answers is the instance anybody's to take."""
+    await drop_streams(nats_url)
+    ran: list[str] = []
+    driver, lagging = on_nats(nats_url, observed_workflow(ran)), on_nats(nats_url, observed_workflow(ran))
+    took: list[str] = []
+    counting_pokes(lagging, took)
+    async with driver, lagging:
+        apply_now = lagging._apply_foreign
+
+        async def apply_late(event: object) -> None:
+            await asyncio.sleep(2)  # (a busy engine: it reads the others' events seconds late)
+            await apply_now(event)
+
+        lagging._apply_foreign = apply_late
+        ids = [(await driver.wait((await driver.start("observed", {})).id, timeout=5)).id for _ in range(6)]
+        async with on_nats(nats_url, observed_workflow(ran), drive=False) as observer:
+            for iid in ids:
+                await observer.fire(iid, "go")
+        for iid in ids:
+            assert (await until(driver, iid, InstanceStatus.COMPLETED)).status is InstanceStatus.COMPLETED
+        await asyncio.sleep(0.3)
+        assert took == [] and len(ran) == len(ids) and driver.conflicts == lagging.conflicts == 0
+    await drop_streams(nats_url)
+
+
+async def test_an_engine_that_does_not_follow_leaves_unowned_instances_to_one_that_does(nats_url: str) -> None:
+    """Found in review: a driving engine with follow=False counted itself alone and took up every instance an
+    observer started, while the engine that follows took up those the hash gave it: both drove those."""
+    await drop_streams(nats_url)
+    ran: list[str] = []
+    quiet = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[observed_workflow(ran)], follow=False)
+    follows = on_nats(nats_url, observed_workflow(ran))
+    took_quiet: list[str] = []
+    took_follows: list[str] = []
+    counting_pokes(quiet, took_quiet)
+    counting_pokes(follows, took_follows)
+    async with quiet, follows:
+        async with on_nats(nats_url, observed_workflow(ran), drive=False) as observer:
+            ids = []
+            for _ in range(4):
+                started = await observer.start("observed", {})
+                await observer.fire(started.id, "go")
+                ids.append(started.id)
+        for iid in ids:
+            assert (await until(follows, iid, InstanceStatus.COMPLETED)).status is InstanceStatus.COMPLETED
+        await asyncio.sleep(0.3)
+        assert took_quiet == [] and sorted(took_follows) == sorted(ids)
+        assert len(ran) == len(ids) and quiet.conflicts == follows.conflicts == 0
+    await drop_streams(nats_url)
+
+
 async def test_malformed_pokes_are_ignored(nats_url: str) -> None:
     import nats
 
