@@ -235,22 +235,27 @@ class WaitTimeoutError(CircuitBreakerError):
 
 
 class EngineClosedError(CircuitBreakerError):
-    """A change (start, fire, retry, pause, resume, cancel) asked of an engine that was closed, or a manual
+    """A change (start, fire, retry, pause, resume, cancel) asked of an engine that was closed, one that would
+    start something (all but pause and cancel) asked of an engine that is stopping (``stopping``), or a manual
     firing whose action a closing engine cancelled: nothing moved, unless ``maybe_stored`` (the engine closed while
     the firing was being stored: read the instance). Retryable: another engine, or this one started again, can."""
 
     retryable = True
 
-    def __init__(self, operation: str, instance_id: str | None = None, *, maybe_stored: bool = False) -> None:
+    def __init__(
+        self, operation: str, instance_id: str | None = None, *, maybe_stored: bool = False, stopping: bool = False
+    ) -> None:
         on = f" instance {instance_id}" if instance_id is not None else ""
         if maybe_stored:
             what = "it closed while the firing was being stored, so it may be stored: read the instance"
         else:
             what = "nothing moved"
-        super().__init__(f"the engine is closed: cannot {operation}{on}; {what}")
+        state = "stopping" if stopping else "closed"
+        super().__init__(f"the engine is {state}: cannot {operation}{on}; {what}")
         self.operation = operation
         self.instance_id = instance_id
         self.maybe_stored = maybe_stored
+        self.stopping = stopping
 
 
 class WorkflowLoadError(CircuitBreakerError):

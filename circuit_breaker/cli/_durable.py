@@ -146,8 +146,8 @@ def serve(
 
     Ctrl-C or SIGTERM: nothing new starts; manual firings being answered and local actions running get
     CB_STOP_GRACE seconds (default 10) to finish. Local actions still running then are cancelled and run
-    again when an engine loads their instances; a manual firing still running is not stored (its asker gets
-    no answer). A second Ctrl-C or SIGTERM stops at once (exit 1). Settings: CB_* variables or
+    again when an engine loads their instances; a manual firing still running is not stored (its asker is
+    answered "unavailable"). A second Ctrl-C or SIGTERM stops at once (exit 1). Settings: CB_* variables or
     circuit_breaker.toml.
     """
     from ._app import _errors

@@ -276,25 +276,40 @@ class Engine:
         if self.drive or not self._shared or not run.local:
             return False
         assert isinstance(self.store, SharedStore)
+        run.local = False  # (while it asks, this engine's scheduler leaves the instance alone)
         if await self.store.hand_over(run.cw.name, run.id, run.seq):
-            run.local = False
+            if self.follow:
+                self._peer(0)  # read what the driver does with it from now (else only once a heartbeat is heard)
             return True
+        run.local = True
         return False
 
     def _orphaned(self, origin: str) -> None:
         """Another engine left or stopped answering: drive the unfinished instances it was driving (those whose
-        latest event it wrote). Several engines may take the same one over; the store's check lets one fire."""
+        latest event it wrote), and those nobody drives that were left to it (an observer's, when it was the one
+        chosen for them). Several engines may take the same one over; the store's check lets one fire."""
         if self._closed:
             return
         taken = 0
         for run in list(self._runs.values()):
-            if self._take_over(run):
+            if self._take_over(run) or self._take_up_unowned(run):
                 taken += 1
             elif run.local and run.pending and run.status not in TERMINAL and self._remote().unclocked(run):
                 # Driven here, but its remote tasks were dispatched there: their deadlines were on its clock.
                 self._spawn(run, self._remote().recover(run))
         if taken:
             log.warning("took over %d instance(s) from engine %s", taken, origin)
+
+    def _take_up_unowned(self, run: Run) -> bool:
+        """Drive ``run`` if no live engine drives it (an observer started it) and this engine is the one chosen
+        for it among the live ones."""
+        if run.local or run.status not in (RUNNING, WAITING):
+            return False
+        if not cast(SharedStore, self.store).takes_up(run.id, run.cw.name, True):
+            return False
+        run.local = True
+        self._kick(run)
+        return True
 
     def _step_aside(self, run: Run) -> None:
         """Leave ``run`` to the engine that wrote it last; drive it again should it not move on for a while (a
@@ -307,7 +322,8 @@ class Engine:
         asyncio.get_running_loop().call_later(delay, self._unless_moved, run, seq)
 
     def _unless_moved(self, run: Run, seq: int) -> None:
-        """Some time after this engine left ``run`` to another: drive it again if it could go on and has not."""
+        """Some time after this engine left ``run`` to another (or found it begun by an engine that does not drive):
+        drive it if it could go on and has not."""
         if self._closed or run.local:
             return
         if not (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run))):
@@ -317,7 +333,8 @@ class Engine:
             self._check_moving(run, run.seq)
             return
         log.warning(
-            "instance %s of workflow %s did not move on after another engine took it; driving it again",
+            "instance %s of workflow %s did not move on for a while with another engine (or none) driving it; "
+            "driving it here",
             run.id,
             run.cw.name,
         )
@@ -370,6 +387,12 @@ class Engine:
             sink(None)
         self._subscribers.clear()
         await self.store.close()
+
+    def _refuse_when_closed(self, operation: str, instance_id: str | None = None, *, starts: bool = True) -> None:
+        """A change asked of a closed engine, or one that would start something of an engine that is stopping
+        (``starts``), is refused, saying so: a caller then asks again elsewhere, or later."""
+        if self._closed or (starts and self._draining):
+            raise EngineClosedError(operation, instance_id, stopping=not self._closed)
 
     def stop_starting(self) -> None:
         """Start nothing new from now on (no firing, no action, no scheduler pass); what runs goes on. The first
@@ -724,6 +747,9 @@ class Engine:
                     self._take_over(adopted)  # read after its driver left (the watcher lagged): it is an orphan
                 return
             run = self._runs[event.instance_id] = self._new_run(event.instance_id, cw)
+            if self.drive and self.follow and event.seq == 1 and not self._drives_elsewhere(event.instance_id):
+                # Begun by an engine that does not drive (an observer): should nobody take it up, the safety net.
+                self._check_moving(run, 1)
         async with run.lock:
             if event.seq == run.seq + 1:
                 run.apply(event)
@@ -764,8 +790,7 @@ class Engine:
         actor: str | None = None,
     ) -> Instance:
         """Start an instance with ``data`` in the initial place; returns once the instance exists."""
-        if self._closed:
-            raise EngineClosedError(f"start an instance of workflow {getattr(workflow, 'name', workflow)!r}")
+        self._refuse_when_closed(f"start an instance of workflow {getattr(workflow, 'name', workflow)!r}")
         cw = self._workflow(workflow)
         if self._loading:
             await self._ready()
@@ -909,8 +934,7 @@ class Engine:
         on the new state (its action may run again), and ConcurrencyError is raised only if that keeps happening.
         A closed engine raises EngineClosedError, also when it closes while the firing's action runs.
         """
-        if self._closed:
-            raise EngineClosedError(f"fire {transition!r} on", instance_id)
+        self._refuse_when_closed(f"fire {transition!r} on", instance_id)
         run = self._runs.get(instance_id)
         if run is None or self._loading:
             run = await self._find(instance_id)
@@ -1066,8 +1090,7 @@ class Engine:
         handed out again, as its next attempt; a failed instance runs again if that task was all that failed it.
         ``attempt`` is the attempt the caller saw dead-lettered: a later one already out makes the request stale.
         """
-        if self._closed:
-            raise EngineClosedError("retry", instance_id)
+        self._refuse_when_closed("retry", instance_id)
         if task_id is not None:
             return await self._retry_task(instance_id, task_id, actor, attempt)
         run = await self._find(instance_id)
@@ -1135,10 +1158,12 @@ class Engine:
         self._kick(run)
 
     async def pause(self, instance_id: str, actor: str | None = None) -> Instance:
+        self._refuse_when_closed("pause", instance_id, starts=False)
         run = await self._change_status(instance_id, lambda _: "pause", actor)
         return run.snapshot()
 
     async def resume(self, instance_id: str, actor: str | None = None) -> Instance:
+        self._refuse_when_closed("resume", instance_id)
         run = await self._change_status(instance_id, lambda _: "resume", actor)
         open_incidents = [i for i in run.incidents if not i.resolved]
         if open_incidents:  # an action failed for good while it was paused: it fails now, as it would have
@@ -1151,6 +1176,7 @@ class Engine:
 
     async def cancel(self, instance_id: str, actor: str | None = None, reason: str | None = None) -> Instance:
         """Cancel: running actions are stopped and no token moves any more."""
+        self._refuse_when_closed("cancel", instance_id, starts=False)
         run = await self._change_status(instance_id, lambda _: "cancel", actor, reason)
         for task in list(run.tasks):
             task.cancel()
@@ -1168,8 +1194,6 @@ class Engine:
     ) -> Run:
         """A status change asked for by a caller; judged again if another engine changed the instance first
         (``when``: only if it holds for the state under the instance's lock)."""
-        if self._closed:
-            raise EngineClosedError(f"change the status ({reason or 'by hand'}) of", instance_id)
         run = await self._find(instance_id)
         run.local = True
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
@@ -1496,7 +1520,12 @@ class Engine:
             if run.all_final():
                 await self._set_status(run, "complete", None)
             elif run.status is RUNNING:
-                await self._set_status(run, "wait", None)
+                # Judged on the state before the lock: a manual firing stored meanwhile (here, or by another engine
+                # read in) may have enabled an automatic transition, so wait only if nothing changed since.
+                seq = run.seq
+                await self._set_status(run, "wait", None, when=lambda r: r.seq == seq)
+                if run.status is RUNNING:
+                    run.dirty = True  # (it changed: the scheduler looks again)
             elif self._shared and run.local and self._auto_possible(run):
                 # Waiting, yet an automatic transition could fire: the event that should have resumed it
                 # was lost to a crash or to another engine (a manual firing stored, its "proceed" not).

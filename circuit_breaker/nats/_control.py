@@ -127,7 +127,7 @@ class ControlService:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking requests; the ones being answered finish first (within ``grace`` seconds, if given: the
-        rest are cancelled, a manual action with them, and their askers get no answer)."""
+        rest are cancelled, a manual action with them, and their askers are answered ``unavailable``)."""
         subs, self._subs = self._subs, []
         for sub in subs:
             try:
@@ -156,9 +156,17 @@ class ControlService:
     async def _serve(self, verb: Verb, msg: Msg) -> None:
         try:
             reply = await self._answer(verb, msg.data)
+        except asyncio.CancelledError:
+            # Stopping ran out of grace: tell the asker now rather than leave it waiting for its timeout.
+            stopped = "the engine stopped before it was done; the instance is as stored (read it), ask again if needed"
+            await self._respond(msg, _error("unavailable", stopped))
+            raise
         except Exception as err:  # one bad request must never stop the service
             log.exception("control request on %s failed", msg.subject)
             reply = _error("internal", f"{type(err).__name__}: {err}")
+        await self._respond(msg, reply)
+
+    async def _respond(self, msg: Msg, reply: dict[str, Any]) -> None:
         if msg.reply:
             try:
                 await msg.respond(_fitted(reply, self.connection.max_payload))

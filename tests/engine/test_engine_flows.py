@@ -599,9 +599,9 @@ async def test_a_closed_engine_refuses_changes_naming_them() -> None:
         await engine.start(wf, {})
     with pytest.raises(EngineClosedError, match=f"cannot fire 'go' on instance {inst.id}"):
         await engine.fire(inst.id, "go")
-    for change in (engine.pause, engine.resume, engine.cancel, engine.retry):
-        with pytest.raises(EngineClosedError, match=inst.id):
-            await change(inst.id)
+    for operation in ("pause", "resume", "cancel", "retry"):
+        with pytest.raises(EngineClosedError, match=f"the engine is closed: cannot {operation} instance {inst.id}"):
+            await getattr(engine, operation)(inst.id)
     assert (await engine.get(inst.id)).status is InstanceStatus.WAITING  # reading still works; nothing moved
 
 
@@ -663,3 +663,58 @@ async def test_closing_while_a_manual_firing_is_being_stored_says_it_may_be_stor
         await firing
     assert caught.value.maybe_stored and caught.value.retryable
     assert [e.type for e in await store.read(inst.id)][-1] is EventType.TRANSITION_FIRED
+
+
+async def test_a_manual_firing_right_after_the_start_is_not_followed_by_a_stale_wait(engine: Engine) -> None:
+    """Found in a walk-through: the scheduler judged the new instance (nothing automatic to do: wait) while the
+    manual firing was being stored, and then stored that stale 'waiting' on top of it. On a driving engine it only
+    cost a 'waiting' and a 'running'; written by an observer, the driver fired the next transition while waiting."""
+    wf = Workflow("quick_approval")
+    a, b, c = wf.states("a", "b", "c")
+    wf.flow(a >> b, "approve", trigger="manual")
+    wf.flow(b >> c, "ship")  # automatic
+    inst = await engine.start(wf, {})
+    await engine.fire(inst.id, "approve")  # (before the scheduler's first pass could store anything)
+    done = await engine.wait(inst.id, timeout=5)
+    assert done.status is InstanceStatus.COMPLETED
+    assert [e.type for e in await engine.store.read(inst.id)] == [
+        EventType.TOKEN_INJECTED,
+        EventType.TRANSITION_FIRED,
+        EventType.TRANSITION_FIRED,
+        EventType.INSTANCE_COMPLETED,
+    ]
+
+
+async def test_a_stopping_engine_starts_nothing_new_for_callers_either() -> None:
+    """Found in a walk-through: during close(grace=...) a library caller could still start an instance (left
+    running for a later engine) and fire a manual transition whose action then ran unawaited and was cancelled."""
+    ran: list[str] = []
+    began = asyncio.Event()
+    wf = Workflow("stopping_callers")
+    a, b = wf.states("a", "b")
+
+    @wf.flow(a >> b, "approve", trigger="manual")
+    async def approve(token):
+        ran.append(token.instance_id)
+        began.set()
+        await asyncio.sleep(0.3)
+        return {}
+
+    engine = Engine(workflows=[wf])
+    await engine.open()
+    first, second = [(await engine.wait((await engine.start(wf, {})).id, timeout=5)).id for _ in range(2)]
+    firing = asyncio.create_task(engine.fire(first, "approve"))
+    await asyncio.wait_for(began.wait(), 5)
+    closing = asyncio.create_task(engine.close(grace=5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(EngineClosedError, match="the engine is stopping: cannot start an instance") as refused:
+        await engine.start(wf, {})
+    assert refused.value.stopping and refused.value.retryable
+    with pytest.raises(EngineClosedError, match=f"stopping: cannot fire 'approve' on instance {second}"):
+        await engine.fire(second, "approve")
+    with pytest.raises(EngineClosedError, match="stopping: cannot resume"):
+        await engine.resume(second)
+    paused = await engine.pause(second)  # (stops something: still done)
+    assert paused.status is InstanceStatus.PAUSED
+    await closing
+    assert [t.place for t in (await firing).tokens] == ["b"] and ran == [first]

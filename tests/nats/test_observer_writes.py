@@ -9,7 +9,7 @@ import contextlib
 
 import pytest
 
-from circuit_breaker import Engine, InstanceStatus, Workflow
+from circuit_breaker import Engine, Instance, InstanceStatus, Workflow
 from circuit_breaker.nats import JetStreamStore
 from tests.conftest import drop_streams
 
@@ -33,7 +33,7 @@ def observed_workflow(ran: list[str] | None = None) -> Workflow:
     return wf
 
 
-async def until(engine: Engine, instance_id: str, status: InstanceStatus, seconds: float = 10) -> object:
+async def until(engine: Engine, instance_id: str, status: InstanceStatus, seconds: float = 10) -> Instance:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     got = await engine.get(instance_id)
@@ -56,6 +56,10 @@ async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: s
             fired = await observer.fire(started.id, "go", actor="dashboard")
             assert [t.place for t in fired.tokens] == ["b"]  # the observer fired; the driver goes on
             done = await until(driver, started.id, InstanceStatus.COMPLETED)
+            # The observer reads what the driver does with it at once (found in a walk-through: only once it heard
+            # the driver's heartbeat, up to 5 s later).
+            seen = await until(observer, started.id, InstanceStatus.COMPLETED, seconds=1)
+            assert seen.status is InstanceStatus.COMPLETED
             await asyncio.sleep(0.3)  # (time for a second run of 'next', were the observer driving too)
         assert done.status is InstanceStatus.COMPLETED and [t.place for t in done.tokens] == ["c"]
         assert [e.actor for e in done.history if e.transition == "go"] == ["dashboard"]
@@ -192,6 +196,47 @@ async def test_an_engine_that_does_not_follow_leaves_unowned_instances_to_one_th
         await asyncio.sleep(0.3)
         assert took_quiet == [] and sorted(took_follows) == sorted(ids)
         assert len(ran) == len(ids) and quiet.conflicts == follows.conflicts == 0
+    await drop_streams(nats_url)
+
+
+async def test_an_instance_left_to_an_engine_that_went_silent_is_taken_up_when_it_is_found_gone(
+    nats_url: str,
+) -> None:
+    """Found in a walk-through (kill -9 of one of two serves): the observer's instance was chosen for the engine
+    that had died, nobody answered, the observer went on with it and closed, cancelling its action; the instance
+    stayed running with nobody driving it. The survivor now takes it up once it finds the other gone."""
+    import zlib
+
+    await drop_streams(nats_url)
+    finished: list[str] = []
+    wf = Workflow("left_behind")
+    a, b, c = wf.states("a", "b", "c")
+    wf.flow(a >> b, "go", trigger="manual")
+
+    @wf.flow(b >> c, "work")
+    async def work(token):
+        await asyncio.sleep(0.5)
+        finished.append(token.instance_id)
+        return {}
+
+    silent = Engine(store=JetStreamStore(servers=[nats_url], heartbeat=0.3), workflows=[wf])
+    survivor = Engine(store=JetStreamStore(servers=[nats_url], heartbeat=0.3), workflows=[wf])
+    async with silent, survivor:
+        # As if its process froze: no heartbeat, no answer to pokes (its peers find it gone after 3 heartbeats).
+        assert silent.store._beats is not None and silent.store._poke_sub is not None
+        silent.store._beats.cancel()
+        await silent.store._poke_sub.unsubscribe()
+        origins = (silent.store.origin, survivor.store.origin)
+        iid = next(  # an instance id the rendezvous hash gives to the silent engine
+            f"left{n}"
+            for n in range(1000)
+            if max(origins, key=lambda o, n=n: zlib.crc32(f"{o}:left{n}".encode())) == origins[0]
+        )
+        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+            await observer.start(wf, {}, instance_id=iid)
+            await observer.fire(iid, "go")  # nobody answers: the observer goes on, then closes mid-action
+        done = await until(survivor, iid, InstanceStatus.COMPLETED, seconds=10)
+        assert done.status is InstanceStatus.COMPLETED and finished == [iid]  # (it may have begun on the observer)
     await drop_streams(nats_url)
 
 
