@@ -277,22 +277,24 @@ class Engine:
             return False
         assert isinstance(self.store, SharedStore)
         run.local = False  # (while it asks, this engine's scheduler leaves the instance alone)
-        if await self.store.hand_over(run.cw.name, run.id, run.seq):
-            if self.follow:
-                self._peer(0)  # read what the driver does with it from now (else only once a heartbeat is heard)
-            return True
-        run.local = True
-        return False
+        taken = False
+        try:
+            taken = await self.store.hand_over(run.cw.name, run.id, run.seq)
+        finally:
+            run.local = not taken  # (also when the caller gives up meanwhile: its follow-up then asks again)
+        if taken and self.follow:
+            self._peer(0)  # read what the driver does with it from now (else only once a heartbeat is heard)
+        return taken
 
     def _orphaned(self, origin: str) -> None:
         """Another engine left or stopped answering: drive the unfinished instances it was driving (those whose
-        latest event it wrote), and those nobody drives that were left to it (an observer's, when it was the one
-        chosen for them). Several engines may take the same one over; the store's check lets one fire."""
+        latest event it wrote, or that an observer left to it). Several engines may take the same one over; the
+        store's check lets one fire."""
         if self._closed:
             return
         taken = 0
         for run in list(self._runs.values()):
-            if self._take_over(run) or self._take_up_unowned(run):
+            if self._take_over(run):
                 taken += 1
             elif run.local and run.pending and run.status not in TERMINAL and self._remote().unclocked(run):
                 # Driven here, but its remote tasks were dispatched there: their deadlines were on its clock.
@@ -300,37 +302,32 @@ class Engine:
         if taken:
             log.warning("took over %d instance(s) from engine %s", taken, origin)
 
-    def _take_up_unowned(self, run: Run) -> bool:
-        """Drive ``run`` if no live engine drives it (an observer started it) and this engine is the one chosen
-        for it among the live ones."""
-        if run.local or run.status not in (RUNNING, WAITING):
-            return False
-        if not cast(SharedStore, self.store).takes_up(run.id, run.cw.name, True):
-            return False
-        run.local = True
-        self._kick(run)
-        return True
-
     def _step_aside(self, run: Run) -> None:
         """Leave ``run`` to the engine that wrote it last; drive it again should it not move on for a while (a
         safety net: stepping aside must never leave an instance that can go on with nobody driving it)."""
         run.local = False
         self._check_moving(run, run.seq)
 
-    def _check_moving(self, run: Run, seq: int) -> None:
+    def _check_moving(self, run: Run, seq: int, unowned: bool = False) -> None:
         delay = STEP_ASIDE_CHECKS * getattr(self.store, "heartbeat", 5.0)
-        asyncio.get_running_loop().call_later(delay, self._unless_moved, run, seq)
+        asyncio.get_running_loop().call_later(delay, self._unless_moved, run, seq, unowned)
 
-    def _unless_moved(self, run: Run, seq: int) -> None:
-        """Some time after this engine left ``run`` to another (or found it begun by an engine that does not drive):
-        drive it if it could go on and has not."""
+    def _unless_moved(self, run: Run, seq: int, unowned: bool = False) -> None:
+        """Some time after this engine left ``run`` to another (or, ``unowned``, found it begun by an engine that
+        does not drive): drive it if it could go on and has not; an unowned one only on the engine chosen for it,
+        so that of several engines one does."""
         if self._closed or run.local:
             return
         if not (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run))):
             return  # ended, or waits for a manual firing (whoever fires it drives it)
-        if run.seq != seq or (run.pending and run.tasks_running()):
-            # It moves, or a remote task is out (its result or its deadline moves it on): look again later.
-            self._check_moving(run, run.seq)
+        if (
+            run.seq != seq
+            or (run.pending and run.tasks_running())
+            or (unowned and not cast(SharedStore, self.store).takes_up(run.id, run.cw.name, True))
+        ):
+            # It moves, a remote task is out (its result or its deadline moves it on), or another engine is the one
+            # for it: look again later.
+            self._check_moving(run, run.seq, unowned)
             return
         log.warning(
             "instance %s of workflow %s did not move on for a while with another engine (or none) driving it; "
@@ -749,7 +746,7 @@ class Engine:
             run = self._runs[event.instance_id] = self._new_run(event.instance_id, cw)
             if self.drive and self.follow and event.seq == 1 and not self._drives_elsewhere(event.instance_id):
                 # Begun by an engine that does not drive (an observer): should nobody take it up, the safety net.
-                self._check_moving(run, 1)
+                self._check_moving(run, 1, unowned=True)
         async with run.lock:
             if event.seq == run.seq + 1:
                 run.apply(event)

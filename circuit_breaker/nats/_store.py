@@ -909,7 +909,7 @@ class JetStreamStore:
         """Whether this engine should drive ``instance_id`` because the engine that last wrote it is gone (it then
         forgets that writer). One live engine per instance (the highest rendezvous hash among this engine and the
         live peers it knows), so the survivors share the orphans instead of all driving each of them."""
-        if self.writer_of.get(instance_id) not in self.gone or not self._chosen(instance_id, workflow):
+        if self.writer_of.get(instance_id) not in self.gone or self._choose(instance_id, workflow) != self.origin:
             return False
         self.writer_of[instance_id] = self.origin  # this engine drives it from now on
         return True
@@ -918,24 +918,27 @@ class JetStreamStore:
         """Whether this engine should drive ``instance_id`` of ``workflow`` (one of its workflows, an instance it
         does not drive now) after an engine that does not drive changed it: when it knows no other driving
         engine, nobody else can drive it; else only when the asker found no driver (``unowned``) and this is the
-        one live engine chosen for it, as ``takes_over`` chooses, so that of several one goes on with it."""
-        if self._peers and (
-            not unowned or self.drives_elsewhere(instance_id) or not self._chosen(instance_id, workflow)
-        ):
-            return False
+        one live engine chosen for it, as ``takes_over`` chooses, so that of several one goes on with it. The
+        others note the chosen one as its driver: should it be gone, they take the instance over from it."""
+        if self._peers:
+            if not unowned or self.drives_elsewhere(instance_id):
+                return False
+            chosen = self._choose(instance_id, workflow)
+            if chosen != self.origin:
+                if chosen is not None:
+                    self.writer_of[instance_id] = chosen
+                return False
         self.writer_of[instance_id] = self.origin
         return True
 
-    def _chosen(self, instance_id: str, workflow: str | None) -> bool:
-        """Whether this engine has the highest rendezvous hash for ``instance_id`` among the live engines that take
-        over ``workflow``, itself included if it takes over (it runs the workflow, follows the others and is not
-        stopping): every engine that knows the same peers picks the same one."""
+    def _choose(self, instance_id: str, workflow: str | None) -> str | None:
+        """The live engine with the highest rendezvous hash for ``instance_id`` among those that take over
+        ``workflow``, this one included if it takes over (it runs the workflow, follows the others and is not
+        stopping): every engine that knows the same peers picks the same one. None when none takes over."""
         takes = self._takes
         candidates = [self.origin] if self._takes_over else []
         candidates += [p for p in self._peers if workflow is None or p not in takes or workflow in takes[p]]
-        return bool(candidates) and (
-            max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode())) == self.origin
-        )
+        return max(candidates, key=lambda origin: zlib.crc32(f"{origin}:{instance_id}".encode()), default=None)
 
     def _saw(self, instance_id: str, seq: int, stream_seq: int) -> None:
         known = self._last.get(instance_id)

@@ -240,6 +240,86 @@ async def test_an_instance_left_to_an_engine_that_went_silent_is_taken_up_when_i
     await drop_streams(nats_url)
 
 
+def slow_work(name: str, seconds: float, finished: list[str], *, manual_first: bool = False) -> Workflow:
+    """``[a --go (manual)-->] b --work--> c``: ``work`` is automatic and takes ``seconds``."""
+    wf = Workflow(name)
+    a, b, c = wf.states("a", "b", "c")
+    if manual_first:
+        wf.flow(a >> b, "go", trigger="manual")
+    first = b if manual_first else a
+
+    @wf.flow(first >> c, "work")
+    async def work(token):
+        await asyncio.sleep(seconds)
+        finished.append(token.instance_id)
+        return {}
+
+    return wf
+
+
+def drivers(url: str, wf: Workflow, count: int, heartbeat: float) -> list[Engine]:
+    return [Engine(store=JetStreamStore(servers=[url], heartbeat=heartbeat), workflows=[wf]) for _ in range(count)]
+
+
+async def test_an_engine_leaving_does_not_make_another_drive_an_instance_an_observer_drives(nats_url: str) -> None:
+    """Found in review: when any engine left, the one chosen for an observer's instance took it up while the
+    observer still ran its action, and ran it a second time."""
+    await drop_streams(nats_url)
+    finished: list[str] = []
+    wf = slow_work("observer_drives", 1.0, finished)
+    staying, leaving = drivers(nats_url, wf, 2, 0.3)
+    async with staying:
+        await leaving.open()
+        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+            started = await observer.start(wf, {})  # the observer runs 'work' itself
+            await leaving.close()  # (scaled down meanwhile)
+            done = await observer.wait(started.id, timeout=5)
+        assert done.status is InstanceStatus.COMPLETED and finished == [started.id] and staying.conflicts == 0
+    await drop_streams(nats_url)
+
+
+async def test_an_observer_whose_caller_gives_up_while_it_asks_for_a_driver_still_hands_the_instance_over(
+    nats_url: str,
+) -> None:
+    """Found in review: the caller's timeout during the hand-over left the observer believing it did not drive
+    the instance, so neither it nor anybody went on with it."""
+    await drop_streams(nats_url)
+    finished: list[str] = []
+    wf = slow_work("given_up", 0.2, finished, manual_first=True)
+    first, second = drivers(nats_url, wf, 2, 0.2)
+    async with first, second:
+        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+            started = await observer.wait((await observer.start(wf, {})).id, timeout=5)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(observer.fire(started.id, "go"), 0.2)  # (while it asks: 0.5 s per ask)
+            done = await until(observer, started.id, InstanceStatus.COMPLETED, seconds=5)
+        assert done.status is InstanceStatus.COMPLETED and finished == [started.id]
+        assert first.conflicts == second.conflicts == 0
+    await drop_streams(nats_url)
+
+
+async def test_an_instance_an_observer_left_behind_is_driven_by_one_engine_after_the_safety_net(
+    nats_url: str,
+) -> None:
+    """An observer starts an instance and closes while its action runs (a script): nobody was asked to drive it,
+    so after the safety net (60 heartbeats) the one engine chosen for it does; found in review: every engine did."""
+    await drop_streams(nats_url)
+    finished: list[str] = []
+    wf = slow_work("left_by_a_script", 0.5, finished)
+    engines = drivers(nats_url, wf, 3, 0.05)
+    async with contextlib.AsyncExitStack() as stack:
+        for engine in engines:
+            await stack.enter_async_context(engine)
+        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+            started = await observer.start(wf, {})
+            await asyncio.sleep(0.1)  # (closing cancels its action)
+        done = await engines[0].wait(started.id, timeout=15)
+        await asyncio.sleep(0.6)  # (time for a second engine to finish 'work' too)
+        assert done.status is InstanceStatus.COMPLETED and finished == [started.id]
+        assert sum(e.conflicts for e in engines) == 0
+    await drop_streams(nats_url)
+
+
 async def test_malformed_pokes_are_ignored(nats_url: str) -> None:
     import nats
 
