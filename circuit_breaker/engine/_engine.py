@@ -284,6 +284,9 @@ class Engine:
             run.local = not taken  # (also when the caller gives up meanwhile: its follow-up then asks again)
         if taken and self.follow:
             self._peer(0)  # read what the driver does with it from now (else only once a heartbeat is heard)
+            if run.status is RUNNING or (run.status is WAITING and self._auto_possible(run)):
+                run.awaiting_seq = run.seq  # the driver goes on with it: wait() waits for what it does
+                run.update_settled()
         return taken
 
     def _orphaned(self, origin: str) -> None:

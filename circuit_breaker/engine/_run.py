@@ -47,6 +47,7 @@ class Run:
 
     __slots__ = (
         "advancing",
+        "awaiting_seq",
         "created_at",
         "cw",
         "dirty",
@@ -94,6 +95,8 @@ class Run:
         self.lock: asyncio.Lock | _NoLock = NO_LOCK if atomic_store else asyncio.Lock()
         self.advancing = False
         self.dirty = False
+        # An observer handed the instance to its driver at this version: not settled until it reads a newer one.
+        self.awaiting_seq = 0
         self.running: dict[str, int] = {}  # actions in flight per transition (for max_parallel)
         self.wake_at: float | None = None  # loop time of the next timed scheduler pass, if any
         self.local = False  # this engine drives it (started, loaded or fired it here), not just follows it
@@ -429,6 +432,7 @@ class Run:
             and not self.inflight
             and not self.advancing
             and not (self.pending and self.status not in TERMINAL and self.tasks_running())
+            and not (self.seq <= self.awaiting_seq and self.status not in TERMINAL)
         ):
             self.settled.set()
         else:

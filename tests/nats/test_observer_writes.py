@@ -55,11 +55,11 @@ async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: s
         async with observer:
             fired = await observer.fire(started.id, "go", actor="dashboard")
             assert [t.place for t in fired.tokens] == ["b"]  # the observer fired; the driver goes on
-            done = await until(driver, started.id, InstanceStatus.COMPLETED)
-            # The observer reads what the driver does with it at once (found in a walk-through: only once it heard
-            # the driver's heartbeat, up to 5 s later).
-            seen = await until(observer, started.id, InstanceStatus.COMPLETED, seconds=1)
+            # The observer reads what the driver does with it at once, and waits for it (found in a walk-through:
+            # it read it only once it heard the driver's heartbeat, up to 5 s later, and wait() returned at once).
+            seen = await observer.wait(started.id, timeout=2)
             assert seen.status is InstanceStatus.COMPLETED
+            done = await until(driver, started.id, InstanceStatus.COMPLETED)
             await asyncio.sleep(0.3)  # (time for a second run of 'next', were the observer driving too)
         assert done.status is InstanceStatus.COMPLETED and [t.place for t in done.tokens] == ["c"]
         assert [e.actor for e in done.history if e.transition == "go"] == ["dashboard"]
