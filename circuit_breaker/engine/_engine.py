@@ -97,6 +97,7 @@ MARK_EVERY = 30.0  # seconds between two marks of a driving engine (see Engine.m
 KEEP_FINISHED = 10_000  # finished instances an engine keeps in memory by default (the rest are read back when asked)
 REMEMBER_FINISHED = 100_000  # finished instances out of memory whose workflow and status an engine remembers
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
+LEAVE_WAIT = 2.0  # seconds an observer that closes gives the hand-over of the instances it still drives
 
 
 class _ManualStage:
@@ -170,6 +171,7 @@ class Engine:
         self._closed = False
         self._draining = False  # closing with a grace period: running actions finish, nothing new starts
         self._closing: asyncio.Future[None] | None = None  # set once close() began
+        self._asking: set[asyncio.Future[None]] = set()  # an observer's hand-overs under way (close lets them end)
         self._actions: set[asyncio.Task[Any]] = set()  # local actions running (a subset of _tasks)
         self._opened = False
         self._loaded: set[str] = set()  # workflows whose stored instances are loaded
@@ -278,10 +280,14 @@ class Engine:
         assert isinstance(self.store, SharedStore)
         run.local = False  # (while it asks, this engine's scheduler leaves the instance alone)
         taken = False
+        asking = asyncio.get_running_loop().create_future()
+        self._asking.add(asking)
         try:
             taken = await self.store.hand_over(run.cw.name, run.id, run.seq)
         finally:
             run.local = not taken  # (also when the caller gives up meanwhile: its follow-up then asks again)
+            self._asking.discard(asking)
+            asking.set_result(None)
         if taken and self.follow:
             self._peer(0)  # read what the driver does with it from now (else only once a heartbeat is heard)
             if run.status is RUNNING or (run.status is WAITING and self._auto_possible(run)):
@@ -373,9 +379,30 @@ class Engine:
                 except asyncio.CancelledError:
                     await self._close()  # (asked to hurry: stop now rather than leave an engine that starts nothing)
                     raise
+            if not self.drive and self._shared:
+                await self._leave_to_drivers()
             await self._close()
         finally:
             self._closing.set_result(None)
+
+    async def _leave_to_drivers(self) -> None:
+        """An observer closing: the instances it still drives itself (nobody took them when it asked, or it
+        started them) go to a driving engine instead of waiting for one's safety net. Asks under way end first."""
+        if self._asking:
+            await asyncio.wait(set(self._asking), timeout=LEAVE_WAIT)
+        store = cast(SharedStore, self.store)
+        left = [
+            run
+            for run in self._runs.values()
+            if run.local and (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run)))
+        ]
+        if left:
+            self._draining = True  # (nothing new starts here; what runs for them stops before a driver takes over)
+            await _cancel([task for run in left for task in run.tasks])
+            with contextlib.suppress(Exception):  # (NATS gone: the drivers' safety net still finds them)
+                await asyncio.wait_for(
+                    asyncio.gather(*(store.hand_over(run.cw.name, run.id, run.seq) for run in left)), LEAVE_WAIT
+                )
 
     async def _close(self) -> None:
         self._closed = True
@@ -1003,6 +1030,8 @@ class Engine:
         """After a manual firing was stored: the driving engine goes on (an observer's firing), or this one."""
         if await self._handed_over(run):
             return
+        if not self.drive and self._closing is not None:
+            return  # (an observer closing: it leaves the instance to a driving engine)
         if ct.feeds_auto or run.status is RUNNING or (ct.outputs_final and run.all_final()):
             try:
                 await self._after_fire(run, ct)

@@ -301,8 +301,8 @@ async def test_an_observer_whose_caller_gives_up_while_it_asks_for_a_driver_stil
 async def test_an_instance_an_observer_left_behind_is_driven_by_one_engine_after_the_safety_net(
     nats_url: str,
 ) -> None:
-    """An observer starts an instance and closes while its action runs (a script): nobody was asked to drive it,
-    so after the safety net (60 heartbeats) the one engine chosen for it does; found in review: every engine did."""
+    """An observer starts an instance and dies while its action runs: nobody was asked to drive it, so after the
+    safety net (60 heartbeats) the one engine chosen for it does; found in review: every engine did."""
     await drop_streams(nats_url)
     finished: list[str] = []
     wf = slow_work("left_by_a_script", 0.5, finished)
@@ -310,13 +310,44 @@ async def test_an_instance_an_observer_left_behind_is_driven_by_one_engine_after
     async with contextlib.AsyncExitStack() as stack:
         for engine in engines:
             await stack.enter_async_context(engine)
-        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
-            started = await observer.start(wf, {})
-            await asyncio.sleep(0.1)  # (closing cancels its action)
+        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False)
+        await observer.open()
+        started = await observer.start(wf, {})
+        await asyncio.sleep(0.1)
+        await observer._close()  # (as if its process died: its action ends, and it hands nothing over)
         done = await engines[0].wait(started.id, timeout=15)
         await asyncio.sleep(0.6)  # (time for a second engine to finish 'work' too)
         assert done.status is InstanceStatus.COMPLETED and finished == [started.id]
         assert sum(e.conflicts for e in engines) == 0
+    await drop_streams(nats_url)
+
+
+async def test_an_observer_that_closes_hands_over_what_it_still_drives(nats_url: str) -> None:
+    """Found in a walk-through: closed while it asked for a driver, the observer's fire failed ('store not open')
+    and the instance waited ten minutes for the safety net; closed while its own action ran (a script), five."""
+    await drop_streams(nats_url)
+    finished: list[str] = []
+    wf = slow_work("closing_observer", 0.3, finished, manual_first=True)
+    wf2 = slow_work("closing_script", 1.0, finished)
+    first, second = (Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf, wf2]) for _ in range(2))
+    async with first, second:
+        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False)
+        await observer.open()
+        asked = (await observer.wait((await observer.start(wf, {})).id, timeout=5)).id
+        firing = asyncio.create_task(observer.fire(asked, "go"))
+        await asyncio.sleep(0.2)  # (it is asking the drivers)
+        await observer.close()
+        fired = await firing
+        assert [t.place for t in fired.tokens] == ["b"]
+        done = await until(first, asked, InstanceStatus.COMPLETED, seconds=5)
+        assert done.status is InstanceStatus.COMPLETED
+
+        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf2], drive=False) as script:
+            ran = (await script.start(wf2, {})).id  # it runs 'work' itself, and closes meanwhile
+        done = await until(first, ran, InstanceStatus.COMPLETED, seconds=5)
+        assert done.status is InstanceStatus.COMPLETED
+        await asyncio.sleep(0.3)
+        assert sorted(finished) == sorted([asked, ran]) and first.conflicts == second.conflicts == 0
     await drop_streams(nats_url)
 
 
