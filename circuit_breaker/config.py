@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds between a serving engine's marks (where replay starts at the next open); 0: never.",
     )
+    answer_unknown: bool = Field(
+        True,
+        description="serve: answer injections for every workflow, refusing those this project does not run "
+        "('unknown_workflow'); false when serves of different projects share one NATS (requests for another "
+        "project's workflows then reach its serves only).",
+    )
     stop_grace: float = Field(
         10.0,
         ge=0,
