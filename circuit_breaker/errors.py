@@ -22,7 +22,7 @@
     │   └── TaskStateError              retrying a task the instance does not wait for, or that is not dead
     ├── ConcurrencyError                someone else changed the instance first (retryable)
     ├── WaitTimeoutError                engine.wait() gave up
-    ├── EngineClosedError               a change asked of an engine that was closed (names the operation)
+    ├── EngineClosedError               a change asked of an engine that is closed or stopping (names it; retryable)
     ├── WorkflowLoadError               a workflow file cannot be loaded
     ├── ExecutorConfigError             an executor's parameters are missing or of the wrong type
     │   ├── UnknownExecutorError        no executor registered under that name

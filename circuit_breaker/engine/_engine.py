@@ -290,7 +290,7 @@ class Engine:
             asking.set_result(None)
         if taken and self.follow:
             self._peer(0)  # read what the driver does with it from now (else only once a heartbeat is heard)
-            if run.status is RUNNING or (run.status is WAITING and self._auto_possible(run)):
+            if self._could_go_on(run):
                 run.awaiting_seq = run.seq  # the driver goes on with it: wait() waits for what it does
                 run.update_settled()
         return taken
@@ -327,7 +327,7 @@ class Engine:
         so that of several engines one does."""
         if self._closed or run.local:
             return
-        if not (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run))):
+        if not self._could_go_on(run):
             return  # ended, or waits for a manual firing (whoever fires it drives it)
         if (
             run.seq != seq
@@ -394,7 +394,7 @@ class Engine:
         left = [
             run
             for run in self._runs.values()
-            if run.local and (run.status is RUNNING or (run.status is WAITING and self._auto_possible(run)))
+            if run.local and self._could_go_on(run)
         ]
         if left:
             self._draining = True  # (nothing new starts here; what runs for them stops before a driver takes over)
@@ -927,8 +927,7 @@ class Engine:
                 async for event in self.store.replay(workflow=name):
                     iid = event.instance_id
                     if iid not in wanted and (not all_out or iid in listed):
-                        if iid not in self._runs:
-                            passed.add(iid)
+                        passed.add(iid)
                         continue
                     run = rebuilt.get(iid)
                     if run is None:
@@ -1561,6 +1560,11 @@ class Engine:
                 await self._set_status(run, "proceed", None, reason="an automatic transition is enabled")
                 run.dirty = True
         run.update_settled()
+
+    def _could_go_on(self, run: Run) -> bool:
+        """Whether ``run`` would move on by itself if an engine drove it (running, or waiting while an automatic
+        transition could fire): what an engine that does not drive it must not leave undriven."""
+        return run.status is RUNNING or (run.status is WAITING and self._auto_possible(run))
 
     def _auto_possible(self, run: Run) -> bool:
         """Whether some automatic transition has tokens it could fire with (policies not yet refused)."""

@@ -160,8 +160,9 @@ HELLO_SUBJECT = "cb.engines.hello"
 
 POKE_SUBJECT = "cb.engines.poke"
 """An engine that does not drive (``drive=False``: an observer's manual firing) says here that it wrote to an
-instance (``{"origin", "workflow", "instance_id", "seq"}``, core NATS): the engine driving the instance reads
-what it wrote and goes on with it, also when it is alone and so does not follow the stream."""
+instance (a request, ``{"origin", "workflow", "instance_id", "seq"}``, core NATS): the engine driving the instance
+reads what it wrote and goes on with it, also when it is alone and so does not follow the stream. Asked again
+with ``"unowned": true`` when none answered: the one engine chosen for the instance takes it up."""
 
 PROBE_SUBJECT = "cb.engines.probe"
 """A starting engine asks here (a request) which driving engines already run: each answers with its presence

@@ -85,7 +85,8 @@ class SharedStore(Store, Protocol):
 
     async def hand_over(self, workflow: str, instance_id: str, seq: int) -> bool:
         """This engine (one that does not drive) changed ``instance_id`` up to version ``seq``: tell the engine
-        that drives it, which goes on with it; True when that engine took it over."""
+        that drives it, which goes on with it (with none, the one chosen for it takes it up); True when an engine
+        took it over."""
         ...
 
     def watch(self, start_seq: int) -> AsyncIterator[Event]:

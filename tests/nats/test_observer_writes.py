@@ -19,6 +19,11 @@ def on_nats(url: str, workflow: Workflow, *, drive: bool = True) -> Engine:
     return Engine(store=JetStreamStore(servers=[url]), workflows=[workflow], drive=drive)
 
 
+def drivers(url: str, wf: Workflow, count: int, heartbeat: float) -> list[Engine]:
+    """``count`` driving engines that send a heartbeat every ``heartbeat`` seconds."""
+    return [Engine(store=JetStreamStore(servers=[url], heartbeat=heartbeat), workflows=[wf]) for _ in range(count)]
+
+
 def observed_workflow(ran: list[str] | None = None) -> Workflow:
     wf = Workflow("observed")
     a, b, c = wf.states("a", "b", "c")
@@ -219,8 +224,7 @@ async def test_an_instance_left_to_an_engine_that_went_silent_is_taken_up_when_i
         finished.append(token.instance_id)
         return {}
 
-    silent = Engine(store=JetStreamStore(servers=[nats_url], heartbeat=0.3), workflows=[wf])
-    survivor = Engine(store=JetStreamStore(servers=[nats_url], heartbeat=0.3), workflows=[wf])
+    silent, survivor = drivers(nats_url, wf, 2, 0.3)
     async with silent, survivor:
         # As if its process froze: no heartbeat, no answer to pokes (its peers find it gone after 3 heartbeats).
         assert silent.store._beats is not None and silent.store._poke_sub is not None
@@ -232,7 +236,7 @@ async def test_an_instance_left_to_an_engine_that_went_silent_is_taken_up_when_i
             for n in range(1000)
             if max(origins, key=lambda o, n=n: zlib.crc32(f"{o}:left{n}".encode())) == origins[0]
         )
-        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+        async with on_nats(nats_url, wf, drive=False) as observer:
             await observer.start(wf, {}, instance_id=iid)
             await observer.fire(iid, "go")  # nobody answers: the observer goes on, then closes mid-action
         done = await until(survivor, iid, InstanceStatus.COMPLETED, seconds=10)
@@ -257,10 +261,6 @@ def slow_work(name: str, seconds: float, finished: list[str], *, manual_first: b
     return wf
 
 
-def drivers(url: str, wf: Workflow, count: int, heartbeat: float) -> list[Engine]:
-    return [Engine(store=JetStreamStore(servers=[url], heartbeat=heartbeat), workflows=[wf]) for _ in range(count)]
-
-
 async def test_an_engine_leaving_does_not_make_another_drive_an_instance_an_observer_drives(nats_url: str) -> None:
     """Found in review: when any engine left, the one chosen for an observer's instance took it up while the
     observer still ran its action, and ran it a second time."""
@@ -270,7 +270,7 @@ async def test_an_engine_leaving_does_not_make_another_drive_an_instance_an_obse
     staying, leaving = drivers(nats_url, wf, 2, 0.3)
     async with staying:
         await leaving.open()
-        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+        async with on_nats(nats_url, wf, drive=False) as observer:
             started = await observer.start(wf, {})  # the observer runs 'work' itself
             await leaving.close()  # (scaled down meanwhile)
             done = await observer.wait(started.id, timeout=5)
@@ -288,7 +288,7 @@ async def test_an_observer_whose_caller_gives_up_while_it_asks_for_a_driver_stil
     wf = slow_work("given_up", 0.2, finished, manual_first=True)
     first, second = drivers(nats_url, wf, 2, 0.2)
     async with first, second:
-        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False) as observer:
+        async with on_nats(nats_url, wf, drive=False) as observer:
             started = await observer.wait((await observer.start(wf, {})).id, timeout=5)
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(observer.fire(started.id, "go"), 0.2)  # (while it asks: 0.5 s per ask)
@@ -310,7 +310,7 @@ async def test_an_instance_an_observer_left_behind_is_driven_by_one_engine_after
     async with contextlib.AsyncExitStack() as stack:
         for engine in engines:
             await stack.enter_async_context(engine)
-        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False)
+        observer = on_nats(nats_url, wf, drive=False)
         await observer.open()
         started = await observer.start(wf, {})
         await asyncio.sleep(0.1)
@@ -331,7 +331,7 @@ async def test_an_observer_that_closes_hands_over_what_it_still_drives(nats_url:
     wf2 = slow_work("closing_script", 1.0, finished)
     first, second = (Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf, wf2]) for _ in range(2))
     async with first, second:
-        observer = Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf], drive=False)
+        observer = on_nats(nats_url, wf, drive=False)
         await observer.open()
         asked = (await observer.wait((await observer.start(wf, {})).id, timeout=5)).id
         firing = asyncio.create_task(observer.fire(asked, "go"))
@@ -342,7 +342,7 @@ async def test_an_observer_that_closes_hands_over_what_it_still_drives(nats_url:
         done = await until(first, asked, InstanceStatus.COMPLETED, seconds=5)
         assert done.status is InstanceStatus.COMPLETED
 
-        async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[wf2], drive=False) as script:
+        async with on_nats(nats_url, wf2, drive=False) as script:
             ran = (await script.start(wf2, {})).id  # it runs 'work' itself, and closes meanwhile
         done = await until(first, ran, InstanceStatus.COMPLETED, seconds=5)
         assert done.status is InstanceStatus.COMPLETED
