@@ -14,7 +14,8 @@ Exit codes, so that scripts and CI can tell outcomes apart:
        (.yaml/.yml/.json), or defines no Workflow
     6  timed out waiting for the instance (--timeout)
 
-Errors are one line on stderr starting with ``error:``, never a traceback; results go to stdout.
+Errors are one line on stderr starting with ``error:``, never a traceback; results go to stdout. With
+``--json`` an error is also one ``{"error": {...}}`` object on stdout (see README.md).
 """
 
 

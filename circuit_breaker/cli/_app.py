@@ -6,7 +6,8 @@ objects; ``PATH:NAME`` or ``--workflow NAME`` picks one when it defines several.
 
 Exit codes: see ``circuit_breaker.cli`` (and ``ExitCode`` below); they are also shown in ``--help``.
 
-Errors are one line on stderr starting with ``error:``; results go to stdout.
+Errors are one line on stderr starting with ``error:``; results go to stdout. With ``--json`` an error is
+also one ``{"error": {...}}`` object on stdout, its ``code`` the protocol's where the engine gave one.
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ from ..errors import (
     ControlError,
     DefinitionError,
     InjectError,
+    InstanceStateError,
+    NatsUnavailableError,
     RuleDefinitionError,
     TokenDataError,
+    TransitionNotEnabledError,
+    TransitionRejectedError,
+    UnknownInstanceError,
+    UnknownTransitionError,
+    UnknownWorkflowError,
     WaitTimeoutError,
     WorkflowLoadError,
 )
@@ -94,38 +102,83 @@ class _Fail(Exception):
         self.code = code
 
 
-def _die(code: ExitCode, message: str) -> typer.Exit:
-    typer.echo("error: " + " ".join(default_masker().mask_text(message).split()), err=True)
+def _die(code: ExitCode, message: str, as_json: bool = False, err: BaseException | None = None) -> typer.Exit:
+    """The ``error:`` line on stderr; with ``--json`` also one ``{"error": {...}}`` object on stdout, so a script
+    that reads stdout learns why as well as that (the exit status)."""
+    message = " ".join(default_masker().mask_text(message).split())
+    typer.echo("error: " + message, err=True)
+    if as_json:
+        _print_json({"error": _error_object(code, message, err)})
     return typer.Exit(int(code))
 
 
+_PROTOCOL_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (NatsUnavailableError, "unavailable"),
+    (UnknownInstanceError, "unknown_instance"),
+    (UnknownWorkflowError, "unknown_workflow"),
+    (UnknownTransitionError, "unknown_transition"),
+    (TransitionNotEnabledError, "not_enabled"),
+    (TransitionRejectedError, "rejected"),
+    (InstanceStateError, "instance_state"),
+    (TokenDataError, "invalid_data"),
+    (WaitTimeoutError, "timeout"),
+)
+
+
+def _error_object(code: ExitCode, message: str, err: BaseException | None) -> dict[str, Any]:
+    """``code`` is the protocol's error code where the engine answered one (``unknown_transition``,
+    ``not_enabled``, ``invalid_data``...), else what the exit status means (``usage``, ``bad_data``...)."""
+    if isinstance(err, (InjectError, ControlError)):
+        name = err.code
+    else:  # the protocol's name for the same refusal where it has one, so a script checks one set of codes
+        name = next((known for cls, known in _PROTOCOL_CODES if isinstance(err, cls)), code.name.lower())
+    found: dict[str, Any] = {
+        "code": name,
+        "message": message,
+        "exit_code": int(code),
+        "type": type(err).__name__ if err is not None and not isinstance(err, _Fail) else None,
+    }
+    if isinstance(err, InjectError) and err.field is not None:
+        found["field"] = err.field
+    if isinstance(err, ControlError) and err.details:
+        found["details"] = err.details
+    return found
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one ``error:`` line and a meaningful exit code, not a traceback."""
+def _errors(as_json: bool = False) -> Iterator[None]:
+    """Turn the errors a user can cause into one ``error:`` line and a meaningful exit code, not a traceback;
+    with ``as_json`` (the command's ``--json``) also into a JSON object on stdout."""
     try:
         yield
-    except _Fail as err:
-        raise _die(err.code, str(err)) from None
-    except WorkflowChoiceError as err:
-        raise _die(ExitCode.USAGE, str(err)) from None
-    except WorkflowLoadError as err:
-        raise _die(ExitCode.LOAD, str(err)) from None
-    except (DefinitionError, RuleDefinitionError) as err:
-        raise _die(ExitCode.DEFINITION, str(err)) from None
-    except TokenDataError as err:
-        raise _die(ExitCode.BAD_DATA, str(err)) from None
-    except InjectError as err:
+    except (_Fail, CircuitBreakerError) as err:
+        code, message = _judged(err)
+        raise _die(code, message, as_json, err) from None
+
+
+def _judged(err: Exception) -> tuple[ExitCode, str]:
+    """The exit status and the one-line message for an error a user can cause."""
+    if isinstance(err, _Fail):
+        return err.code, str(err)
+    if isinstance(err, WorkflowChoiceError):
+        return ExitCode.USAGE, str(err)
+    if isinstance(err, WorkflowLoadError):
+        return ExitCode.LOAD, str(err)
+    if isinstance(err, (DefinitionError, RuleDefinitionError)):
+        return ExitCode.DEFINITION, str(err)
+    if isinstance(err, TokenDataError):
+        return ExitCode.BAD_DATA, str(err)
+    if isinstance(err, InjectError):
         bad_data = err.code in ("invalid_data", "not_an_object", "malformed_json", "payload_too_large")
         code = ExitCode.BAD_DATA if bad_data else ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED
-        raise _die(code, err.message) from None  # (the protocol's code is for programs: the exit code says it)
-    except ControlError as err:
-        raise _die(ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED, str(err)) from None
-    except WaitTimeoutError as err:
-        raise _die(ExitCode.TIMEOUT, f"{err}; raise --timeout to wait longer") from None
-    except ConfigError as err:  # a setting's value (env CB_*, the settings file, a flag), as for a bad option
-        raise _die(ExitCode.USAGE, str(err)) from None
-    except CircuitBreakerError as err:
-        raise _die(ExitCode.FAILED, str(err)) from None
+        return code, err.message  # (the protocol's code is for programs: the exit code says it)
+    if isinstance(err, ControlError):
+        return (ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED), str(err)
+    if isinstance(err, WaitTimeoutError):
+        return ExitCode.TIMEOUT, f"{err}; raise --timeout to wait longer"
+    if isinstance(err, ConfigError):  # a setting's value (env CB_*, the settings file, a flag), as for a bad option
+        return ExitCode.USAGE, str(err)
+    return ExitCode.FAILED, str(err)
 
 
 # -- shared options ------------------------------------------------------------------------------------------
@@ -238,7 +291,7 @@ def run(
     """
     if timeout is not None and timeout <= 0:
         raise typer.BadParameter("must be a positive number of seconds", param_hint="--timeout")
-    with _errors():
+    with _errors(as_json):
         wf = _load_one(target, workflow)
         wf.compile()
         token_data = _parse_data(data)
@@ -386,7 +439,7 @@ def check(target: PathArg, workflow: WorkflowOpt = None, as_json: JsonOpt = Fals
 
     Every workflow of the file is checked unless one is named.
     """
-    reports = _check_reports(target, workflow)
+    reports = _check_reports(target, workflow, as_json)
     ok = not any(problems for _, _, problems in reports)
     if as_json:
         _print_json(
@@ -415,7 +468,9 @@ def check(target: PathArg, workflow: WorkflowOpt = None, as_json: JsonOpt = Fals
         raise typer.Exit(int(ExitCode.FAILED))
 
 
-def _check_reports(target: str, workflow: str | None) -> list[tuple[str, str, list[Problem]]]:
+def _check_reports(
+    target: str, workflow: str | None, as_json: bool = False
+) -> list[tuple[str, str, list[Problem]]]:
     """(workflow name, size, problems) for each workflow checked.
 
     A definition error raised while the file builds its workflows (a place declared twice) stops the import,
@@ -423,7 +478,7 @@ def _check_reports(target: str, workflow: str | None) -> list[tuple[str, str, li
     """
     from ..dsl import Problem
 
-    with _errors():
+    with _errors(as_json):
         try:
             _, workflows = _load(target, workflow)
         except (DefinitionError, RuleDefinitionError) as err:
@@ -494,7 +549,7 @@ def executors(
     if project is not None and not project.is_dir():
         raise _die(ExitCode.USAGE, f"--project {str(project)!r} is not a directory")
     folder = (Path.cwd() if project is None else project).resolve()
-    with _errors():
+    with _errors(as_json):
         entries = _executor_entries(folder)
     if as_json:
         _print_json(entries)

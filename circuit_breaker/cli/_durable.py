@@ -152,7 +152,7 @@ def serve(
     """
     from ._app import _errors
 
-    with _errors():
+    with _errors(as_json):
         overrides: dict[str, Any] = {}
         if remote_executors is not None:
             overrides["remote_executors"] = remote_executors
@@ -326,7 +326,7 @@ def inject(
     """Start an instance on a serving engine (request/reply on cb.inject.WORKFLOW); prints its id."""
     from ._app import _errors, _parse_data, _print_json
 
-    with _errors():
+    with _errors(as_json):
         token_data = _parse_data(data)
         settings = settings_for(nats_url)
         reply = asyncio.run(_inject(settings, workflow, token_data, dedupe_id, actor, timeout))
@@ -371,7 +371,7 @@ def events(
     for name in types or ():
         if name not in known:
             raise typer.BadParameter(f"unknown event type {name!r} (known: {', '.join(known)})", param_hint="--type")
-    with _errors(), contextlib.suppress(KeyboardInterrupt):
+    with _errors(as_json), contextlib.suppress(KeyboardInterrupt):
         settings = settings_for(nats_url)
         asyncio.run(_events(settings, workflow, instance, types, follow, start, as_json))
 
@@ -421,7 +421,7 @@ def instances(
     from ..engine import InstanceStatus
     from ._app import ExitCode, _errors, _Fail, _print_json
 
-    with _errors():
+    with _errors(as_json):
         if status is not None and status not in {s.value for s in InstanceStatus}:
             allowed = ", ".join(s.value for s in InstanceStatus)
             raise _Fail(ExitCode.USAGE, f"--status {status!r} is not a status; use one of {allowed}")
@@ -463,7 +463,7 @@ def status(
     """Show one stored instance: status, tokens, history, incidents, manual transitions it waits on."""
     from ._app import _errors, _print_json, _show_instance
 
-    with _errors():
+    with _errors(as_json):
         settings = settings_for(nats_url)
         inst = asyncio.run(_status(settings, project, instance))
     if as_json:
@@ -492,7 +492,7 @@ def history(
     """The instance's events from the stream, and its marking after event N (default: the last)."""
     from ._app import _errors, _print_json
 
-    with _errors():
+    with _errors(as_json):
         settings = settings_for(nats_url)
         stored, snapshot = asyncio.run(_history(settings, project, instance, at))
     masker = default_masker()
@@ -582,7 +582,7 @@ def _control(
         async with nats_session(settings) as nc:
             return await request_control(nc, verb, request, timeout=timeout)
 
-    with _errors():
+    with _errors(as_json):
         merged = _parse_data(data) if data is not None else None
         request = control_request(instance_id=instance, actor=actor, data=merged, **extra)
         done = Instance.model_validate(asyncio.run(ask(request, settings_for(nats_url))))

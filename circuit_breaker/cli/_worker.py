@@ -61,7 +61,7 @@ def worker(
     """
     from ._app import _errors
 
-    with _errors():
+    with _errors(as_json):
         kinds = [k.strip() for k in executors.split(",") if k.strip()] if executors else None
         if kinds:  # checked before NATS is reached (or an embedded server started) for nothing
             from ..executors import default_registry
@@ -166,11 +166,11 @@ dlq_app = typer.Typer(
 EntryArg = Annotated[int, typer.Argument(metavar="ID", help="The dead letter's id, as `dlq list` shows it.")]
 
 
-def _dlq(nats_url: list[str] | None, action: Any, *, connection: bool = False) -> Any:
+def _dlq(nats_url: list[str] | None, action: Any, *, connection: bool = False, as_json: bool = False) -> Any:
     """Run ``action`` with a JetStream context (or, with ``connection``, the NATS connection) and CLI errors."""
     from ._app import _errors
 
-    with _errors():
+    with _errors(as_json):
         settings = _settings(nats_url)
 
         async def run() -> Any:
@@ -185,7 +185,7 @@ def dlq_list(nats_url: NatsUrlOpt = None, as_json: JsonOpt = False) -> None:
     """List the dead letters, oldest first."""
     from ..workers import list_dead_letters
 
-    letters = _dlq(nats_url, list_dead_letters)
+    letters = _dlq(nats_url, list_dead_letters, as_json=as_json)
     if as_json:
         rows = [{"id": seq, **letter.model_dump(mode="json", exclude={"raw"})} for seq, letter in letters]
         sys.stdout.write(json.dumps(rows) + "\n")
@@ -210,7 +210,7 @@ def dlq_show(entry: EntryArg, nats_url: NatsUrlOpt = None) -> None:
     from ..secrets import default_masker
     from ..workers import get_dead_letter
 
-    letter = _dlq(nats_url, lambda js: get_dead_letter(js, entry))
+    letter = _dlq(nats_url, lambda js: get_dead_letter(js, entry), as_json=True)  # (it prints JSON only)
     sys.stdout.write(json.dumps(default_masker().mask(letter.model_dump(mode="json")), indent=2) + "\n")
 
 
@@ -233,7 +233,7 @@ def dlq_retry(
     async def retry(nc: Any) -> Any:
         return await retry_dead_letter_via_engine(nc, entry, actor=actor, timeout=timeout)
 
-    done = _dlq(nats_url, retry, connection=True)
+    done = _dlq(nats_url, retry, connection=True, as_json=as_json)
     task = done.task
     if as_json:
         status = (done.instance or {}).get("status")

@@ -115,6 +115,24 @@ def test_an_exception_while_importing_is_a_load_error_naming_file_and_exception(
 
 
 @pytest.mark.parametrize(
+    ("args", "exit_code", "code", "kind"),
+    [
+        (("run", "unknown_rule.py"), 3, "definition", "UnknownRuleError"),
+        (("run", "broken.py"), 5, "load", "WorkflowLoadError"),
+        (("check", "missing.py"), 5, "load", "WorkflowLoadError"),
+    ],
+)
+def test_with_json_a_failure_is_also_one_json_object_on_stdout(
+    args: tuple[str, ...], exit_code: int, code: str, kind: str
+) -> None:
+    res = cli(*args, "--json")
+
+    assert res.code == exit_code
+    line = res.error_line()  # (the line for people stays)
+    assert res.json() == {"error": {"code": code, "message": line.removeprefix("error: "), "exit_code": exit_code, "type": kind}}
+
+
+@pytest.mark.parametrize(
     ("path", "message"),
     [("missing.py", "does not exist"), ("rules/pricing.py", "defines no Workflow")],
 )

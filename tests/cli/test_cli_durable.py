@@ -161,3 +161,25 @@ def test_run_durable_keeps_the_instance_in_the_embedded_server(tmp_path: Path) -
     assert status.code == 0, status.err
     assert status.json()["status"] == "completed"
     assert status.json()["tokens"][0]["data"]["row_count"] == 24
+
+
+def test_with_json_an_error_is_also_one_json_object_naming_its_code(project: Path, served: str) -> None:
+    """Scripts read stdout: with --json they learn why a command failed, in the protocol's codes, not just that."""
+    data = json.dumps({"input_file": "orders.csv"})
+    iid = cli(project, served, "inject", "data_pipeline", "--data", data, "--json").json()["instance_id"]  # type: ignore[attr-defined]
+    cases = [
+        (("fire", iid, "no_such_transition"), 1, "unknown_transition", "no_such_transition"),
+        (("fire", iid, "approve", "--data", "[1]"), 4, "bad_data", "must be a JSON object"),
+        (("status", "0" * 32), 1, "unknown_instance", "0" * 32),
+        (("inject", "no_such_workflow", "--data", "{}"), 1, "unknown_workflow", "no_such_workflow"),
+        (("instances", "--status", "sleeping"), 2, "usage", "sleeping"),
+    ]
+    for args, exit_code, code, named in cases:
+        got = cli(project, served, *args, "--json")
+        assert got.code == exit_code, (args, got)  # type: ignore[attr-defined]
+        assert named in got.error_line(), (args, got)  # type: ignore[attr-defined]
+        error = got.json()["error"]  # type: ignore[attr-defined]
+        assert error["code"] == code and error["exit_code"] == exit_code, (args, error)
+        assert named in error["message"], (args, error)
+    plain = cli(project, served, "status", "0" * 32)
+    assert plain.out == ""  # type: ignore[attr-defined]  # (without --json nothing but the error line)
