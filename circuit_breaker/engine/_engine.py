@@ -98,6 +98,7 @@ KEEP_FINISHED = 10_000  # finished instances an engine keeps in memory by defaul
 REMEMBER_FINISHED = 100_000  # finished instances out of memory whose workflow and status an engine remembers
 CONFLICT_ATTEMPTS = 5  # a manual operation that keeps losing to other engines gives up after this many tries
 LEAVE_WAIT = 2.0  # seconds an observer that closes gives the hand-over of the instances it still drives
+FOLLOW_UP_WAIT = 2.0  # seconds an observer's fire() waits to read what the driver made of the firing
 
 
 class _ManualStage:
@@ -290,10 +291,29 @@ class Engine:
             asking.set_result(None)
         if taken and self.follow:
             self._peer(0)  # read what the driver does with it from now (else only once a heartbeat is heard)
-            if self._could_go_on(run):
-                run.awaiting_seq = run.seq  # the driver goes on with it: wait() waits for what it does
+            if self._could_go_on(run) or (run.status is WAITING and run.all_final()):
+                run.awaiting_seq = run.seq  # the driver goes on with it (or completes it): wait() waits for that
                 run.update_settled()
         return taken
+
+    async def _driver_went_on(self, run: Run) -> None:
+        """Until the driver's first event after an observer handed ``run`` over (at most FOLLOW_UP_WAIT), so that the
+        observer's ``fire()`` returns what the driver made of the firing (running on, completed) as a driving
+        engine's does, not the state it handed over (waiting, and so seemingly stalled)."""
+        seq = run.seq
+        moved = asyncio.get_running_loop().create_future()
+
+        def seen(event: Event | None) -> None:
+            if (event is None or (event.instance_id == run.id and event.seq > seq)) and not moved.done():
+                moved.set_result(None)
+
+        remove = self.add_listener(seen)
+        try:
+            with contextlib.suppress(TimeoutError):  # (the driver is slow: wait() and get() show it later)
+                async with asyncio.timeout(FOLLOW_UP_WAIT):
+                    await moved
+        finally:
+            remove()
 
     def _orphaned(self, origin: str) -> None:
         """Another engine left or stopped answering: drive the unfinished instances it was driving (those whose
@@ -959,6 +979,10 @@ class Engine:
         On a shared store another engine may change the instance meanwhile: the firing is then judged again
         on the new state (its action may run again), and ConcurrencyError is raised only if that keeps happening.
         A closed engine raises EngineClosedError, also when it closes while the firing's action runs.
+
+        On an engine that does not drive (``drive=False``) the engine driving the instance goes on after the
+        firing; the result is the state once this one read the driver's first step (running on, completed), or,
+        should that take more than FOLLOW_UP_WAIT seconds, the state it stored.
         """
         self._refuse_when_closed(f"fire {transition!r} on", instance_id)
         run = self._runs.get(instance_id)
@@ -1028,6 +1052,8 @@ class Engine:
     async def _follow_up(self, run: Run, ct: CompiledTransition) -> None:
         """After a manual firing was stored: the driving engine goes on (an observer's firing), or this one."""
         if await self._handed_over(run):
+            if run.seq <= run.awaiting_seq and run.status not in TERMINAL:
+                await self._driver_went_on(run)
             return
         if not self.drive and self._closing is not None:
             return  # (an observer closing: it leaves the instance to a driving engine)

@@ -59,7 +59,10 @@ async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: s
         observer = on_nats(nats_url, observed_workflow(ran), drive=False)
         async with observer:
             fired = await observer.fire(started.id, "go", actor="dashboard")
-            assert [t.place for t in fired.tokens] == ["b"]  # the observer fired; the driver goes on
+            # The observer fired; the driver goes on, and fire() says so, as a driving engine's does (found in a
+            # walk-through: it returned the state it handed over, 'waiting', so the instance looked stalled).
+            assert fired.status in (InstanceStatus.RUNNING, InstanceStatus.COMPLETED) and not fired.stalled
+            assert [e.actor for e in fired.history if e.transition == "go"] == ["dashboard"]
             # The observer reads what the driver does with it at once, and waits for it (found in a walk-through:
             # it read it only once it heard the driver's heartbeat, up to 5 s later, and wait() returned at once).
             seen = await observer.wait(started.id, timeout=2)
@@ -72,6 +75,22 @@ async def test_a_lone_driving_engine_goes_on_after_an_observer_fires(nats_url: s
     async with on_nats(nats_url, observed_workflow(), drive=False) as reader:
         stored = await reader.get(started.id)
     assert stored.status is InstanceStatus.COMPLETED and stored.version == done.version
+    await drop_streams(nats_url)
+
+
+async def test_an_observers_firing_into_a_final_place_returns_the_instance_the_driver_completed(nats_url: str) -> None:
+    await drop_streams(nats_url)
+    wf = Workflow("signed_off")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "sign", trigger="manual")
+    async with on_nats(nats_url, wf) as driver:
+        started = await driver.start(wf, {})
+        assert (await driver.wait(started.id, timeout=5)).status is InstanceStatus.WAITING
+        async with on_nats(nats_url, wf, drive=False) as observer:
+            signed = await observer.fire(started.id, "sign", actor="reviewer")
+            assert signed.status is InstanceStatus.COMPLETED and [t.place for t in signed.tokens] == ["b"]
+            assert (await observer.wait(started.id, timeout=2)).status is InstanceStatus.COMPLETED
+        assert (await until(driver, started.id, InstanceStatus.COMPLETED)).version == signed.version
     await drop_streams(nats_url)
 
 
