@@ -121,7 +121,7 @@ class ControlService:
     async def start(self) -> None:
         for workflow in self.engine.workflows:
             for verb in VERBS:
-                handler = self._handler(verb)
+                handler = self._handler(verb, workflow)
                 sub = await self.connection.subscribe(control_subject(workflow, verb), queue=self.queue, cb=handler)
                 self._subs.append(sub)
 
@@ -143,19 +143,19 @@ class ControlService:
                 task.cancel()
             await asyncio.gather(*left, return_exceptions=True)
 
-    def _handler(self, verb: Verb) -> Any:
+    def _handler(self, verb: Verb, workflow: str) -> Any:
         async def handle(msg: Msg) -> None:
             # Its own task: a manual action that takes a while must not hold up the requests behind it
             # (the client runs one subscription's callbacks one after another).
-            task = asyncio.get_running_loop().create_task(self._serve(verb, msg))
+            task = asyncio.get_running_loop().create_task(self._serve(verb, workflow, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         return handle
 
-    async def _serve(self, verb: Verb, msg: Msg) -> None:
+    async def _serve(self, verb: Verb, workflow: str, msg: Msg) -> None:
         try:
-            reply = await self._answer(verb, msg.data)
+            reply = await self._answer(verb, workflow, msg.data)
         except asyncio.CancelledError:
             # Stopping ran out of grace: tell the asker now rather than leave it waiting for its timeout.
             stopped = "the engine stopped before it was done; the instance is as stored (read it), ask again if needed"
@@ -173,7 +173,7 @@ class ControlService:
             except Exception:  # the caller is gone
                 log.warning("could not answer the control request on %s", msg.subject, exc_info=True)
 
-    async def _answer(self, verb: Verb, payload: bytes) -> dict[str, Any]:
+    async def _answer(self, verb: Verb, workflow: str, payload: bytes) -> dict[str, Any]:
         if len(payload) > MAX_PAYLOAD:
             return _error("payload_too_large", f"the request has {len(payload)} bytes; the limit is {MAX_PAYLOAD}")
         try:
@@ -183,6 +183,10 @@ class ControlService:
             return _error("invalid_request", f"{where or '(request)'}: {message}")
         engine = self.engine
         try:
+            if (await engine.get(request.instance_id)).workflow != workflow:
+                # Asked on another workflow's subject: NATS permissions are granted per subject, so a caller
+                # allowed cb.ctl.<one>.> must not act on (nor learn of) the instances of the others.
+                return _error("unknown_instance", f"no instance {request.instance_id!r} of workflow {workflow!r}")
             if verb == "fire":
                 if not request.transition:
                     return _error("invalid_request", "transition: a fire request names the transition")

@@ -189,3 +189,34 @@ async def test_stopping_with_a_grace_period_cancels_a_manual_firing_that_outlast
             await control.stop()
             await nc.close()
     await drop_streams(nats_url)
+
+
+async def test_a_request_on_one_workflows_subject_cannot_touch_another_workflows_instance(nats_url: str) -> None:
+    """Found in a walk-through: the subject's workflow was never checked, so a caller allowed only
+    cb.ctl.signed.> (NATS permissions are per subject) could cancel or fire any instance the engine served."""
+    await drop_streams(nats_url)
+    other = Workflow("ledger")
+    open_, closed = other.states("open", "closed")
+    other.flow(open_ >> closed, "close", trigger="manual")
+    async with Engine(store=JetStreamStore(servers=[nats_url]), workflows=[signed(), other]) as engine:
+        nc = await nats.connect(nats_url)
+        control = ControlService(engine, nc)
+        await control.start()
+        try:
+            entry = await engine.wait((await engine.start("ledger", {})).id, timeout=5)
+            for verb, request in [
+                ("cancel", {"instance_id": entry.id}),
+                ("fire", {"instance_id": entry.id, "transition": "close"}),
+                ("pause", {"instance_id": entry.id}),
+            ]:
+                refused = (await ask(nc, verb, request))["error"]  # (asked on cb.ctl.signed.<verb>)
+                assert refused["code"] == "unknown_instance" and "'signed'" in refused["message"], (verb, refused)
+            assert (await engine.get(entry.id)).status.value == "waiting"  # untouched
+            own = await nc.request(
+                "cb.ctl.ledger.fire", json.dumps({"instance_id": entry.id, "transition": "close"}).encode(), timeout=10
+            )
+            assert json.loads(own.data)["instance"]["status"] == "completed"
+        finally:
+            await control.stop()
+            await nc.close()
+    await drop_streams(nats_url)
