@@ -204,8 +204,11 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
         # stop_grace seconds in all.
         engine.stop_starting()
         deadline = loop.time() + settings.stop_grace
-        await asyncio.gather(control.stop(grace=settings.stop_grace), inject.stop(grace=settings.stop_grace))
+        await asyncio.gather(
+            control.stop_starting(grace=settings.stop_grace), inject.stop(grace=settings.stop_grace)
+        )  # (pause and cancel are still answered until the engine is closed)
         await engine.close(grace=max(0.0, deadline - loop.time()))
+        await control.stop(grace=1.0)
     _exit_if_threads_run(threads)
 
 

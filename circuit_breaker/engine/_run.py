@@ -408,7 +408,10 @@ class Run:
         return not self.pending and all(place in finals for place in self.marking)
 
     def enabled_manual(self) -> list[str]:
-        """Manual transitions with enough unreserved tokens (their validations are checked when fired)."""
+        """Manual transitions with enough unreserved tokens (their validations are checked when fired); none while
+        the instance is paused or ended, since fire() refuses them then."""
+        if self.status is not InstanceStatus.RUNNING and self.status is not InstanceStatus.WAITING:
+            return []
         out: list[str] = []
         by_place = self.cw.manual_by_place
         reserved = self.reserved

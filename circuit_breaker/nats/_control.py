@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -62,6 +63,7 @@ log = logging.getLogger("circuit_breaker.nats.control")
 
 Verb = Literal["fire", "retry", "pause", "resume", "cancel"]
 VERBS: tuple[Verb, ...] = ("fire", "retry", "pause", "resume", "cancel")
+STOPPING_VERBS: frozenset[Verb] = frozenset({"pause", "cancel"})  # what a stopping engine still does
 MAX_PAYLOAD = 1024 * 1024
 
 # Engine errors -> the protocol's codes.
@@ -115,7 +117,7 @@ class ControlService:
         self.engine = engine
         self.connection = connection
         self.queue = queue
-        self._subs: list[Any] = []
+        self._subs: list[tuple[Verb, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -123,17 +125,31 @@ class ControlService:
             for verb in VERBS:
                 handler = self._handler(verb, workflow)
                 sub = await self.connection.subscribe(control_subject(workflow, verb), queue=self.queue, cb=handler)
-                self._subs.append(sub)
+                self._subs.append((verb, sub))
+
+    async def stop_starting(self, grace: float | None = None) -> None:
+        """The engine is stopping: leave the requests that start something (fire, retry, resume) to the other
+        engines of the queue group at once, but go on answering pause and cancel, which a stopping engine still
+        does; the requests being answered finish first (as in ``stop``)."""
+        await self._unsubscribe(lambda verb: verb not in STOPPING_VERBS)
+        await self._finish(grace)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking requests; the ones being answered finish first (within ``grace`` seconds, if given: the
         rest are cancelled, a manual action with them, and their askers are answered ``unavailable``)."""
-        subs, self._subs = self._subs, []
-        for sub in subs:
+        await self._unsubscribe(lambda verb: True)
+        await self._finish(grace)
+
+    async def _unsubscribe(self, which: Callable[[Verb], bool]) -> None:
+        leaving = [(verb, sub) for verb, sub in self._subs if which(verb)]
+        self._subs = [(verb, sub) for verb, sub in self._subs if not which(verb)]
+        for _, sub in leaving:
             try:
                 await sub.unsubscribe()
             except Exception:  # the connection may be closing already
                 log.debug("unsubscribing %s failed", sub.subject, exc_info=True)
+
+    async def _finish(self, grace: float | None) -> None:
         if not self._tasks:
             return
         _, left = await asyncio.wait(set(self._tasks), timeout=grace)

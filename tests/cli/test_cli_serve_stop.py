@@ -9,7 +9,9 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
 
 from tests.cli._support import run_cli, start_serve
@@ -85,17 +87,24 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
             assert done.code == 0, done.err
             return str(done.json()["instance_id"])
 
-        quick, slow = inject(1, 1.0), inject(2, 120.0)
+        quick, slow, unwanted = inject(1, 1.0), inject(2, 120.0), inject(3, 120.0)
         for workflow in ("blocking", "threaded"):
             injected = run_cli("inject", workflow, "--data", "{}", "--json", cwd=tmp_path, env=cli_env)
             assert injected.code == 0, injected.err
         deadline = time.monotonic() + 20
-        expected = {"start 1", "start 2", "start sync", "start threaded"}
+        expected = {"start 1", "start 2", "start 3", "start sync", "start threaded"}
         while not (log.exists() and expected <= set(log.read_text().splitlines())):
             assert time.monotonic() < deadline, "the actions did not start"
             time.sleep(0.05)
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # While it stops, it still cancels (found in a walk-through: nothing answered any control request), and
+        # leaves what would start something to other engines (here none: nothing answers).
+        cancelled = asyncio.run(ask(nats_url, "slow_stop", "cancel", {"instance_id": unwanted, "reason": "stop"}))
+        assert cancelled["instance"]["status"] == "cancelled", cancelled
+        with pytest.raises(nats.errors.NoRespondersError):
+            asyncio.run(ask(nats_url, "slow_stop", "fire", {"instance_id": quick, "transition": "close"}))
         assert proc.wait(timeout=30) == 0
         took = time.monotonic() - began
         err = proc.stderr.read() if proc.stderr else ""
@@ -104,7 +113,14 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
             proc.kill()
             proc.wait(10)
     assert 2.5 < took < 20, (took, err)  # it waited for the grace period (3 s), not for the slow actions
-    assert sorted(log.read_text().splitlines()) == ["done 1", "start 1", "start 2", "start sync", "start threaded"]
+    assert sorted(log.read_text().splitlines()) == [
+        "done 1",
+        "start 1",
+        "start 2",
+        "start 3",
+        "start sync",
+        "start threaded",
+    ]
     assert "3 action(s) still running after 3.0s are cancelled" in err
     assert "2 call(s) still running in threads (synchronous actions) cannot be cancelled" in err
     # The quick action's firing was stored before serve exited (the next engine settles the instance: it waits
@@ -115,6 +131,16 @@ def test_sigterm_lets_running_local_actions_finish_within_the_grace_period(tmp_p
     second = run_cli("status", slow, "--json", cwd=tmp_path, env=cli_env)
     assert second.json()["status"] == "running" and [t["place"] for t in second.json()["tokens"]] == ["a"]
     asyncio.run(drop_streams(nats_url))
+
+
+async def ask(url: str, workflow: str, verb: str, request: dict[str, object]) -> dict[str, Any]:
+    """A control request as any NATS client sends it."""
+    nc = await nats.connect(url)
+    try:
+        reply = await nc.request(f"cb.ctl.{workflow}.{verb}", json.dumps(request).encode(), timeout=5)
+    finally:
+        await nc.close()
+    return json.loads(reply.data)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(

@@ -241,6 +241,24 @@ async def test_completed_instances_cannot_be_resumed_or_fired(engine: Engine) ->
         await engine.pause(inst.id)
 
 
+async def test_a_paused_or_cancelled_instance_offers_no_manual_transition(engine: Engine) -> None:
+    """Found in a walk-through: enabled_manual still listed 'approve', which fire() then refused."""
+    wf = Workflow("held")
+    draft, review, done = wf.states("draft", "review", "done")
+    wf.flow(draft >> review, "submit")
+    wf.flow(review >> done, "approve", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    assert inst.enabled_manual == ["approve"]
+    paused = await engine.pause(inst.id)
+    assert paused.status is InstanceStatus.PAUSED and paused.enabled_manual == []
+    with pytest.raises(InstanceStateError):
+        await engine.fire(inst.id, "approve")
+    resumed = await engine.wait((await engine.resume(inst.id)).id, timeout=5)
+    assert resumed.status is InstanceStatus.WAITING and resumed.enabled_manual == ["approve"]
+    cancelled = await engine.cancel(inst.id)
+    assert cancelled.status is InstanceStatus.CANCELLED and cancelled.enabled_manual == []
+
+
 async def test_pause_stops_automatic_firing_until_resumed(engine: Engine) -> None:
     wf = Workflow("pausable")
     a, b, c = wf.states("a", "b", "c")
