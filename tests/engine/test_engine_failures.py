@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from circuit_breaker import Engine, EventType, InstanceStatus, RetryPolicy, RuleSet, Workflow
 from circuit_breaker.errors import (
@@ -219,6 +219,58 @@ async def test_data_is_validated_by_the_workflows_token_model(engine: Engine) ->
     assert inst.status is InstanceStatus.FAILED
     assert inst.tokens[0].data == {"sku": "A-1", "quantity": 1}
     assert "Order" in inst.open_incidents[0].error.message
+
+
+async def test_a_token_model_keeps_fields_it_does_not_declare_unless_it_says_otherwise(engine: Engine) -> None:
+    """Found in a walk-through: pydantic's default dropped every undeclared field without a word (a reviewer's
+    comment sent with a manual firing, an action's result). A model that says extra="ignore" still drops them,
+    and one that says extra="forbid" refuses them, naming the field."""
+
+    def reviewed(model: type[BaseModel]) -> Workflow:
+        wf = Workflow(f"reviewed_{model.__name__.lower()}", token_model=model)
+        new, checked, done = wf.states("new", "checked", "done")
+
+        @wf.flow(new >> checked, "check")
+        def check(token):
+            return {"checked_by": "bot"}
+
+        wf.flow(checked >> done, "approve", trigger="manual")
+        return wf
+
+    kept = reviewed(Order)
+    inst = await engine.wait(
+        (await engine.start(kept, {"sku": "A-1", "quantity": "2", "channel": "web"})).id, timeout=5
+    )
+    fired = await engine.fire(inst.id, "approve", data={"comment": "fine"})
+    assert fired.tokens[0].data == {
+        "sku": "A-1",
+        "quantity": 2,
+        "channel": "web",
+        "checked_by": "bot",
+        "comment": "fine",
+    }
+
+    class Dropping(Order):
+        model_config = ConfigDict(extra="ignore")
+
+    dropped = await engine.wait((await engine.start(reviewed(Dropping), {"sku": "B", "channel": "web"})).id, timeout=5)
+    assert dropped.tokens[0].data == {"sku": "B", "quantity": 1}
+
+    class Strict(Order):
+        model_config = ConfigDict(extra="forbid")
+
+    with pytest.raises(TokenDataError, match="Extra inputs are not permitted") as err:
+        await engine.start(reviewed(Strict), {"sku": "C", "channel": "web"})
+    assert err.value.field == "channel"
+
+
+async def test_data_json_cannot_carry_names_the_field(engine: Engine) -> None:
+    wf = Workflow("measured")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "go")
+    with pytest.raises(TokenDataError, match="data.reading.value is nan") as err:
+        await engine.start(wf, {"reading": {"value": float("nan")}})
+    assert err.value.field == "reading.value"
 
 
 async def test_wait_gives_up_after_its_timeout(engine: Engine) -> None:

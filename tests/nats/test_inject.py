@@ -73,7 +73,7 @@ async def test_inject_starts_an_instance_that_runs(fresh_nats: str) -> None:
         instance_id = await client.inject("orders", GOOD, actor="shop")
         done = await engine.wait(instance_id, timeout=5)
     assert done.status is InstanceStatus.COMPLETED
-    assert done.places == ["packed"] and done.data == {"item": "lamp", "qty": 2}
+    assert done.places == ["packed"] and done.data == {"item": "lamp", "qty": 2, "packed": True}  # (the action's result is kept)
     assert done.history[0].actor == "shop"
 
 
@@ -129,7 +129,7 @@ BAD_REQUESTS = [
     ("cb.inject.nope", b'{"data": {}}', "unknown_workflow", None),
     ("cb.inject.orders", b'{"data": {"item": "lamp", "qty": 0}}', "invalid_data", "qty"),
     ("cb.inject.orders", b'{"data": {"qty": 1}}', "invalid_data", "item"),
-    ("cb.inject.orders", b'{"data": {"item": "\\ud800", "qty": 1}}', "invalid_data", None),  # no UTF-8 for it
+    ("cb.inject.orders", b'{"data": {"item": "\\ud800", "qty": 1}}', "invalid_data", "item"),  # no UTF-8 for it
     ("cb.inject.orders", b'{"data": {}, "actor": "a\\udc00"}', "invalid_request", "actor"),
     ("cb.inject.orders", json.dumps({"data": {"item": "x" * 5000, "qty": 1}}).encode(), "payload_too_large", None),
 ]
