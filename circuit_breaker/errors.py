@@ -10,6 +10,7 @@
     │   └── ForeignPlaceError
     ├── RuleDefinitionError             a rule cannot be built (bad expression, too long)
     ├── TokenDataError                  data is not a JSON object or fails the workflow's token model
+    │   └── EventTooLargeError          an event would be larger than the NATS server takes in one message
     ├── UnknownWorkflowError
     ├── UnknownTransitionError
     ├── UnknownInstanceError
@@ -113,6 +114,16 @@ class TokenDataError(CircuitBreakerError):
         super().__init__(message)
         self.workflow = workflow
         self.field = field
+
+
+class EventTooLargeError(TokenDataError):
+    """An event (the token data with its envelope) is larger than the NATS server takes in one message
+    (``size`` and ``limit`` in bytes): it can never be stored, so the change is refused and nothing moved."""
+
+    def __init__(self, message: str, *, workflow: str | None = None, size: int, limit: int) -> None:
+        super().__init__(message, workflow=workflow)
+        self.size = size
+        self.limit = limit
 
 
 class UnknownWorkflowError(CircuitBreakerError):

@@ -42,6 +42,7 @@ ERROR_TREE = {
     "ForeignPlaceError": "DefinitionError",
     "RuleDefinitionError": "CircuitBreakerError",
     "TokenDataError": "CircuitBreakerError",
+    "EventTooLargeError": "TokenDataError",
     "UnknownWorkflowError": "CircuitBreakerError",
     "UnknownTransitionError": "CircuitBreakerError",
     "UnknownInstanceError": "CircuitBreakerError",

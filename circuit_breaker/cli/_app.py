@@ -29,6 +29,7 @@ from ..errors import (
     ConfigError,
     ControlError,
     DefinitionError,
+    EventTooLargeError,
     InjectError,
     InstanceStateError,
     NatsUnavailableError,
@@ -120,6 +121,7 @@ _PROTOCOL_CODES: tuple[tuple[type[Exception], str], ...] = (
     (TransitionNotEnabledError, "not_enabled"),
     (TransitionRejectedError, "rejected"),
     (InstanceStateError, "instance_state"),
+    (EventTooLargeError, "payload_too_large"),
     (TokenDataError, "invalid_data"),
     (WaitTimeoutError, "timeout"),
 )

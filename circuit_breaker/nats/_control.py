@@ -33,6 +33,7 @@ from ..errors import (
     ConcurrencyError,
     ControlError,
     EngineClosedError,
+    EventTooLargeError,
     InstanceStateError,
     TaskStateError,
     TokenDataError,
@@ -41,7 +42,7 @@ from ..errors import (
     UnknownInstanceError,
     UnknownTransitionError,
 )
-from ._protocol import first_problem
+from ._protocol import PRINTABLE, first_problem
 from ._subjects import EVENTS_STREAM, control_subject, instance_filter
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ _CODES: tuple[tuple[type[CircuitBreakerError], str], ...] = (
     (TransitionNotEnabledError, "not_enabled"),
     (TransitionRejectedError, "rejected"),
     (InstanceStateError, "instance_state"),
+    (EventTooLargeError, "payload_too_large"),
     (TokenDataError, "invalid_data"),
     (ActionError, "action_failed"),
     (ConcurrencyError, "conflict"),
@@ -86,7 +88,7 @@ class ControlRequest(BaseModel):
     instance_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_-]+$")
     transition: str | None = Field(None, description="The manual transition to fire (fire only).")
     data: dict[str, Any] | None = Field(None, description="Merged into the token before the policy is judged.")
-    actor: str | None = Field(None, max_length=256)
+    actor: str | None = Field(None, min_length=1, max_length=256, pattern=PRINTABLE)
     reason: str | None = Field(None, max_length=2000, description="Why (cancel only).")
     task_id: str | None = Field(
         None,

@@ -25,7 +25,15 @@ from nats.js.errors import NotFoundError
 
 from ..config import StreamSettings
 from ..errors import InjectError
-from ._protocol import DEDUPE_HEADER, DEFAULT_MAX_PAYLOAD, ErrorCode, InjectAccepted, InjectRequest, parse_request
+from ._protocol import (
+    DEDUPE_HEADER,
+    DEFAULT_MAX_PAYLOAD,
+    ErrorCode,
+    InjectAccepted,
+    InjectRequest,
+    dedupe_header,
+    parse_request,
+)
 from ._pull import Puller, delivery
 from ._store import ensure_stream
 from ._subjects import INBOX_PREFIX, INBOX_STREAM
@@ -190,7 +198,7 @@ class InboxConsumer:
             return request.dedupe_id
         header = (msg.headers or {}).get(DEDUPE_HEADER)
         if header:
-            return header
+            return dedupe_header(header)
         return f"\x00inbox\x00{self._stream_created}\x00{delivery(msg)[1]}"
 
     async def _handle(self, msg: Msg) -> None:

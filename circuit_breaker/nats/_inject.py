@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from ..config import StreamSettings
 from ..errors import (
     CircuitBreakerError,
+    EventTooLargeError,
     InjectError,
     InstanceExistsError,
     TokenDataError,
@@ -67,6 +68,13 @@ async def start_instance(
         return InjectAccepted(instance_id=instance_id, duplicate=True)
     except UnknownWorkflowError as err:  # unregistered meanwhile
         raise InjectError(ErrorCode.UNKNOWN_WORKFLOW, str(err)) from None
+    except EventTooLargeError as err:  # (the data fits the request, but not with the event's envelope)
+        raise InjectError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"the data makes the instance's first event {err.size} bytes, more than the NATS server takes in one "
+            f"message (max_payload {err.limit}); keep large data out of tokens (store it elsewhere and keep a "
+            "reference in the token)",
+        ) from None
     except TokenDataError as err:
         raise InjectError(ErrorCode.INVALID_DATA, str(err), field=err.field) from None
     except (TimeoutError, nats.errors.Error) as err:

@@ -9,6 +9,7 @@ be misread. The reply is ``{"instance_id": "...", "duplicate": false}`` or ``{"e
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -32,6 +33,8 @@ __all__ = [
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 DEDUPE_HEADER = "Nats-Msg-Id"
+DEDUPE_ID_MAX = 256
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # no control characters (they would reach a reviewer's terminal)
 _FIELDS = ("data", "dedupe_id", "actor")
 
 
@@ -59,13 +62,17 @@ class InjectRequest(BaseModel):
     dedupe_id: str | None = Field(
         None,
         min_length=1,
-        max_length=256,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        max_length=DEDUPE_ID_MAX,
+        pattern=PRINTABLE,
         description="Makes the injection idempotent for ever: the same dedupe_id (per workflow) always answers "
         "with the instance the first one started, with duplicate=true.",
     )
     actor: str | None = Field(
-        None, min_length=1, max_length=256, description="Who injects (recorded in the token history and events)."
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=PRINTABLE,
+        description="Who injects (recorded in the token history and events).",
     )
 
     @field_validator("dedupe_id", "actor")
@@ -75,6 +82,18 @@ class InjectRequest(BaseModel):
         if value is not None and not value.isascii() and has_lone_surrogate(value):
             raise ValueError("holds a lone surrogate (such as \\ud800), which UTF-8 cannot carry")
         return value
+
+
+def dedupe_header(value: str) -> str:
+    """A ``Nats-Msg-Id`` header taken as the dedupe id (an inbox message without one in its body): held to the
+    same form as ``dedupe_id``, so that a retry of it over request/reply finds the same instance."""
+    if len(value) > DEDUPE_ID_MAX or not re.fullmatch(PRINTABLE, value) or has_lone_surrogate(value):
+        raise InjectError(
+            ErrorCode.INVALID_REQUEST,
+            f"{DEDUPE_HEADER} is taken as the dedupe id: 1-{DEDUPE_ID_MAX} characters, no control characters",
+            field=DEDUPE_HEADER,
+        )
+    return value
 
 
 def first_problem(err: ValidationError) -> tuple[str | None, str]:

@@ -51,7 +51,7 @@ from nats.js.errors import (
 )
 
 from ..config import Settings, StreamSettings
-from ..errors import ConcurrencyError, StoreError, StreamConfigError, TokenDataError
+from ..errors import ConcurrencyError, EventTooLargeError, StoreError, StreamConfigError
 from ..events import Event, EventType, parse_event
 from ._acks import AckedPublisher, stream_sequence
 from ._embedded import connect_nats, drain_connection
@@ -348,13 +348,15 @@ class JetStreamStore:
 
     # -- writing -------------------------------------------------------------------------------------------
     @staticmethod
-    def _too_large(event: Event, size: int, limit: int) -> TokenDataError:
+    def _too_large(event: Event, size: int, limit: int) -> EventTooLargeError:
         """An event larger than the server takes in one message can never be stored: say so, naming it."""
-        return TokenDataError(
+        return EventTooLargeError(
             f"event {event.type.value} of instance {event.instance_id} (workflow {event.workflow!r}) is {size} "
             f"bytes, more than the NATS server takes in one message (max_payload {limit}); keep large data out "
             "of tokens (store it elsewhere and keep a reference in the token)",
             workflow=event.workflow,
+            size=size,
+            limit=limit,
         )
 
     async def append(self, event: Event, expected_seq: int) -> None:

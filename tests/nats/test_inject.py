@@ -73,7 +73,11 @@ async def test_inject_starts_an_instance_that_runs(fresh_nats: str) -> None:
         instance_id = await client.inject("orders", GOOD, actor="shop")
         done = await engine.wait(instance_id, timeout=5)
     assert done.status is InstanceStatus.COMPLETED
-    assert done.places == ["packed"] and done.data == {"item": "lamp", "qty": 2, "packed": True}  # (the action's result is kept)
+    assert done.places == ["packed"] and done.data == {
+        "item": "lamp",
+        "qty": 2,
+        "packed": True,
+    }  # (the action's result is kept)
     assert done.history[0].actor == "shop"
 
 
@@ -131,6 +135,7 @@ BAD_REQUESTS = [
     ("cb.inject.orders", b'{"data": {"qty": 1}}', "invalid_data", "item"),
     ("cb.inject.orders", b'{"data": {"item": "\\ud800", "qty": 1}}', "invalid_data", "item"),  # no UTF-8 for it
     ("cb.inject.orders", b'{"data": {}, "actor": "a\\udc00"}', "invalid_request", "actor"),
+    ("cb.inject.orders", b'{"data": {}, "actor": "a\\u001b[2Jb"}', "invalid_request", "actor"),  # a terminal escape
     ("cb.inject.orders", json.dumps({"data": {"item": "x" * 5000, "qty": 1}}).encode(), "payload_too_large", None),
 ]
 
@@ -148,6 +153,20 @@ async def test_every_bad_request_gets_its_code_and_the_service_keeps_serving(fre
         assert await engine.instances() == []
         reply = await request(fresh_nats, "cb.inject.orders", json.dumps({"data": GOOD}).encode())
         assert (await engine.wait(reply["instance_id"], timeout=5)).status is InstanceStatus.COMPLETED
+
+
+async def test_data_that_fits_a_request_but_not_an_event_is_payload_too_large(fresh_nats: str) -> None:
+    """Found in a walk-through: with the default limits (the server's max_payload) a request just under the limit
+    was answered invalid_data about an internal event, with no field; it is the size, and nothing is stored."""
+    async with serving(fresh_nats, orders_workflow()) as (engine, _):
+        nc = await nats.connect(fresh_nats)
+        limit = nc.max_payload
+        await nc.close()
+        payload = json.dumps({"data": {"item": "x" * (limit - 200), "qty": 1}}).encode()
+        assert len(payload) < limit
+        error = (await request(fresh_nats, "cb.inject.orders", payload))["error"]
+        assert error["code"] == "payload_too_large" and f"max_payload {limit}" in error["message"], error
+        assert await engine.instances() == []
 
 
 async def test_the_client_raises_inject_error_with_the_code_and_field(fresh_nats: str) -> None:
@@ -263,11 +282,15 @@ async def test_bad_inbox_messages_are_terminated_and_the_next_good_one_is_proces
             await js.publish("cb.inbox.orders", b'{"data": {"item": "lamp", "qty": 0}}')
             await js.publish("cb.inbox.nope", b'{"data": {}}')
             await js.publish("cb.inbox.orders", b'{"data": {"item": "\\ud800", "qty": 1}}')  # at once, no retries
+            # A header taken as the dedupe id has dedupe_id's form (found in a walk-through: 300 characters were
+            # taken here, while request/reply refused the same id, so a retry over it could not find the instance).
+            await js.publish("cb.inbox.orders", json.dumps({"data": GOOD}).encode(), headers={"Nats-Msg-Id": "y" * 300})
             good = await client.publish("orders", GOOD)
             await started(client, engine, good.instance_id)
             await eventually(lambda: _zero(inbox_messages(fresh_nats)))  # none is waiting for a redelivery
         reasons = [r.getMessage() for r in caplog.records if "terminated" in r.getMessage()]
-        assert len(reasons) == 4, reasons
+        assert len(reasons) == 5, reasons
+        assert any("invalid_request" in r and "Nats-Msg-Id" in r for r in reasons)
         assert any("invalid_data" in r and "lone surrogate" in r for r in reasons)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "no traceback for the caller's data"
         assert any("malformed_json" in r for r in reasons)
