@@ -42,4 +42,9 @@ def event_schema() -> dict[str, Any]:
     # Validation mode: what a reader accepts; the wire form (tokens in produced lists travel without their
     # history, which has a default) conforms to it.
     schema = TypeAdapter(Event).json_schema()
+    for ref in schema["discriminator"]["mapping"].values():
+        # Every stored event carries its type (it has a default only for building one in Python): required,
+        # so that a validator without OpenAPI's `discriminator` still tells the kinds apart by it.
+        variant = schema["$defs"][ref.rsplit("/", 1)[-1]]
+        variant["required"] = ["type", *[name for name in variant.get("required", []) if name != "type"]]
     return _schema("Event", schema, "One state change of an instance; `type` tells the kinds apart.")
