@@ -257,10 +257,12 @@ def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop, grace: float 
     is lost: the events are the state."""
 
     def now(why: str) -> None:
+        from ..nats._embedded import leave_now
         from ..nats._server import _reap_children
 
         log.warning("stopping now (%s)", why)
-        _reap_children(grace=2.0)  # an embedded server runs in its own session: it must not outlive serve
+        leave_now()  # an embedded server other commands still use stays up for them
+        _reap_children(grace=2.0)  # one only serve used runs in its own session: it must not outlive serve
         logging.shutdown()
         os._exit(1)
 

@@ -86,13 +86,19 @@ def nats(
 
 async def _serve(server: NatsServer, *, as_json: bool) -> int:
     """Start, announce, wait for a signal (or the server's own end), stop; returns the exit code."""
+    from ..nats._sharing import ServerUse
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_signals():  # (a closed terminal stops the server too, unless under nohup)
         loop.add_signal_handler(sig, stop.set)
+    # Counted among its users (see _sharing): the commands that share it never stop it; stopping this does.
+    use = ServerUse(server.data_dir)
     try:
+        await use.join()
         await server.start()
     except CircuitBreakerError as err:
+        use.release()
         _error(str(err))
         return _FAILED
     try:
@@ -111,6 +117,7 @@ async def _serve(server: NatsServer, *, as_json: bool) -> int:
                 await asyncio.wait_for(stop.wait(), 0.2)
     finally:
         await server.stop()
+        use.release()
     typer.echo("nats-server stopped", err=True)
     return _OK
 

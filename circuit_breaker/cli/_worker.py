@@ -81,8 +81,10 @@ def worker(
 
 
 async def _serve(settings: Settings, as_json: bool) -> None:
+    from contextlib import AsyncExitStack
+
     from .._gc import tune_gc
-    from ..nats._embedded import connect_nats, ensure_server
+    from ..nats._embedded import connect_nats, server_urls
     from ..secrets import mask_logs
     from ..workers import Health, Metrics, OpsServer, Worker, setup_logging
 
@@ -107,7 +109,8 @@ async def _serve(settings: Settings, as_json: bool) -> None:
     async def on_disconnected() -> None:
         health.connected = False
 
-    urls, server = await ensure_server(settings)
+    leaving = AsyncExitStack()  # (the embedded server: shared with the project's other commands, see _sharing)
+    urls = await leaving.enter_async_context(server_urls(settings))
     try:
         nc = await connect_nats(
             settings, urls, error_cb=on_error, reconnected_cb=on_reconnected, disconnected_cb=on_disconnected
@@ -138,8 +141,7 @@ async def _serve(settings: Settings, as_json: bool) -> None:
     finally:
         if ops is not None:
             ops.stop()
-        if server is not None:
-            await server.stop()
+        await leaving.aclose()
 
 
 async def _status(settings: Settings, as_json: bool) -> None:

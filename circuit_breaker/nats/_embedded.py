@@ -11,21 +11,26 @@ error. So each attempt is bounded by a timeout long enough for one pass over the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from ..config import Settings, connect_options, redact_url
-from ..errors import ConfigError, NatsUnavailableError
+from ..errors import ConfigError, NatsServerError, NatsUnavailableError
 from ._server import NatsServer, running_server
+from ._sharing import ServerUse, stop_running_server
 
-__all__ = ["connect_nats", "ensure_server", "nats_connection"]
+__all__ = ["connect_nats", "ensure_server", "leave_now", "nats_connection", "server_urls"]
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +45,34 @@ async def ensure_server(settings: Settings) -> tuple[list[str], NatsServer | Non
     """
     if settings.nats_url:
         return list(settings.nats_url), None
-    holder = running_server(settings.nats_data_dir)
-    if holder is not None and isinstance(holder.get("url"), str):
-        log.info("using the nats-server already running on %s: %s", settings.nats_data_dir, holder["url"])
-        return [holder["url"]], None
-    server = NatsServer(settings.nats_data_dir, sync_always=settings.stream.sync_always)
-    await server.start()
-    log.info("started the embedded nats-server at %s (JetStream in %s)", server.url, server.data_dir)
-    return [server.url], server
+    for attempt in (1, 2):
+        url = await _running_url(settings.nats_data_dir)
+        if url is not None:
+            log.info("using the nats-server already running on %s: %s", settings.nats_data_dir, url)
+            return [url], None
+        server = NatsServer(settings.nats_data_dir, sync_always=settings.stream.sync_always)
+        try:
+            await server.start()
+        except NatsServerError as err:
+            if attempt == 2 or "is in use by another nats-server" not in str(err):
+                raise
+            continue  # another process started one first, a moment ago: use that one
+        log.info("started the embedded nats-server at %s (JetStream in %s)", server.url, server.data_dir)
+        return [server.url], server
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _running_url(data_dir: Path, wait: float = 10.0) -> str | None:
+    """The URL of the server running on ``data_dir``, waiting while another process is still starting it (its
+    lock is taken before it says where it listens); None when none runs."""
+    deadline = time.monotonic() + wait
+    while (holder := running_server(data_dir)) is not None:
+        if isinstance(holder.get("url"), str):
+            return str(holder["url"])
+        if time.monotonic() > deadline:
+            raise NatsServerError(f"a nats-server is starting on {data_dir} but did not say where within {wait:g}s")
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def connect_nats(
@@ -171,19 +196,74 @@ async def _close_quietly(nc: NATS) -> None:
 
 
 @asynccontextmanager
-async def nats_connection(settings: Settings, **extra: Any) -> AsyncIterator[NATS]:
-    """``async with nats_connection(settings) as nc:`` a connection to the configured NATS, or to an embedded
-    server started for the block and stopped after it (its data stays in ``settings.nats_data_dir``)."""
-    urls, server = await ensure_server(settings)
+async def server_urls(settings: Settings) -> AsyncIterator[list[str]]:
+    """``async with server_urls(settings) as urls:`` the configured NATS, or the embedded server of
+    ``settings.nats_data_dir`` (shared, or started here) for as long as the block runs. Leaving, the last process
+    that uses the embedded server stops it, whichever started it (see ``_sharing``); its data stays."""
+    if settings.nats_url:
+        yield list(settings.nats_url)
+        return
+    use = ServerUse(settings.nats_data_dir)
+    await use.join()
+    server: NatsServer | None = None
+    entry: tuple[ServerUse, NatsServer | None] = (use, None)
     try:
+        urls, server = await ensure_server(settings)
+        entry = (use, server)
+        _in_use.append(entry)
+        yield urls
+    finally:
+        if entry in _in_use:
+            _in_use.remove(entry)
+        await _leave(use, server)
+
+
+async def _leave(use: ServerUse, server: NatsServer | None) -> None:
+    if use.leave():
+        try:
+            if server is not None:
+                await server.stop()
+            else:
+                await stop_running_server(use.data_dir)  # (its starter left it running for this one, or died)
+        finally:
+            use.release()
+    elif server is not None:
+        log.info("leaving the nats-server on %s running: other processes use it", use.data_dir)
+        server.detach()
+
+
+_in_use: list[tuple[ServerUse, NatsServer | None]] = []  # this process's uses of embedded servers, for leave_now
+
+
+def leave_now() -> None:
+    """For a process that exits right now (a second Ctrl-C): leave the embedded servers it uses to the other
+    processes that use them; one that nobody else uses gets SIGTERM (a child of this process is then reaped at
+    exit by ``_server``)."""
+    while _in_use:
+        use, server = _in_use.pop()
+        if not use.leave():
+            if server is not None:
+                server.detach()
+            continue
+        if server is None:
+            holder = running_server(use.data_dir)
+            pid = holder.get("pid") if holder else None
+            if isinstance(pid, int):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        use.release()
+
+
+@asynccontextmanager
+async def nats_connection(settings: Settings, **extra: Any) -> AsyncIterator[NATS]:
+    """``async with nats_connection(settings) as nc:`` a connection to the configured NATS, or to the embedded
+    server (see :func:`server_urls`; its data stays in ``settings.nats_data_dir``)."""
+    async with server_urls(settings) as urls:
         nc = await connect_nats(settings, urls, **extra)
         try:
             yield nc
         finally:
             await drain_connection(nc)
-    finally:
-        if server is not None:
-            await server.stop()
 
 
 async def drain_connection(nc: NATS, timeout: float = 5.0) -> None:

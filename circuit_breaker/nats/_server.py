@@ -303,6 +303,16 @@ class NatsServer:
             if lock is not None:
                 lock.release()
 
+    def detach(self) -> None:
+        """Leave the process running for other processes that use it (see ``_sharing``): this object no longer
+        stops it, nor does this interpreter's exit. Its lock stays with the server, which says who it is."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _unregister(proc)
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.close()
+
     @property
     def exit_code(self) -> int | None:
         """The exit code once the process has ended without :meth:`stop` (a crash), else None."""
@@ -523,6 +533,12 @@ class _DataDirLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.ftruncate(fd, 0)
+            os.close(fd)
+
+    def close(self) -> None:
+        """This process's descriptor only: the server's inherited one keeps the lock, and the file its holder."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
             os.close(fd)
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +17,7 @@ from nats.js.api import StreamConfig
 
 from circuit_breaker.config import connect_options, load_settings
 from circuit_breaker.errors import ConfigError, NatsUnavailableError
-from circuit_breaker.nats._embedded import connect_nats, ensure_server, nats_connection
+from circuit_breaker.nats._embedded import connect_nats, ensure_server, nats_connection, server_urls
 from circuit_breaker.nats._server import NatsServer, free_ports, running_server
 from circuit_breaker.testing.nats import nats_server_sync
 
@@ -71,6 +75,71 @@ async def test_nats_connection_gives_a_working_connection_and_stops_what_it_star
     assert running_server(tmp_path / "nats") is None
     async with nats_connection(settings) as nc:  # the embedded store keeps its data between runs
         assert (await nc.jetstream().stream_info("EMB")).state.messages == 1
+
+
+async def test_the_embedded_server_stays_up_while_another_process_uses_it(tmp_path: Path) -> None:
+    """Found in a walk-through: stopping the command that happened to start the server (``events --follow``)
+    pulled it from under a ``serve`` still running on it. The last one to leave stops it, whoever started it.
+    (Two uses in one process hold two lock descriptions, as two processes do.)"""
+    settings = load_settings(data_dir=tmp_path)
+    first, second = server_urls(settings), server_urls(settings)
+    urls = await first.__aenter__()
+    assert await second.__aenter__() == urls
+    holder = running_server(tmp_path / "nats")
+    assert holder is not None
+    await first.__aexit__(None, None, None)  # the starter leaves: the other still uses it
+    assert running_server(tmp_path / "nats") == holder
+    nc = await connect_nats(settings, urls)
+    assert nc.is_connected
+    await nc.close()
+    await second.__aexit__(None, None, None)  # the last one leaves: stopped, though it did not start it
+    assert running_server(tmp_path / "nats") is None
+
+
+async def test_a_server_whose_starter_was_killed_is_stopped_by_the_next_process_that_leaves_it(tmp_path: Path) -> None:
+    """Found in a walk-through: after ``kill -9`` of serve its nats-server ran on for ever (the next serve used it
+    and left it running, as it had not started it)."""
+    script = (
+        "import asyncio, os, signal, sys\n"
+        "from circuit_breaker.config import load_settings\n"
+        "from circuit_breaker.nats._embedded import server_urls\n"
+        "async def main():\n"
+        "    async with server_urls(load_settings(data_dir=sys.argv[1])) as urls:\n"
+        "        print(urls[0], flush=True)\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(tmp_path), stdout=subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == -9
+    url = out.decode().strip()
+    assert (running_server(tmp_path / "nats") or {}).get("url") == url  # orphaned, still running
+    async with server_urls(load_settings(data_dir=tmp_path)) as urls:
+        assert urls == [url]  # used as it is
+    assert running_server(tmp_path / "nats") is None  # and stopped by the last one to leave
+
+
+async def test_a_server_run_by_the_nats_command_is_never_stopped_by_the_commands_that_use_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "nats"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "circuit-breaker"),
+        "nats",
+        "--json",
+        "--data-dir",
+        str(data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        async with server_urls(load_settings(data_dir=tmp_path)) as urls:
+            assert urls == [ready["url"]]
+        assert (running_server(data_dir) or {}).get("url") == ready["url"]  # still up for the others
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert running_server(data_dir) is None
 
 
 async def test_unreachable_nats_fails_after_the_attempts_naming_the_urls_but_no_secret() -> None:
