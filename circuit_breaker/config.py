@@ -162,9 +162,8 @@ class Settings(BaseSettings):
     )
     answer_unknown: bool = Field(
         True,
-        description="serve: answer injections for every workflow, refusing those this project does not run "
-        "('unknown_workflow'); false when serves of different projects share one NATS (requests for another "
-        "project's workflows then reach its serves only).",
+        description="serve: also answer injection requests for a workflow that no live engine runs "
+        "('unknown_workflow', naming the ones that run); false: callers get 'no responders' for it instead.",
     )
     stop_grace: float = Field(
         10.0,

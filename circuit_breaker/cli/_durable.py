@@ -179,6 +179,8 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     for sig in stop_signals():
         loop.add_signal_handler(sig, _first_only(stop, stopper) if sig == signal.SIGHUP else stopper)
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
+        if not engine.workflows:
+            log.warning("%s defines no workflow: this serve runs nothing", (project / "workflows").resolve())
         inject = InjectService(engine, nc, settings=settings.stream, answer_unknown=settings.answer_unknown)
         control = ControlService(engine, nc)
         await inject.start()

@@ -208,6 +208,14 @@ class InboxConsumer:
             accepted = await self.handler(workflow, request, self._dedupe_key(msg, request))
         except InjectError as err:
             if err.retryable or (err.code == ErrorCode.UNKNOWN_WORKFLOW and self.retry_unknown_workflow):
+                if err.code == ErrorCode.UNKNOWN_WORKFLOW and delivery(msg)[0] == 1:
+                    log.warning(
+                        "inbox message %s on %s: this engine does not run workflow %r; it stays in the inbox for "
+                        "an engine that does",
+                        _seq(msg),
+                        msg.subject,
+                        workflow,
+                    )
                 await self._nak(msg, f"{err.code}: {err.message}")
             else:
                 log.warning(

@@ -20,6 +20,7 @@ engines that run them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -86,13 +87,21 @@ async def start_instance(
     return InjectAccepted(instance_id=instance.id, duplicate=False)
 
 
+UNKNOWN_ANSWER_DELAY = 0.25  # seconds before answering unknown_workflow (an engine that runs it answers first)
+
+
 class InjectService:
     """Serves inject requests and drains the inbox for ``engine``, on ``connection``.
 
     ``async with InjectService(engine, nc):`` or ``start()`` / ``stop()``. ``queue`` is the queue group and the
     inbox's durable consumer name that engines share; ``max_payload`` bounds a request's size in bytes;
-    ``concurrency`` bounds the injections handled at once (per way in). With ``answer_unknown=False`` it
-    answers for the workflows registered when it starts.
+    ``concurrency`` bounds the injections handled at once (per way in).
+
+    It answers on ``cb.inject.<workflow>`` for the workflows registered when it starts. With ``answer_unknown``
+    (the default) it also answers requests for a workflow that no engine runs, ``unknown_workflow`` naming the
+    ones that run (in its own queue group, after UNKNOWN_ANSWER_DELAY, and only when no live engine it hears of
+    runs the workflow: engines of other projects on the same NATS answer for theirs). An inbox message for a
+    workflow this engine does not run is handed back for one that does, never dropped.
     """
 
     def __init__(
@@ -115,6 +124,7 @@ class InjectService:
         self.answer_unknown = answer_unknown
         self.concurrency = concurrency
         self._subs: list[Any] = []
+        self._served: set[str] = set()  # the workflows it subscribed to at start
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbox = (
@@ -125,7 +135,7 @@ class InjectService:
                 durable=queue,
                 concurrency=concurrency,
                 max_payload=max_payload,
-                retry_unknown_workflow=not answer_unknown,
+                retry_unknown_workflow=True,  # (another project's engine, maybe down now, runs it)
             )
             if inbox
             else None
@@ -133,16 +143,23 @@ class InjectService:
 
     @property
     def subjects(self) -> list[str]:
-        """The subjects the service answers on."""
-        if self.answer_unknown:
-            return [inject_subject("*")]
-        return [inject_subject(w) for w in self.engine.workflows]
+        """The subjects the service answers on (``cb.inject.*`` only for workflows that no engine runs)."""
+        own = [inject_subject(w) for w in self.engine.workflows]
+        return [*own, inject_subject("*")] if self.answer_unknown else own
 
     async def start(self) -> None:
         if self._subs:
             return
-        for subject in self.subjects:
-            self._subs.append(await self.connection.subscribe(subject, queue=self.queue, cb=self._on_request))
+        self._served = set(self.engine.workflows)
+        for workflow in sorted(self._served):
+            sub = await self.connection.subscribe(inject_subject(workflow), queue=self.queue, cb=self._on_request)
+            self._subs.append(sub)
+        if self.answer_unknown:
+            # Its own queue group: a request for a workflow some engine runs reaches that engine in the main
+            # group whatever happens here; here one engine only looks whether anybody runs it at all.
+            unknown = f"{self.queue}-unknown"
+            sub = await self.connection.subscribe(inject_subject("*"), queue=unknown, cb=self._on_any_request)
+            self._subs.append(sub)
         if self._inbox is not None:
             await self._inbox.start()
         log.info("serving inject requests on %s and the inbox for %s", ", ".join(self.subjects), self.engine.workflows)
@@ -184,6 +201,37 @@ class InjectService:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
+
+    async def _on_any_request(self, msg: Msg) -> None:
+        workflow = msg.subject[len(INJECT_PREFIX) + 1 :]
+        if workflow in self._served:
+            return  # answered through its own subscription
+        if workflow in self.engine.workflows:
+            await self._on_request(msg)  # registered after the service started
+            return
+        task = asyncio.get_running_loop().create_task(self._answer_unknown(msg, workflow))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_unknown(self, msg: Msg, workflow: str) -> None:
+        """``unknown_workflow``, unless an engine this one hears of runs the workflow (it answers); a moment late,
+        so that an engine that started a moment ago, and has not been heard of yet, answers first."""
+        if not msg.reply:
+            return
+        await asyncio.sleep(UNKNOWN_ANSWER_DELAY)
+        running = self._run_elsewhere()
+        if running is None or workflow in running or workflow in self.engine.workflows:
+            return
+        known = sorted(running | set(self.engine.workflows))
+        err = InjectError(ErrorCode.UNKNOWN_WORKFLOW, str(UnknownWorkflowError(workflow, known)))
+        log.info("inject request on %s refused: %s: %s", msg.subject, err.code, err.message)
+        with contextlib.suppress(Exception):  # the requester is gone or the connection dropped
+            await msg.respond(error_reply(err).model_dump_json(exclude_none=True).encode())
+
+    def _run_elsewhere(self) -> set[str] | None:
+        """The workflows the other live engines on this NATS run (None when one did not say which)."""
+        peer_workflows = getattr(self.engine.store, "peer_workflows", None)
+        return set() if peer_workflows is None else peer_workflows()
 
     async def _answer(self, msg: Msg) -> None:
         workflow = msg.subject[len(INJECT_PREFIX) + 1 :]

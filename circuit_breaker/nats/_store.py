@@ -933,6 +933,17 @@ class JetStreamStore:
         self.writer_of[instance_id] = self.origin
         return True
 
+    def peer_workflows(self) -> set[str] | None:
+        """The workflows the live driving engines this one hears of run (what they take over: none while they
+        stop); None when one of them did not say."""
+        running: set[str] = set()
+        for origin in self._peers:
+            takes = self._takes.get(origin)
+            if takes is None:
+                return None
+            running |= takes
+        return running
+
     def _choose(self, instance_id: str, workflow: str | None) -> str | None:
         """The live engine with the highest rendezvous hash for ``instance_id`` among those that take over
         ``workflow``, this one included if it takes over (it runs the workflow, follows the others and is not
