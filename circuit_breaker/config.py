@@ -12,8 +12,10 @@ directory (the project), or the path in ``CB_CONFIG``; its keys are the field na
     sync_always = true
 
 ``CB_NATS_URL`` takes a comma-separated list or a JSON list. No URL means the embedded server: a local
-nats-server with its JetStream store in ``data_dir / "nats"``. Relative paths are relative to the current
-directory. Secrets are ``SecretStr`` (never in repr or errors); credentials inside a URL are masked in repr.
+nats-server with its JetStream store in ``data_dir / "nats"``. The settings file and a relative ``data_dir``
+are the project's (a command's ``--project``, by default the current directory); other relative paths (a
+credentials file, TLS files) are relative to the current directory. Secrets are ``SecretStr`` (never in repr
+or errors); credentials inside a URL are masked in repr.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ CONFIG_ENV = "CB_CONFIG"
 # Set by load_settings(config_file=...) for the one construction it does; a context variable so concurrent
 # loads in other tasks or threads do not see it.
 _config_override: ContextVar[Path | None] = ContextVar("_config_override", default=None)
+_base_dir: ContextVar[Path | None] = ContextVar("_base_dir", default=None)  # the project: see load_settings
 
 
 class StreamSettings(BaseModel):
@@ -258,27 +261,40 @@ class Settings(BaseSettings):
 
 
 def config_path() -> Path | None:
-    """The TOML file: ``load_settings(config_file=...)``, else ``$CB_CONFIG``, else ``./circuit_breaker.toml``."""
+    """The TOML file: ``load_settings(config_file=...)``, else ``$CB_CONFIG``, else ``circuit_breaker.toml`` in
+    the project (``load_settings(base_dir=...)``, by default the current directory)."""
     override = _config_override.get()
     if override is not None:
         return override
     named = os.environ.get(CONFIG_ENV)
-    return Path(named) if named else Path.cwd() / CONFIG_FILE
+    return Path(named) if named else (_base_dir.get() or Path.cwd()) / CONFIG_FILE
 
 
-def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    **overrides: Any,
+) -> Settings:
     """Settings from every source, with ``overrides`` (CLI flags) on top; errors become :class:`ConfigError`.
 
     ``config_file`` replaces the TOML file's usual location and must exist. Overrides that are None are
-    dropped, so a flag the user did not give does not hide the environment or the file.
+    dropped, so a flag the user did not give does not hide the environment or the file. ``base_dir`` is the
+    project (a command's ``--project``): its ``circuit_breaker.toml`` is read, and a relative ``data_dir`` (the
+    embedded server's JetStream store) lies within it, wherever the command runs.
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     path = Path(config_file) if config_file is not None else None
     if path is not None:
         _require_file(path, f"config file {path}")
+    base = Path(base_dir) if base_dir is not None else None
     token = _config_override.set(path)
+    based = _base_dir.set(base)
     try:
-        return Settings(**given)
+        settings = Settings(**given)
+        if base is not None and not settings.data_dir.is_absolute():
+            settings = settings.model_copy(update={"data_dir": base / settings.data_dir})
+        return settings
     except ValidationError as err:
         raise ConfigError(_describe(err), setting=_first_setting(err), source=str(config_path())) from None
     except tomllib.TOMLDecodeError as err:
@@ -287,6 +303,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         raise ConfigError(f"cannot read settings: {err}") from None
     finally:
         _config_override.reset(token)
+        _base_dir.reset(based)
 
 
 def _require_file(path: Path, what: str) -> None:

@@ -75,6 +75,18 @@ def test_precedence_arguments_over_env_over_toml_over_defaults(tmp_path: Path, m
     assert s.stream == StreamSettings(replicas=5, storage="memory", max_age=timedelta(days=7), sync_always=True)
 
 
+def test_a_projects_settings_file_and_data_dir_are_its_own_wherever_the_command_runs(tmp_path: Path) -> None:
+    """Found in a walk-through: `serve --project DIR` kept its JetStream store in the current directory, so
+    the project's instances were neither resumed nor listed (`--project` is the project root)."""
+    project = tmp_path / "shop"
+    project.mkdir()
+    write_toml(project / "circuit_breaker.toml", 'nats_name = "shop-engine"\n')
+    s = load_settings(base_dir=project)
+    assert s.nats_name == "shop-engine" and s.nats_data_dir == project / ".circuit_breaker" / "nats"
+    assert load_settings(base_dir=project, data_dir=Path("/srv/cb")).data_dir == Path("/srv/cb")  # absolute: as is
+    assert load_settings().nats_name == "circuit-breaker" and load_settings().data_dir == Path(".circuit_breaker")  # cwd
+
+
 def test_cb_config_names_another_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_toml(tmp_path / "circuit_breaker.toml", 'nats_name = "project"\n')
     other = write_toml(tmp_path / "elsewhere.toml", 'nats_name = "elsewhere"\n')

@@ -68,10 +68,11 @@ class SchemaName(StrEnum):
     event = "event"
 
 
-def settings_for(nats_url: list[str] | None, **overrides: Any) -> Settings:
+def settings_for(nats_url: list[str] | None, project: Path | None = None, **overrides: Any) -> Settings:
+    """The settings of a command; with ``project`` (its ``--project``), the project's settings file and data dir."""
     from ..config import load_settings
 
-    return load_settings(nats_url=nats_url or None, **overrides)
+    return load_settings(nats_url=nats_url or None, base_dir=project, **overrides)
 
 
 @asynccontextmanager
@@ -158,7 +159,7 @@ def serve(
             overrides["remote_executors"] = remote_executors
         if metrics_port is not None:
             overrides["metrics_port"] = metrics_port
-        settings = settings_for(nats_url, **overrides)
+        settings = settings_for(nats_url, project, **overrides)
         if not (project / "workflows").is_dir():  # before an embedded server is started for nothing
             raise WorkflowLoadError(f"no workflows/ folder in {project.resolve()}", path=str(project / "workflows"))
         asyncio.run(_serve(settings, project, as_json))
@@ -432,7 +433,7 @@ def instances(
         if status is not None and status not in {s.value for s in InstanceStatus}:
             allowed = ", ".join(s.value for s in InstanceStatus)
             raise _Fail(ExitCode.USAGE, f"--status {status!r} is not a status; use one of {allowed}")
-        settings = settings_for(nats_url)
+        settings = settings_for(nats_url, project)
         found = asyncio.run(_instances(settings, project, workflow, status))
     if as_json:
         _print_json([i.summary() for i in found])
@@ -471,7 +472,7 @@ def status(
     from ._app import _errors, _print_json, _show_instance
 
     with _errors(as_json):
-        settings = settings_for(nats_url)
+        settings = settings_for(nats_url, project)
         inst = asyncio.run(_status(settings, project, instance))
     if as_json:
         _print_json(inst.summary())
@@ -500,7 +501,7 @@ def history(
     from ._app import _errors, _print_json
 
     with _errors(as_json):
-        settings = settings_for(nats_url)
+        settings = settings_for(nats_url, project)
         stored, snapshot = asyncio.run(_history(settings, project, instance, at))
     masker = default_masker()
     if as_json:

@@ -161,6 +161,13 @@ def test_run_durable_keeps_the_instance_in_the_embedded_server(tmp_path: Path) -
     assert status.code == 0, status.err
     assert status.json()["status"] == "completed"
     assert status.json()["tokens"][0]["data"]["row_count"] == 24
+    # From elsewhere with --project: the project's embedded store (found in a walk-through: a new, empty one in
+    # the current directory, so nothing was found).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shown = run_cli("status", iid, "--project", str(project), "--json", cwd=elsewhere, timeout=90)
+    assert shown.code == 0 and shown.json()["status"] == "completed", shown.err
+    assert not (elsewhere / ".circuit_breaker").exists()
 
 
 def test_with_json_an_error_is_also_one_json_object_naming_its_code(project: Path, served: str) -> None:
