@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from ..errors import CircuitBreakerError, UnknownInstanceError, WorkflowLoadError
+from ..errors import CircuitBreakerError, ConfigError, UnknownInstanceError, WorkflowLoadError
 from ..secrets import default_masker
 from ._signals import stop_signals
 
@@ -182,11 +182,11 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
         if not engine.workflows:
             log.warning("%s defines no workflow: this serve runs nothing", (project / "workflows").resolve())
+        ops, probe = await _start_ops(settings, engine, nc)  # (first: a port it cannot have stops serve here)
         inject = InjectService(engine, nc, settings=settings.stream, answer_unknown=settings.answer_unknown)
         control = ControlService(engine, nc)
         await inject.start()
         await control.start()
-        ops, probe = await _start_ops(settings, engine, nc)
         if settings.gc_tuning:
             tune_gc()  # the workflows and stored instances are loaded: the start-up heap is done
         url = nc.connected_url
@@ -298,8 +298,13 @@ async def _start_ops(settings: Settings, engine: Engine, nc: NATS) -> tuple[Any,
     from ..workers import Health, OpsServer
 
     health, metrics = Health(), EngineMetrics(engine)
-    ops = OpsServer(health, metrics, settings.metrics_host, settings.metrics_port)
-    ops.start()
+    try:
+        ops = OpsServer(health, metrics, settings.metrics_host, settings.metrics_port)
+        ops.start()
+    except OSError as err:  # (the port is taken, say): a setting's value, as a bad option is
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        problem = f"metrics_port: cannot serve on {where}: {err.strerror or err}"
+        raise ConfigError(problem, setting="metrics_port") from None
     js = nc.jetstream(timeout=2.0)
 
     async def probe() -> None:
@@ -327,13 +332,16 @@ def inject(
         str | None, typer.Option("--dedupe-id", help="Injecting again with the same id returns the same instance.")
     ] = None,
     actor: ActorOpt = "cli",
-    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for an engine.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="How long to wait for an engine.", callback=positive_seconds)
+    ] = 10.0,
     nats_url: NatsUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start an instance on a serving engine (request/reply on cb.inject.WORKFLOW); prints its id."""
     from ._app import _errors, _parse_data, _print_json
 
+    subject_name("workflow", workflow, "WORKFLOW")
     with _errors(as_json):
         token_data = _parse_data(data)
         settings = settings_for(nats_url)
@@ -371,8 +379,12 @@ def events(
     from ._app import _errors
 
     start: str | int = int(since) if since.isdigit() else since
-    if start not in ("start", "new") and not isinstance(start, int):
-        raise typer.BadParameter("must be start, new or a stream sequence number", param_hint="--since")
+    if start not in ("start", "new") and not (isinstance(start, int) and start >= 1):
+        raise typer.BadParameter("must be start, new or a stream sequence number (from 1)", param_hint="--since")
+    if workflow is not None:
+        subject_name("workflow", workflow, "--workflow")
+    if instance is not None:
+        subject_name("instance", instance, "--instance")
     from ..events import EventType
 
     known = [t.value for t in EventType]
@@ -550,7 +562,26 @@ async def _history(settings: Settings, project: Path, instance: str, at: int | N
 
 
 # -- fire ------------------------------------------------------------------------------------------------------
-TimeoutOpt = Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.")]
+def subject_name(kind: str, value: str, hint: str) -> str:
+    """A name that travels in a NATS subject (no dots, wildcards or spaces), else a usage error naming it."""
+    from ..nats._events import subject_token
+
+    try:
+        return subject_token(kind, value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint=hint) from None
+
+
+def positive_seconds(value: float) -> float:
+    """A wait of 0 or less would give up before the engine could answer, after asking it to act."""
+    if value <= 0:
+        raise typer.BadParameter("must be more than 0 seconds")
+    return value
+
+
+TimeoutOpt = Annotated[
+    float, typer.Option(metavar="SECONDS", help="How long to wait for the engine.", callback=positive_seconds)
+]
 InstanceArg = Annotated[str, typer.Argument(help="The instance id.")]
 
 

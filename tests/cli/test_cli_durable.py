@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,30 @@ def test_bad_input_is_one_error_line_and_a_meaningful_exit_code(project: Path, s
     bogus = cli(project, served, "events", "--type", "bogus")
     assert bogus.code == 2 and "unknown event type 'bogus'" in bogus.err  # type: ignore[attr-defined]
     assert "Traceback" not in bogus.err  # type: ignore[attr-defined]
+
+
+def test_bad_options_are_usage_errors_not_tracebacks(project: Path, served: str) -> None:
+    """Found in a walk-through: these printed a traceback (exit 1), or, for a timeout of 0, asked the engine to
+    start an instance and then reported that nothing answered in time."""
+    cases = [
+        (("events", "--since", "0"), "--since"),
+        (("events", "--workflow", "a.b"), "'a.b' is invalid"),
+        (("events", "--instance", "*"), "'*' is invalid"),
+        (("inject", "a.b", "--data", "{}"), "'a.b' is invalid"),
+        (("inject", "data_pipeline", "--data", "{}", "--timeout", "0"), "more than 0 seconds"),
+        (("fire", "0" * 32, "approve", "--timeout", "-1"), "more than 0 seconds"),
+    ]
+    before = len(cli(project, served, "instances", "--json").json())  # type: ignore[attr-defined]
+    for args, named in cases:
+        got = cli(project, served, *args)
+        assert got.code == 2 and named in got.err and "Traceback" not in got.err, (args, got)  # type: ignore[attr-defined]
+    assert len(cli(project, served, "instances", "--json").json()) == before  # type: ignore[attr-defined]  # none started
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli(project, served, "serve", "--metrics-port", str(port))
+    assert busy.code == 2 and f"cannot serve on 127.0.0.1:{port}" in busy.error_line()  # type: ignore[attr-defined]
 
 
 def test_pause_resume_and_cancel_an_instance_through_the_serving_engine(project: Path, served: str) -> None:
