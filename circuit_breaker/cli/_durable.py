@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from ..errors import CircuitBreakerError, ConfigError, UnknownInstanceError, WorkflowLoadError
+from ..errors import CircuitBreakerError, ConfigError, DuplicateNameError, UnknownInstanceError, WorkflowLoadError
 from ..secrets import default_masker
 from ._signals import stop_signals
 
@@ -93,15 +93,26 @@ def load_project_workflows(project: Path, *, strict: bool) -> list[Workflow]:
     if not folder.is_dir():
         raise WorkflowLoadError(f"no workflows/ folder in {project.resolve()}", path=str(folder))
     found: list[Workflow] = []
+    defined_in: dict[str, Path] = {}
     for file in sorted(folder.iterdir()):
         if file.suffix.lower() not in DOCUMENT_SUFFIXES or file.name.startswith(("_", ".")):
             continue
         try:
-            found.extend(load_workflows(file))
+            loaded = load_workflows(file)
+            for wf in loaded:
+                if wf.name in defined_in:  # (the engine would refuse the second without saying where both are)
+                    raise DuplicateNameError(
+                        f"workflow {wf.name!r} is defined in both {defined_in[wf.name]} and {file}",
+                        workflow=wf.name,
+                        name=wf.name,
+                    )
         except CircuitBreakerError as err:
             if strict:
                 raise
             typer.echo(f"warning: skipping {file}: {' '.join(str(err).split())}", err=True)
+            continue
+        found.extend(loaded)
+        defined_in.update((wf.name, file) for wf in loaded)
     return found
 
 

@@ -1,12 +1,14 @@
-"""Serves of different projects on one NATS: with ``CB_ANSWER_UNKNOWN=false`` each answers injections for its
-own workflows only, so one project's serve never refuses another's ('unknown workflow'; found in a walk-through,
-where the setting existed only in code)."""
+"""Serves of different projects on one NATS: each project's injections reach its own serve, with the defaults
+(found in a walk-through: one project's serve refused about half of the other's as 'unknown workflow') and with
+``CB_ANSWER_UNKNOWN=false``, which only changes what a caller hears for a workflow no serve runs."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from pathlib import Path
+
+import pytest
 
 from tests.cli._support import run_cli, start_serve
 from tests.conftest import drop_streams
@@ -26,9 +28,15 @@ def project(root: Path, name: str) -> Path:
     return root / name
 
 
-def test_serves_of_two_projects_each_answer_their_own_injections(tmp_path: Path, nats_url: str) -> None:
+@pytest.mark.parametrize(
+    ("answer_unknown", "refusal"),
+    [("true", "unknown workflow 'invoicing' (registered: billing, shipping)"), ("false", "no engine serves workflow")],
+)
+def test_serves_of_two_projects_each_answer_their_own_injections(
+    tmp_path: Path, nats_url: str, answer_unknown: str, refusal: str
+) -> None:
     asyncio.run(drop_streams(nats_url))
-    env = {**os.environ, "CB_NATS_URL": nats_url, "CB_ANSWER_UNKNOWN": "false", "NO_COLOR": "1"}
+    env = {**os.environ, "CB_NATS_URL": nats_url, "CB_ANSWER_UNKNOWN": answer_unknown, "NO_COLOR": "1"}
     serves = [start_serve(project(tmp_path, name), env)[0] for name in ("billing", "shipping")]
     try:
         for n in range(6):  # (with every serve answering for every workflow, one in two went to the wrong one)
@@ -36,9 +44,22 @@ def test_serves_of_two_projects_each_answer_their_own_injections(tmp_path: Path,
                 done = run_cli("inject", name, "--data", f'{{"n": {n}}}', "--json", cwd=tmp_path, env=env)
                 assert done.code == 0, done.err
         unknown = run_cli("inject", "invoicing", "--data", "{}", cwd=tmp_path, env=env)
-        assert unknown.code != 0 and "no engine serves workflow 'invoicing'" in unknown.err, unknown.err
+        assert unknown.code != 0 and refusal in unknown.err, unknown.err
     finally:
         for proc in serves:
             proc.terminate()
             proc.wait(30)
     asyncio.run(drop_streams(nats_url))
+
+
+def test_a_workflow_defined_in_two_files_names_both(tmp_path: Path, nats_url: str) -> None:
+    """Found in a walk-through: 'another workflow named ... is already registered', naming neither file."""
+    root = project(tmp_path, "billing")
+    (root / "workflows" / "billing_copy.py").write_text(PROJECT.format(name="billing"))
+    refused = run_cli("serve", cwd=root, env={"CB_NATS_URL": nats_url})
+    assert refused.code == 3, refused.err
+    assert (
+        "'billing' is defined in both" in refused.err
+        and "billing.py" in refused.err
+        and "billing_copy.py" in refused.err
+    )
