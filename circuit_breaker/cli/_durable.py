@@ -508,6 +508,13 @@ async def _status(settings: Settings, project: Path, instance: str) -> Any:
         try:
             return await engine.get(instance)
         except UnknownInstanceError:
+            from ..nats._control import workflow_of
+
+            name = await workflow_of(nc, instance)  # (UnknownInstanceError when nothing of it is stored)
+            if name not in engine.workflows:  # stored, but of a workflow this project does not define
+                raise WorkflowLoadError(
+                    f"workflow {name!r} of instance {instance} is not defined in {project / 'workflows'}"
+                ) from None
             raise UnknownInstanceError(instance) from None
 
 

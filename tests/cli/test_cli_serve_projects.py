@@ -43,6 +43,11 @@ def test_serves_of_two_projects_each_answer_their_own_injections(
             for name in ("billing", "shipping"):
                 done = run_cli("inject", name, "--data", f'{{"n": {n}}}', "--json", cwd=tmp_path, env=env)
                 assert done.code == 0, done.err
+        # The other project's instance is named as such (found in a walk-through: 'unknown instance').
+        elsewhere = run_cli(
+            "status", done.json()["instance_id"], "--project", str(tmp_path / "billing"), cwd=tmp_path, env=env
+        )
+        assert elsewhere.code == 5 and "workflow 'shipping' of instance" in elsewhere.err, elsewhere.err
         unknown = run_cli("inject", "invoicing", "--data", "{}", cwd=tmp_path, env=env)
         assert unknown.code != 0 and refusal in unknown.err, unknown.err
     finally:
