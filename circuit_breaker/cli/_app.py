@@ -297,7 +297,13 @@ def run(
         wf = _load_one(target, workflow)
         wf.compile()
         token_data = _parse_data(data)
-        inst = asyncio.run(_run_instance(wf, token_data, timeout, progress=not as_json, durable=durable))
+        started: list[str] = []
+        try:
+            inst = asyncio.run(
+                _run_instance(wf, token_data, timeout, progress=not as_json, durable=durable, started=started)
+            )
+        except KeyboardInterrupt:
+            raise _interrupted(wf.name, started, durable, as_json) from None
     if as_json:
         _print_json(inst.summary())
     else:
@@ -307,25 +313,61 @@ def run(
         raise _die(ExitCode.FAILED, problem)
 
 
+def _interrupted(workflow: str, started: list[str], durable: bool, as_json: bool) -> typer.Exit:
+    """Ctrl-C during ``run``: say what became of the instance (the exit status alone says nothing of it)."""
+    if not started:
+        message = f"interrupted before an instance of {workflow!r} started"
+    elif durable:
+        message = (
+            f"interrupted: instance {started[0]} of {workflow!r} is stored as far as it got; `circuit-breaker serve` "
+            f"goes on with it, `circuit-breaker status {started[0]}` shows it"
+        )
+    else:
+        message = f"interrupted: instance {started[0]} of {workflow!r} ran in memory and is gone (--durable keeps it)"
+    typer.echo(f"error: {message}", err=True)
+    if as_json:
+        error = {"code": "interrupted", "message": message, "exit_code": 130, "type": None}
+        _print_json({"error": error, "instance": started[0] if started else None})
+    return typer.Exit(130)
+
+
 async def _run_instance(
-    wf: Workflow, data: dict[str, Any], timeout: float | None, *, progress: bool, durable: bool = False
+    wf: Workflow,
+    data: dict[str, Any],
+    timeout: float | None,
+    *,
+    progress: bool,
+    durable: bool = False,
+    started: list[str] | None = None,
 ) -> Instance:
+    """Run one instance to settling; its id goes into ``started`` as soon as it exists (for an interruption)."""
     if not durable:
-        return await _run_on(None, wf, data, timeout, progress=progress)
+        return await _run_on(None, wf, data, timeout, progress=progress, started=started)
     from ..config import load_settings
     from ..nats import JetStreamStore
     from ._durable import nats_session
 
     settings = load_settings()
     async with nats_session(settings) as nc:
-        return await _run_on(JetStreamStore(connection=nc, settings=settings), wf, data, timeout, progress=progress)
+        store = JetStreamStore(connection=nc, settings=settings)
+        return await _run_on(store, wf, data, timeout, progress=progress, started=started)
 
 
-async def _run_on(store: Any, wf: Workflow, data: dict[str, Any], timeout: float | None, *, progress: bool) -> Instance:
+async def _run_on(
+    store: Any,
+    wf: Workflow,
+    data: dict[str, Any],
+    timeout: float | None,
+    *,
+    progress: bool,
+    started: list[str] | None = None,
+) -> Instance:
     from ..engine import Engine
 
     async with Engine(store=store) as engine:
         inst = await engine.start(wf, data, actor="cli")
+        if started is not None:
+            started.append(inst.id)
         if not progress:
             return await engine.wait(inst.id, timeout=timeout)
         from rich.console import Console
@@ -511,7 +553,8 @@ def _worker_epilog() -> str:
         "  0  stopped (Ctrl-C, SIGTERM or a closed terminal; tasks in hand finished or handed back)",
     ]
     lines += ["  1  NATS cannot be reached, or refused the worker (a subject it may not use)"]
-    lines += ["  2  usage error (an executor kind that is not registered, a bad option)"]
+    lines += ["  2  usage error (an executor kind that is not registered, a bad option, a metrics port in use)"]
+    lines += ["  5  a file of the project's executors/ folder cannot be imported, or two executors share a name"]
     return "\n".join(lines)
 
 

@@ -8,12 +8,14 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli._support import run_cli, start_serve
+from tests.cli._support import console_script, run_cli, start_serve
 from tests.conftest import drop_streams
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,3 +217,53 @@ def test_with_json_an_error_is_also_one_json_object_naming_its_code(project: Pat
         assert named in error["message"], (args, error)
     plain = cli(project, served, "status", "0" * 32)
     assert plain.out == ""  # type: ignore[attr-defined]  # (without --json nothing but the error line)
+
+
+SLOW = """
+import asyncio
+from pathlib import Path
+
+from circuit_breaker import Workflow
+
+slow = Workflow("slow")
+a, b = slow.states("a", "b")
+
+
+@slow.flow(a >> b, "wait")
+async def wait(token):
+    Path("began").write_text("yes")
+    await asyncio.sleep(60)
+    return {}
+"""
+
+
+def test_ctrl_c_during_run_durable_says_where_the_instance_is(tmp_path: Path) -> None:
+    """Found in a walk-through: Ctrl-C printed nothing at all (exit 130), not even the instance's id."""
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "slow.py").write_text(SLOW)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CB_")} | {"NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [console_script(), "run", "workflows/slow.py", "--durable", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "began").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the action did not begin"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    reply = json.loads(out)
+    iid = reply["instance"]
+    assert reply["error"]["code"] == "interrupted" and iid in err and "circuit-breaker status" in err
+    status = run_cli("status", iid, "--json", cwd=tmp_path, env={"NO_COLOR": "1"}, timeout=90)
+    assert status.code == 0 and status.json()["status"] == "running", status.err  # stored, for serve to go on
