@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from enum import StrEnum
@@ -125,6 +125,7 @@ async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: 
     workflows = load_project_workflows(project, strict=drive)
     store = JetStreamStore(connection=nc, settings=settings)
     remote = settings.remote_executors if drive else ()
+    _check_kinds(remote, workflows, project)
     async with Engine(
         store=store,
         workflows=workflows,
@@ -135,6 +136,29 @@ async def project_engine(nc: NATS, settings: Settings, project: Path, *, drive: 
         mark_every=settings.mark_every,
     ) as engine:
         yield engine
+
+
+def _check_kinds(kinds: Iterable[str], workflows: list[Workflow], project: Path) -> None:
+    """``remote_executors`` names executor kinds: one that no executor has (a typo: ``dockr``) would leave those
+    actions running inside the engine without a word, so it is refused as a bad setting."""
+    wanted = set(kinds)
+    if not wanted:
+        return
+    from ..executors import default_registry
+
+    known = set(default_registry(project).names())
+    for wf in workflows:
+        for ct in wf.compile().transitions.values():
+            name = getattr(getattr(ct.handler, "executor", None), "name", None)
+            if isinstance(name, str):
+                known.add(name)
+    unknown = sorted(wanted - known)
+    if unknown:
+        named = ", ".join(map(repr, unknown))
+        raise ConfigError(
+            f"remote_executors: no executor is named {named} (known: {', '.join(sorted(known))})",
+            setting="remote_executors",
+        )
 
 
 # -- serve -------------------------------------------------------------------------------------------------

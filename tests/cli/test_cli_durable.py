@@ -129,6 +129,9 @@ def test_bad_options_are_usage_errors_not_tracebacks(project: Path, served: str)
         port = taken.getsockname()[1]
         busy = cli(project, served, "serve", "--metrics-port", str(port))
     assert busy.code == 2 and f"cannot serve on 127.0.0.1:{port}" in busy.error_line()  # type: ignore[attr-defined]
+    # A kind no executor has would leave those actions running in the engine without a word (found in a walk-through).
+    typo = cli(project, served, "serve", "--remote-executors", "shell,dockr")
+    assert typo.code == 2 and "no executor is named 'dockr'" in typo.error_line()  # type: ignore[attr-defined]
 
 
 def test_pause_resume_and_cancel_an_instance_through_the_serving_engine(project: Path, served: str) -> None:
