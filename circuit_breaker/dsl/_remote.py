@@ -49,6 +49,29 @@ def remote_action(handler: Any, *, deadline: float | None, transition: str, work
             "own registry entry holding them, or run this action in the engine)",
             workflow=workflow,
         )
+    named = [where for key, value in spec.get("params", {}).items() for where in _literal_secrets(key, value, key)]
+    if named:
+        raise DefinitionError(
+            f"transition {transition!r}: executor {spec['executor']!r} has a literal value under a secret name "
+            f"({', '.join(named)}); a remote action's spec is stored in NATS, where every event reader sees it (give "
+            "the worker its own registry entry holding it, or run this action in the engine)",
+            workflow=workflow,
+        )
     return RemoteAction(
         executor=spec, kind=str(spec["executor"]), into=getattr(handler, "into", None), deadline=deadline
     )
+
+
+def _literal_secrets(key: object, value: Any, where: str) -> list[str]:
+    """Where a plain string sits under a key the masker calls secret (``env={"API_TOKEN": "..."}``, an
+    ``Authorization`` header): the masker hides it in output, but a remote spec is stored as it is. A template
+    (``{{ ... }}``) is filled on the worker and holds no secret itself."""
+    from ..secrets import default_masker
+
+    if isinstance(key, str) and isinstance(value, str) and value and "{{" not in value:
+        return [where] if default_masker().is_secret_name(key) else []
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _literal_secrets(k, v, f"{where}[{k!r}]")]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _literal_secrets(None, v, f"{where}[{i}]")]
+    return []

@@ -401,6 +401,20 @@ def test_only_an_executor_can_run_remotely_and_never_with_secrets_in_its_spec() 
         )
     with pytest.raises(DefinitionError, match="deadline"):
         wf2.flow(c >> d, "late").action(Echo(value=1), remote=True, deadline=0)
+    # A literal under a secret name is stored as it is, though output masks it (found in a walk-through).
+    from circuit_breaker.executors import ShellExecutor
+
+    with pytest.raises(DefinitionError, match=r"env\['API_TOKEN'\]") as literal:
+        wf2.flow(c >> d, "env").action(ShellExecutor(argv=["true"], env={"API_TOKEN": "hunter2-literal"}), remote=True)
+    assert "hunter2" not in str(literal.value)
+    with pytest.raises(DefinitionError, match=r"headers\['Authorization'\]"):
+        wf2.flow(c >> d, "hdr").action(
+            HttpExecutor(url="http://127.0.0.1:1/x", headers={"Authorization": "Bearer abc123"}), remote=True
+        )
+    # A template is filled on the worker, and other names are fine.
+    wf2.flow(c >> d, "templ").action(
+        ShellExecutor(argv=["true"], env={"API_TOKEN": "{{ token_ref }}", "REGION": "eu-1"}), remote=True
+    )
 
 
 async def test_a_retry_policy_does_not_hand_out_again_a_task_whose_deadline_is_not_set() -> None:
