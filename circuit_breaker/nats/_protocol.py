@@ -142,7 +142,12 @@ def parse_request(payload: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> 
         )
     try:
         raw = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise InjectError(ErrorCode.MALFORMED_JSON, f"the request is not valid JSON: {err}") from None
+    except ValueError as err:
+        if "Exceeds the limit" in str(err):  # valid JSON, but an integer Python will not read (a DoS guard)
+            digits = "a number has more digits than the engine reads (4300): send it as a string"
+            raise InjectError(ErrorCode.INVALID_DATA, digits) from None
         raise InjectError(ErrorCode.MALFORMED_JSON, f"the request is not valid JSON: {err}") from None
     except RecursionError:
         raise InjectError(ErrorCode.MALFORMED_JSON, "the request is nested too deeply") from None
