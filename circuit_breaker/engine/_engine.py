@@ -417,7 +417,7 @@ class Engine:
             if run.local and self._could_go_on(run)
         ]
         if left:
-            self._draining = True  # (nothing new starts here; what runs for them stops before a driver takes over)
+            self._begin_draining()  # (nothing new starts here; what runs for them stops before a driver takes over)
             await _cancel([task for run in left for task in run.tasks])
             with contextlib.suppress(Exception):  # (NATS gone: the drivers' safety net still finds them)
                 await asyncio.wait_for(
@@ -444,10 +444,20 @@ class Engine:
     def stop_starting(self) -> None:
         """Start nothing new from now on (no firing, no action, no scheduler pass); what runs goes on. The first
         step of a graceful stop: ``close(grace=...)`` then gives the running actions their time."""
-        self._draining = True
+        self._begin_draining()
+
+    def _begin_draining(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self._advertise()  # (the peers stop choosing this engine for instances to take up now)
+
+    def _advertise(self) -> None:
+        advertise = getattr(self.store, "advertise", None)
+        if advertise is not None and self._opened and not self._closed:
+            advertise()
 
     async def _drain(self, grace: float) -> None:
-        self._draining = True  # scheduler passes end at once from now: no firing, no action starts
+        self._begin_draining()  # scheduler passes end at once from now: no firing, no action starts
         running = {t for t in self._actions if not t.done()}
         if not running:
             return
@@ -474,6 +484,7 @@ class Engine:
         self._workflows[workflow.name] = cw
         if self._opened and workflow.name not in self._loaded:
             self._schedule_load(cw)
+            self._advertise()  # (the peers learn at once that this engine runs it)
         return cw
 
     def _remote_by_kind(self, cw: CompiledWorkflow) -> CompiledWorkflow:

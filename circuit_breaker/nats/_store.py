@@ -262,6 +262,8 @@ class JetStreamStore:
         self._takes: dict[str, set[str]] = {}  # peer -> the workflows it takes over (absent: it did not say)
         self._takes_over = False  # whether this engine takes over instances others leave (see announce's on_gone)
         self._beats: asyncio.Task[None] | None = None
+        self._beat_message: Callable[[], bytes] | None = None  # (set by announce)
+        self._telling: set[asyncio.Task[None]] = set()
         self._writer = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -798,7 +800,8 @@ class JetStreamStore:
             self._probe_sub = await nc.subscribe(PROBE_SUBJECT, cb=heard)  # (after our own probe: no self-answer)
             await nc.publish(HELLO_SUBJECT, presence(since=since))
             await nc.flush()
-        self._beats = loop.create_task(self._beat(writer, on_gone, partial(presence, beat=True)))
+        self._beat_message = partial(presence, beat=True)
+        self._beats = loop.create_task(self._beat(writer, on_gone, self._beat_message))
 
     async def _discover(self, hello: bytes, heard: Callable[[Any], Awaitable[None]]) -> None:
         """Ask the driving engines already running to introduce themselves before this one loads its instances,
@@ -932,6 +935,16 @@ class JetStreamStore:
                 return False
         self.writer_of[instance_id] = self.origin
         return True
+
+    def advertise(self) -> None:
+        """Tell the other engines now, not at the next heartbeat, which workflows this one takes over: one was
+        registered while it runs, or it began to stop (so that none is chosen for what it will not drive)."""
+        beat, nc = self._beat_message, self._nc
+        if beat is None or not self._writer or nc is None or not nc.is_connected:
+            return
+        task = asyncio.get_running_loop().create_task(nc.publish(HELLO_SUBJECT, beat()))
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     def peer_workflows(self) -> set[str] | None:
         """The workflows the live driving engines this one hears of run (what they take over: none while they

@@ -810,3 +810,34 @@ async def test_an_engine_restarted_after_a_crash_drives_what_the_crashed_one_dro
     finally:
         await replacement.close()
         await live.close()
+
+
+async def test_peers_learn_at_once_what_an_engine_runs_and_that_it_stops(url: str) -> None:
+    """Found in the eighth session's list: a workflow registered on an open engine, and an engine beginning to
+    stop, reached the peers only with the next heartbeat (5 s by default), so a stopping engine was still chosen
+    to take up instances, and a newly registered workflow's injections were answered 'unknown'."""
+
+    def simple(name: str) -> Workflow:
+        wf = Workflow(name)
+        a, b = wf.states("a", "b")
+        wf.flow(a >> b, "go", trigger="manual")
+        return wf
+
+    async def heard(check: Any) -> bool:
+        for _ in range(100):
+            if check():
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    slow_beat = {"heartbeat": 60.0}
+    first = Engine(store=JetStreamStore(servers=[url], **slow_beat), workflows=[simple("alpha")])
+    second = Engine(store=JetStreamStore(servers=[url], **slow_beat), workflows=[simple("beta")])
+    async with first, second:
+        store = first.store
+        assert isinstance(store, JetStreamStore)
+        assert await heard(lambda: store.peer_workflows() == {"beta"})
+        second.register(simple("gamma"))
+        assert await heard(lambda: store.peer_workflows() == {"beta", "gamma"})
+        second.stop_starting()
+        assert await heard(lambda: store.peer_workflows() == set())
