@@ -22,6 +22,8 @@ Errors are one line on stderr starting with ``error:``, never a traceback; resul
 def main() -> None:
     """Console-script entry point (``circuit-breaker``)."""
     import logging
+    import sys
+    from typing import Any, cast
 
     from ..secrets import mask_logs
     from ._app import app
@@ -31,4 +33,27 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mask_logs()
     hang_up_as_ctrl_c()
-    app()
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    # With --json a usage error (a bad option or argument, found before the command runs) is also one
+    # {"error": {...}} object on stdout, as every other error is: a script reads why, not only the exit code.
+    import typer
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except typer.TyperException as err:  # (typer's click: UsageError, BadParameter, NoSuchOption...)
+        from typer import rich_utils
+
+        from ._app import _print_json
+
+        exit_code = int(getattr(err, "exit_code", 2))
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        error = {"code": "usage", "message": message, "exit_code": exit_code, "type": type(err).__name__}
+        _print_json({"error": error})
+        rich_utils.rich_format_error(cast(Any, err))  # (what typer shows without --json)
+        sys.exit(exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

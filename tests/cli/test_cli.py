@@ -129,7 +129,27 @@ def test_with_json_a_failure_is_also_one_json_object_on_stdout(
 
     assert res.code == exit_code
     line = res.error_line()  # (the line for people stays)
-    assert res.json() == {"error": {"code": code, "message": line.removeprefix("error: "), "exit_code": exit_code, "type": kind}}
+    assert res.json() == {
+        "error": {"code": code, "message": line.removeprefix("error: "), "exit_code": exit_code, "type": kind}
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "named"),
+    [
+        (("run", "missing.py", "--timeout", "0"), "BadParameter", "--timeout"),
+        (("status",), "MissingParameter", "instance"),
+        (("run", "missing.py", "--no-such-flag"), "NoSuchOption", "--no-such-flag"),
+    ],
+)
+def test_with_json_a_usage_error_is_also_one_json_object(args: tuple[str, ...], kind: str, named: str) -> None:
+    """Found in a walk-through: a bad option or argument printed only typer's box, so a script reading stdout
+    got nothing, though every other error came as JSON."""
+    res = cli(*args, "--json")
+
+    assert res.code == 2 and named in res.err
+    error = res.json()["error"]
+    assert error["code"] == "usage" and error["exit_code"] == 2 and error["type"] == kind and named in error["message"]
 
 
 @pytest.mark.parametrize(
