@@ -92,7 +92,7 @@ class StreamSettings(BaseModel):
 class WorkerSettings(BaseModel):
     """How a worker (``circuit-breaker worker``) pulls and runs tasks; ``CB_WORKER__CONCURRENCY=8``, or a
     ``[worker]`` table in the TOML file. The consumer settings (ack_wait) are shared by every worker of a kind:
-    the last worker to start sets them."""
+    a worker raises ack_wait to its own, never lowers it, and heartbeats for the shorter of the two."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -32,6 +32,7 @@ from ..nats._subjects import (
     RESULTS_STREAM,
     TASK_PREFIX,
     TASKS_STREAM,
+    dlq_subject,
     result_filter,
     result_subject,
     task_subject,
@@ -39,6 +40,7 @@ from ..nats._subjects import (
 from ..tasks import DeadLetter, Task, TaskResult, parse_task, task_msg_id
 
 __all__ = [
+    "dead_lettered",
     "drop_dead_letter",
     "ensure_task_streams",
     "get_dead_letter",
@@ -236,3 +238,13 @@ def _scan_config() -> Any:
     from nats.js.api import AckPolicy, ConsumerConfig
 
     return ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0)
+
+
+async def dead_lettered(js: Any, kind: str, task_id: str, attempt: int, *, direct: bool = True) -> bool:
+    """Whether ``CB_DLQ`` holds the dead letter of this attempt of the task (its newest letter is of it): a worker
+    asks before dead-lettering an attempt on a later delivery, so the attempt is dead-lettered once. One request."""
+    msg = await _last_msg(js, DLQ_STREAM, dlq_subject(kind, task_id), direct)
+    if msg is None:
+        return False
+    letter = DeadLetter.model_validate_json(msg.data or b"{}")
+    return letter.task is not None and letter.task.attempt == attempt

@@ -2,18 +2,25 @@
 
 Delivery rules (docs/nats-protocol.md, "Tasks and workers"):
 
-- one durable pull consumer per kind, ``cb-workers-<kind>`` filtering ``cb.task.<kind>.>``, shared by every
-  worker process (a consumer group); a worker fetches no more tasks than it has free slots (``concurrency``),
-  because each fetched task's ``ack_wait`` clock runs from delivery;
-- a running task is kept with ``in_progress`` heartbeats every ``ack_wait / 3``; a worker that dies (kill -9)
-  stops them, and the task is delivered again after ``ack_wait``;
+- one durable pull consumer per kind, ``cb-workers-<kind>`` filtering ``cb.task.<kind>.>`` and ``cb.task.<kind>``
+  (no task is published there: such a message is dead-lettered), shared by every worker process (a consumer
+  group); a worker fetches no more tasks than it has free slots (``concurrency``), because each fetched task's
+  ``ack_wait`` clock runs from delivery;
+- a worker raises the consumer's ``ack_wait`` to its own but never lowers it (another worker may heartbeat for
+  the longer one); a running task is kept with ``in_progress`` heartbeats every third of the consumer's
+  ``ack_wait`` or of the worker's own, whichever is shorter; a worker that dies (kill -9) stops them, and the
+  task is delivered again after ``ack_wait``;
+- before it takes a task, a worker checks that NATS lets it publish results, dead letters and acknowledgements
+  (``_permissions``);
 - success, or a failure that is not retryable: publish the :class:`TaskResult` (de-duplicated by
   ``<task_id>:<attempt>:result``), then ack. A crash between the two runs the task again, but no second
-  result is stored (within the results stream's duplicate window);
+  result is stored (within the results stream's duplicate window). A result that cannot be published hands the
+  task back on the backoff schedule, and at the ``max_deliver``-th delivery dead-letters it, saying so;
 - a retryable failure: nak with ``backoff_initial * 2^(deliveries-1)`` (capped at ``backoff_max``), until
   ``max_deliver`` deliveries: then a :class:`DeadLetter`, then a :class:`TaskResult` with status
   ``dead_lettered`` (same result id, so the engine learns of it from ``CB_RESULTS``), then ack; a task
   delivered more than ``max_deliver`` times (its workers kept dying) goes the same way without running again;
+  an attempt whose letter ``CB_DLQ`` already holds is not dead-lettered again;
 - a message that is not a valid task (or not on its own subject ``cb.task.<kind>.<task_id>``): a dead letter
   with the reason, then ack (it can never succeed); no result, since there is no task to answer.
 
@@ -37,7 +44,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from ..config import StreamSettings, WorkerSettings
 from ..errors import CircuitBreakerError, WorkerError
@@ -46,11 +53,20 @@ from ..executors import ExecutorRegistry, default_registry
 from ..executors._local_tasks import ExecutorCache, execute_task, expired_error, prepare_task
 from ..nats._acks import AckedPublisher, msg_id_block
 from ..nats._pull import Puller, delivery
-from ..nats._subjects import TASKS_STREAM, dlq_subject, result_subject, task_filter, task_subject, worker_durable
+from ..nats._subjects import (
+    TASK_PREFIX,
+    TASKS_STREAM,
+    dlq_subject,
+    result_subject,
+    task_filter,
+    task_subject,
+    worker_durable,
+)
 from ..tasks import DeadLetter, ResultStatus, Task, TaskResult, parse_task, result_msg_id
 from ..token import utcnow
 from ._ops import Health, Metrics
-from ._queue import ensure_task_streams
+from ._permissions import check_publish, subject_of
+from ._queue import dead_lettered, ensure_task_streams
 
 __all__ = ["Worker", "backoff_delay"]
 
@@ -60,6 +76,8 @@ MAX_ACK_PENDING = 100_000  # shared by every worker of a kind; each one limits i
 PUBLISH_ATTEMPTS = 4
 RAW_LIMIT = 64 * 1024
 FETCH_GATHER = 0.005  # seconds a fetch waits for more slots to free up when only a few are (one request, not many)
+NOTED_ERRORS = 50  # NATS errors kept for naming a refused subject
+WATCH_PERIOD = 2.0  # seconds between readiness checks (and reads of the consumers' ack_wait)
 SPEC_CACHE = 256  # executors built from specs, kept per worker (the engine, too, runs one executor many times)
 
 
@@ -113,8 +131,12 @@ class Worker:
         self._settling: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._nats_errors: list[str] = []
+        self._noted = 0  # NATS errors noted in all (the list keeps the newest)
         self._acks = AckedPublisher(connection)
         self._executors = ExecutorCache(self.registry, SPEC_CACHE)
+        self._kept_ack_wait: set[str] = set()  # kinds whose longer ack_wait this worker warned about
+        self._beat_period: dict[str, float] = {}  # heartbeat period per kind (see _follow_ack_wait)
+        self._beating: dict[str, set[_Heartbeat]] = {}  # heartbeats of running tasks per kind
 
     # -- life cycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -137,18 +159,22 @@ class Worker:
                 self.settings.poll,
                 len(self.kinds),
             )
+        mark = self._noted
         try:
             await ensure_task_streams(self.js, self.stream)
             await self._acks.start()
             for kind in self.kinds:
                 self._subs[kind] = await self._subscribe(kind)
+            await check_publish(self.connection, self._acks, self.kinds, self._noted_since, mark)
         except CircuitBreakerError:
+            await self._abandon()
             raise
         except Exception as err:
+            await self._abandon()
             denied = next((e for e in self._nats_errors if "permission" in e.lower()), None)
             if denied is not None:
                 raise WorkerError(
-                    f"worker cannot start: NATS refused it: {denied}", subject=_subject_of(denied)
+                    f"worker cannot start: NATS refused it: {denied}", subject=subject_of(denied)
                 ) from err
             raise WorkerError(f"worker cannot start: {type(err).__name__}: {err or 'no answer'}") from err
         self.health.connected = self.health.streams = True
@@ -156,6 +182,12 @@ class Worker:
         self._pumps = [loop.create_task(self._pump(kind), name=f"cb-worker-{kind}") for kind in self.kinds]
         self._pumps.append(loop.create_task(self._watch(), name="cb-worker-health"))
         log.info("worker %s serves %s", self.worker_id, ", ".join(self.kinds), extra={"worker": self.worker_id})
+
+    async def _abandon(self) -> None:
+        """A start that failed: no puller is left behind, subscribed for tasks nobody will run."""
+        for kind in list(self._subs):
+            await self._unsubscribe(kind)
+        await self._acks.stop()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop fetching; tasks in hand get ``grace`` seconds (default ``settings.grace``) to finish, the rest are
@@ -187,8 +219,14 @@ class Worker:
         and the request that caused it just times out; start() names it from here."""
         text = f"{type(err).__name__}: {err}"
         self._nats_errors.append(text)
-        del self._nats_errors[:-20]
+        self._noted += 1
+        del self._nats_errors[:-NOTED_ERRORS]
         log.warning("NATS: %s", text)
+
+    def _noted_since(self, mark: int) -> list[str]:
+        """The NATS errors noted after the ``mark``-th (the newest ``NOTED_ERRORS`` at most)."""
+        count = min(self._noted - mark, len(self._nats_errors))
+        return self._nats_errors[-count:] if count > 0 else []
 
     def note_reconnected(self) -> None:
         """For the connection's ``reconnected_cb``: pull subscriptions are re-created after a reconnect."""
@@ -196,25 +234,63 @@ class Worker:
 
     # -- subscriptions ---------------------------------------------------------------------------------------
     async def _subscribe(self, kind: str) -> Puller:
-        """Create or update the kind's shared durable (the last worker started sets ``ack_wait``); a puller on it."""
+        """Create or update the kind's shared durable (see :meth:`_shared_ack_wait` for its ``ack_wait``); a
+        puller on it."""
         config = ConsumerConfig(
             durable_name=worker_durable(kind),
-            filter_subject=task_filter(kind),
+            filter_subjects=task_filters(kind),
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait,
+            ack_wait=await self._shared_ack_wait(kind),
             max_deliver=-1,
             max_ack_pending=MAX_ACK_PENDING,
         )
         try:
-            await self.js.add_consumer(TASKS_STREAM, config, timeout=5.0)
+            info = await self.js.add_consumer(TASKS_STREAM, config, timeout=5.0)
         except APIError as err:
             raise WorkerError(
                 f"cannot create consumer {worker_durable(kind)!r} on {TASKS_STREAM}: {err.description}",
                 subject=task_filter(kind),
             ) from err
+        self._follow_ack_wait(kind, info.config.ack_wait)
         puller = Puller(self.connection, TASKS_STREAM, worker_durable(kind), stray=self._hand_back)
         await puller.start()
         return puller
+
+    async def _shared_ack_wait(self, kind: str) -> float:
+        """The ``ack_wait`` to give the kind's shared consumer: this worker's, unless the consumer has a longer
+        one. Lowering it would hand the tasks of a worker that heartbeats for the longer one to another worker
+        while they run (every worker also follows the consumer's value: :meth:`_follow_ack_wait`)."""
+        own = self.settings.ack_wait
+        try:
+            info = await self.js.consumer_info(TASKS_STREAM, worker_durable(kind), timeout=5.0)
+        except NotFoundError:
+            return own
+        current = float(info.config.ack_wait or own)
+        if current > own and kind not in self._kept_ack_wait:
+            self._kept_ack_wait.add(kind)
+            log.warning(
+                "consumer %s keeps ack_wait %gs, longer than this worker's %gs (worker.ack_wait): other workers of "
+                "%s may rely on it, so it is not lowered; a stopped worker's tasks go to another after %gs. To "
+                "lower it, stop every worker of %s first",
+                worker_durable(kind),
+                current,
+                own,
+                kind,
+                current,
+                kind,
+                extra={"worker": self.worker_id, "executor": kind},
+            )
+        return max(current, own)
+
+    def _follow_ack_wait(self, kind: str, ack_wait: float | None) -> None:
+        """Heartbeat often enough for the consumer's actual ``ack_wait`` (another worker, an operator, may have
+        changed it) and for this worker's own, whichever is shorter; running tasks switch at once."""
+        period = min(float(ack_wait or self.settings.ack_wait), self.settings.ack_wait) / 3
+        if period == self._beat_period.get(kind):
+            return
+        self._beat_period[kind] = period
+        for beat in list(self._beating.get(kind, ())):
+            beat.retime(period)
 
     async def _unsubscribe(self, kind: str) -> None:
         puller = self._subs.pop(kind, None)
@@ -310,7 +386,8 @@ class Worker:
         self._slots.release()
 
     async def _watch(self) -> None:
-        """Keep the readiness probe honest: NATS connected, and the task stream still there."""
+        """Keep the readiness probe honest (NATS connected, and the task stream still there), and the heartbeats
+        in step with the consumers' ``ack_wait``."""
         while not self._stopping:
             self.health.connected = self.connection.is_connected
             if self.health.connected:
@@ -319,7 +396,11 @@ class Worker:
                     self.health.streams = True
                 except Exception:
                     self.health.streams = False
-            await asyncio.sleep(2.0)
+                for kind in self.kinds:
+                    with contextlib.suppress(Exception):  # (a missing consumer is made again by the pump)
+                        info = await self.js.consumer_info(TASKS_STREAM, worker_durable(kind), timeout=2.0)
+                        self._follow_ack_wait(kind, info.config.ack_wait)
+            await asyncio.sleep(WATCH_PERIOD)
 
     # -- one task --------------------------------------------------------------------------------------------
     async def _handle(self, kind: str, msg: Msg) -> None:
@@ -329,14 +410,7 @@ class Worker:
             log.warning("dropping a message on %s that no JetStream consumer delivered", msg.subject)
             return
         try:
-            task = parse_task(msg.data)
-            if task.kind != kind or msg.subject != task_subject(task.kind, task.task_id):
-                # The consumer filters cb.task.<kind>.>: the kind is checked against the consumer's, the whole
-                # subject against the task, so a lookup by subject (task_queued) always finds this very task.
-                raise ValueError(
-                    f"the task's executor {task.kind!r} and id {task.task_id!r} do not match its subject "
-                    f"{msg.subject!r} (expected {task_subject(task.kind, task.task_id)!r})"
-                )
+            task = _parse(kind, msg)
         except ValueError as err:
             message = f"not a valid task: {err}"
             await self._dead_letter(kind, msg, None, "malformed", message, deliveries, None, None)
@@ -346,7 +420,10 @@ class Worker:
             await _settle(msg.nak())
             return
         if deliveries > self.settings.max_deliver:
-            orphaned = ErrorInfo(kind="orphaned", message="the workers running it kept stopping (no ack in time)")
+            orphaned = ErrorInfo(
+                kind="orphaned",
+                message="no result stored: the workers running it kept stopping, or could not publish its result",
+            )
             message = f"delivered {deliveries} times (max_deliver {self.settings.max_deliver}) without finishing"
             await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, orphaned, None)
             return
@@ -384,12 +461,34 @@ class Worker:
             started=outcome.started,
             duration=outcome.duration,
         )
-        if not await self._publish_result(result):
-            await _settle(msg.nak(delay=1.0))  # NATS trouble: run it again later; the result id keeps it single
+        failure = await self._publish_result(result)
+        if failure is not None:
+            await self._unpublished(kind, msg, task, deliveries, outcome, failure)
             return
         await _settle(msg.ack())
         self.metrics.finished(kind, status, outcome.duration)
         log.debug("task %s %s in %.3fs", task.task_id, status, outcome.duration, extra=extra)
+
+    async def _unpublished(
+        self, kind: str, msg: Msg, task: Task, deliveries: int, outcome: _Outcome, failure: str
+    ) -> None:
+        """The task ran, but its result could not be stored (NATS trouble, a full stream, a publish permission
+        taken away). It is handed back on the backoff schedule and runs again (actions run at least once; the
+        result id keeps the result single), at most ``max_deliver`` times: then it is dead-lettered, saying why."""
+        extra = _log_fields(task, self.worker_id)
+        if deliveries >= self.settings.max_deliver:
+            message = (
+                f"ran {deliveries} times (max_deliver {self.settings.max_deliver}) but its result could not be "
+                f"published: {failure}"
+            )
+            error = ErrorInfo(kind="result_not_published", message=message, retryable=False)
+            self.metrics.finished(kind, "dead_letter", outcome.duration)
+            await self._dead_letter(kind, msg, task, "max_deliver", message, deliveries, error, outcome)
+            return
+        delay = backoff_delay(deliveries, self.settings.backoff_initial, self.settings.backoff_max)
+        log.error("the result of task %s could not be published (%s); run again in %.1fs", task.task_id, failure,
+                  delay, extra=extra)  # fmt: skip
+        await _settle(msg.nak(delay=delay))
 
     async def _run(self, task: Task, msg: Msg) -> _Outcome:
         """Run the task's executor with heartbeats; every failure becomes an ErrorInfo (cancellation is raised)."""
@@ -402,10 +501,13 @@ class Worker:
         except CircuitBreakerError as err:
             error = ErrorInfo(kind="config", message=str(err), retryable=False)
             return _Outcome({}, error, started, time.perf_counter() - t0)
-        heartbeat = _Heartbeat(msg, self.settings.ack_wait / 3)
+        beating = self._beating.setdefault(task.kind, set())
+        heartbeat = _Heartbeat(msg, self._beat_period.get(task.kind, self.settings.ack_wait / 3))
+        beating.add(heartbeat)
         try:
             result = await execute_task(executor, task)
         finally:
+            beating.discard(heartbeat)
             await heartbeat.stop()
         return _Outcome(result.output, result.error, started, time.perf_counter() - t0)
 
@@ -421,8 +523,13 @@ class Worker:
         outcome: _Outcome | None,
     ) -> None:
         """Publish the dead letter; for a task (not a malformed message) then a ``dead_lettered`` result on the
-        task's result subject with the attempt's result id; then ack. A publish that fails naks the message: the
-        next delivery publishes again under the same ids (the streams drop what they already have)."""
+        task's result subject with the attempt's result id; then ack.
+
+        A dead letter that cannot be stored naks the message (nothing else holds the task): the next delivery
+        publishes again under the same id, unless ``CB_DLQ`` has this attempt's letter already (past the
+        duplicate window too), so an attempt is dead-lettered once. A result that cannot be stored after its
+        letter is logged, and the message acked all the same: the letter holds the task, and ``dlq retry`` hands
+        it out again; retrying the publish would keep the task going round without bound."""
         raw = None if task is not None else msg.data[:RAW_LIMIT].decode("utf-8", errors="replace")
         letter = DeadLetter.model_validate(
             {
@@ -441,8 +548,13 @@ class Worker:
         )
         extra = _log_fields(task, self.worker_id) if task is not None else {"worker": self.worker_id}
         subject = dlq_subject(kind, task.task_id if task is not None else None)
-        if not await self._publish(subject, letter.model_dump_json().encode(), msg_id):
-            await _settle(msg.nak(delay=1.0))
+        known = task is not None and deliveries > self.settings.max_deliver and await self._has_letter(kind, task)
+        failure = None if known else await self._publish(subject, letter.model_dump_json().encode(), msg_id)
+        if failure is not None:
+            delay = backoff_delay(deliveries, self.settings.backoff_initial, self.settings.backoff_max)
+            log.error("task message %s could not be dead-lettered (%s); it stays queued, tried again in %.1fs",
+                      _seq(msg), failure, delay, extra=extra)  # fmt: skip
+            await _settle(msg.nak(delay=delay))
             return
         if task is not None:
             result = TaskResult.answering(
@@ -454,38 +566,46 @@ class Worker:
                 started=outcome.started if outcome is not None else utcnow(),
                 duration=outcome.duration if outcome is not None else 0.0,
             )
-            if not await self._publish_result(result):
-                await _settle(msg.nak(delay=1.0))
-                return
+            failure = await self._publish_result(result)
+            if failure is not None:
+                log.error("task %s is dead-lettered, but its result could not be published (%s): its engine is not "
+                          "told; `circuit-breaker dlq retry` hands it out again", task.task_id, failure,
+                          extra=extra)  # fmt: skip
         await _settle(msg.ack())
         self.metrics.dead_lettered(kind, reason)
         log.warning("task message %s dead-lettered (%s): %s", _seq(msg), reason, message, extra=extra)
 
-    async def _publish_result(self, result: TaskResult) -> bool:
-        """Publish ``result`` on its subject, de-duplicated per task attempt."""
+    async def _has_letter(self, kind: str, task: Task) -> bool:
+        """Whether ``CB_DLQ`` holds this attempt's dead letter (an earlier delivery stored it, then failed)."""
+        try:
+            return await dead_lettered(self.js, kind, task.task_id, task.attempt)
+        except Exception as err:  # (then publish it: within the duplicate window its id keeps it single)
+            log.warning("looking up the dead letter of task %s failed: %s", task.task_id, err)
+            return False
+
+    async def _publish_result(self, result: TaskResult) -> str | None:
+        """Publish ``result`` on its subject, de-duplicated per task attempt; as :meth:`_publish`."""
         subject = result_subject(result.workflow, result.instance_id, result.task_id)
         msg_id = result_msg_id(result.task_id, result.attempt)
         return await self._publish(subject, result.model_dump_json().encode(), msg_id)
 
-    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
-        """Publish with the de-duplication id, retrying a few times through short NATS trouble."""
-        delay = 0.2
+    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> str | None:
+        """Publish with the de-duplication id, retrying a few times through short NATS trouble; None once stored,
+        else why not (the last error, or the permissions violation the server reported for the subject)."""
+        delay, failure = 0.2, "no answer"
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            noted = self._noted
             try:
                 await self._acks.publish_encoded(subject, msg_id_block(msg_id), payload, 5.0)
-                return True
+                return None
             except Exception as err:
-                log.warning(
-                    "publishing to %s failed (attempt %d): %s: %s",
-                    subject,
-                    attempt,
-                    type(err).__name__,
-                    err or "no answer",
-                )
+                denied = [e for e in self._noted_since(noted) if "permission" in e.lower()]
+                failure = denied[-1] if denied else f"{type(err).__name__}: {err or 'no answer'}"
+                log.warning("publishing to %s failed (attempt %d): %s", subject, attempt, failure)
                 if attempt < PUBLISH_ATTEMPTS:
                     await asyncio.sleep(delay)
                     delay *= 2
-        return False
+        return failure
 
 
 def _log_fields(task: Task, worker: str) -> dict[str, Any]:
@@ -508,10 +628,26 @@ def _seq(msg: Msg) -> int | None:
         return None
 
 
-def _subject_of(text: str) -> str | None:
-    """The subject quoted in a server's permissions violation message, if any."""
-    parts = text.split('"')
-    return parts[1] if len(parts) >= 3 else None
+def _parse(kind: str, msg: Msg) -> Task:
+    """The task a message of the kind's consumer holds; ValueError (a malformed message) when it is none, or
+    when its subject is not its own ``cb.task.<kind>.<task_id>``, so a lookup by subject (``task_queued``) always
+    finds this very task."""
+    if msg.subject == f"{TASK_PREFIX}.{kind}":
+        raise ValueError(f"its subject {msg.subject!r} has no task id (tasks go to {TASK_PREFIX}.<executor>.<task_id>)")
+    task = parse_task(msg.data)
+    if task.kind != kind or msg.subject != task_subject(task.kind, task.task_id):
+        raise ValueError(
+            f"the task's executor {task.kind!r} and id {task.task_id!r} do not match its subject "
+            f"{msg.subject!r} (expected {task_subject(task.kind, task.task_id)!r})"
+        )
+    return task
+
+
+def task_filters(kind: str) -> list[str]:
+    """What the kind's consumer takes: its tasks (``cb.task.<kind>.<task_id>``), and messages on
+    ``cb.task.<kind>`` itself, which no task uses: they are dead-lettered as malformed instead of waiting for
+    ever in ``CB_TASKS``."""
+    return [f"{TASK_PREFIX}.{kind}", task_filter(kind)]
 
 
 async def _settle(action: Awaitable[None]) -> None:
@@ -538,6 +674,19 @@ class _Heartbeat:
         if self._sending is None or self._sending.done():
             self._sending = loop.create_task(_settle(self._msg.in_progress()))
         self._handle = loop.call_later(self._period, self._beat)
+
+    def retime(self, period: float) -> None:
+        """Beat every ``period`` seconds from now on; a shorter period beats at once (the last beat may be older
+        than the new ``ack_wait`` allows)."""
+        if self._handle is None:
+            return
+        shorter = period < self._period
+        self._period = period
+        self._handle.cancel()
+        if shorter:
+            self._beat()
+        else:
+            self._handle = asyncio.get_running_loop().call_later(period, self._beat)
 
     async def stop(self) -> None:
         if self._handle is not None:

@@ -134,6 +134,25 @@ async def test_malformed_task_messages_go_to_the_dlq_with_the_reason(spawn, js) 
     assert await results(js) == []  # malformed messages answer no task: CB_DLQ only
 
 
+async def test_a_message_on_the_kinds_own_subject_without_a_task_id_is_dead_lettered(spawn, js, fresh_nats) -> None:
+    """``cb.task.<kind>`` has no task id token: no task goes there, so it is malformed, not waiting for ever."""
+    spawn("--executors", "set")
+    task = make_task({"executor": "set", "params": {"values": {}}})
+    await js.publish("cb.task.set", task.model_dump_json().encode(), timeout=5)
+    await js.publish("cb.task.set", b"garbage", timeout=5)
+    letters = await wait_letters(js, 2)
+    assert [(lt.reason, lt.subject, lt.task) for _, lt in letters] == [("malformed", "cb.task.set", None)] * 2
+    assert all("has no task id" in lt.message for _, lt in letters), letters
+    assert letters[1][1].raw == "garbage"
+    for _ in range(50):
+        if await pending_tasks(js) == {}:
+            break
+        await asyncio.sleep(0.1)
+    assert await pending_tasks(js) == {}  # not counted as waiting by `worker --status`
+    status = cli(fresh_nats, "worker", "--status", "--json")
+    assert json.loads(status.stdout) == {"pending": {}, "dead_letters": 2}, status
+
+
 def test_a_task_id_must_be_a_subject_token() -> None:
     for bad in ("a.b", "a*", ">", "a b", "a:1"):
         with pytest.raises(ValueError, match="task id"):
@@ -218,4 +237,4 @@ authorization {
     assert out.returncode != 0
     said = out.stderr.lower()
     assert "worker cannot start" in said and "permissions violation" in said, out.stderr
-    assert "$js.api.consumer.durable.create.cb_tasks.cb-workers-set" in said  # names the refused subject
+    assert "$js.api.consumer.info.cb_tasks.cb-workers-set" in said  # names the refused subject (its first)
