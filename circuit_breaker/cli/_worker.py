@@ -7,9 +7,11 @@ other NATS commands; worker settings from ``CB_WORKER__*``, the ``[worker]`` tab
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,7 +20,9 @@ from ._durable import ActorOpt, JsonOpt, NatsUrlOpt, TimeoutOpt, nats_session
 from ._signals import stop_signals
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..config import Settings, WorkerSettings
+    from ..executors import ExecutorRegistry
+    from ..workers import Health, Metrics, OpsServer
 
 __all__ = ["dlq_app", "worker"]
 
@@ -26,16 +30,12 @@ log = logging.getLogger("circuit_breaker.worker")
 
 
 def _settings(nats_url: list[str] | None, **worker: Any) -> Settings:
+    """The settings with the worker flags given on top; a bad value (``--metrics-port 99999``) is a ConfigError
+    naming the setting (``worker.metrics_port``), as the environment's and the settings file's values are."""
     from ..config import load_settings
 
-    base = load_settings(nats_url=nats_url or None)
     given = {k: v for k, v in worker.items() if v is not None}
-    if not given:
-        return base
-    from ..config import WorkerSettings
-
-    merged = WorkerSettings.model_validate({**base.worker.model_dump(), **given})
-    return base.model_copy(update={"worker": merged})
+    return load_settings(nats_url=nats_url or None, worker=given or None)
 
 
 # -- worker --------------------------------------------------------------------------------------------------
@@ -50,6 +50,15 @@ def worker(
     status: Annotated[
         bool, typer.Option("--status", help="Print the tasks waiting per executor kind and the dead letters; exit.")
     ] = False,
+    project: Annotated[
+        Path,
+        typer.Option(
+            "--project",
+            "-p",
+            metavar="DIR",
+            help="The project whose executors/ folder to serve too (default: the current directory).",
+        ),
+    ] = Path(),
     nats_url: NatsUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -57,16 +66,20 @@ def worker(
 
     Pulls from the work queue of each executor kind it serves, shared with every other worker; SIGTERM lets
     running tasks finish (up to worker.grace seconds) and hands back the rest. Needs the executor registry
-    (built-ins, installed plug-ins), not the workflows.
+    (built-ins, installed plug-ins and the project's executors/ folder, as `circuit-breaker executors` lists
+    them), not the workflows.
+
+    ack_wait is shared by every worker of a kind (the consumer cb-workers-<kind>): a worker raises it to its
+    own value, never lowers it (a running worker may rely on the longer one), and warns when it finds a longer
+    one; each worker's heartbeats follow the consumer's value. To lower it, stop that kind's workers first.
     """
     from ._app import _errors
 
     with _errors(as_json):
         kinds = [k.strip() for k in executors.split(",") if k.strip()] if executors else None
-        if kinds:  # checked before NATS is reached (or an embedded server started) for nothing
-            from ..executors import default_registry
-
-            known = default_registry().names()
+        registry = None if status else _registry(project)  # (--status runs no executor)
+        if kinds and registry is not None:  # checked before NATS is reached (or an embedded server started)
+            known = registry.names()
             unknown = sorted(k for k in kinds if k not in known)
             if unknown:
                 raise typer.BadParameter(
@@ -74,26 +87,60 @@ def worker(
                     param_hint="--executors",
                 )
         settings = _settings(nats_url, executors=kinds, concurrency=concurrency, metrics_port=metrics_port)
-        if status:
+        if registry is None:
             asyncio.run(_status(settings, as_json))
             return
-        asyncio.run(_serve(settings, as_json))
+        asyncio.run(_serve(settings, registry, as_json))
 
 
-async def _serve(settings: Settings, as_json: bool) -> None:
+def _registry(project: Path) -> ExecutorRegistry:
+    """Built-ins, plug-ins and the project's executors/ folder: what `circuit-breaker executors` lists, so a
+    kind it shows can be served. A folder file that cannot be imported (or a name clash) stops the worker."""
+    from ..errors import ExecutorConfigError
+    from ..executors import default_registry
+    from ._app import ExitCode, _Fail
+
+    if not project.is_dir():
+        raise typer.BadParameter(f"{str(project)!r} is not a directory", param_hint="--project")
+    try:
+        return default_registry(project.resolve())
+    except ExecutorConfigError as err:
+        raise _Fail(ExitCode.LOAD, str(err)) from None
+
+
+def _ops_server(settings: WorkerSettings, health: Health, metrics: Metrics) -> OpsServer | None:
+    """The /healthz, /readyz and /metrics server when a port is set; a port it cannot listen on (in use,
+    privileged) is a ConfigError naming it, before NATS is reached."""
+    from ..errors import ConfigError
+    from ..workers import OpsServer
+
+    if settings.metrics_port is None:
+        return None
+    where = f"{settings.metrics_host}:{settings.metrics_port}"
+    try:
+        return OpsServer(health, metrics, settings.metrics_host, settings.metrics_port)
+    except OSError as err:
+        reason = "already in use" if err.errno == errno.EADDRINUSE else (err.strerror or str(err))
+        raise ConfigError(
+            f"worker.metrics_port: cannot serve metrics on {where}: {reason} (use another --metrics-port, or 0 "
+            "for a free one)",
+            setting="worker.metrics_port",
+        ) from None
+
+
+async def _serve(settings: Settings, registry: ExecutorRegistry, as_json: bool) -> None:
     from contextlib import AsyncExitStack
 
     from .._gc import tune_gc
     from ..nats._embedded import connect_nats, server_urls
     from ..secrets import mask_logs
-    from ..workers import Health, Metrics, OpsServer, Worker, setup_logging
+    from ..workers import Health, Metrics, Worker, setup_logging
 
     setup_logging()
     mask_logs()
     health, metrics = Health(), Metrics()
-    ops = None
-    if settings.worker.metrics_port is not None:
-        ops = OpsServer(health, metrics, settings.worker.metrics_host, settings.worker.metrics_port)
+    ops = _ops_server(settings.worker, health, metrics)
+    if ops is not None:
         ops.start()
     holder: dict[str, Worker] = {}
 
@@ -115,7 +162,9 @@ async def _serve(settings: Settings, as_json: bool) -> None:
         nc = await connect_nats(
             settings, urls, error_cb=on_error, reconnected_cb=on_reconnected, disconnected_cb=on_disconnected
         )
-        wk = holder["worker"] = Worker(nc, settings.worker, stream=settings.stream, health=health, metrics=metrics)
+        wk = holder["worker"] = Worker(
+            nc, settings.worker, stream=settings.stream, registry=registry, health=health, metrics=metrics
+        )
         try:
             await wk.start()
             if settings.gc_tuning:
