@@ -29,16 +29,10 @@ from ..errors import (
     ConfigError,
     ControlError,
     DefinitionError,
-    EventTooLargeError,
     InjectError,
-    InstanceStateError,
     NatsUnavailableError,
     RuleDefinitionError,
     TokenDataError,
-    TransitionNotEnabledError,
-    TransitionRejectedError,
-    UnknownInstanceError,
-    UnknownTransitionError,
     UnknownWorkflowError,
     WaitTimeoutError,
     WorkflowLoadError,
@@ -113,16 +107,10 @@ def _die(code: ExitCode, message: str, as_json: bool = False, err: BaseException
     return typer.Exit(int(code))
 
 
-_PROTOCOL_CODES: tuple[tuple[type[Exception], str], ...] = (
+# What only a command meets, beside the engine's refusals (nats._control.protocol_code).
+_LOCAL_CODES: tuple[tuple[type[Exception], str], ...] = (
     (NatsUnavailableError, "unavailable"),
-    (UnknownInstanceError, "unknown_instance"),
     (UnknownWorkflowError, "unknown_workflow"),
-    (UnknownTransitionError, "unknown_transition"),
-    (TransitionNotEnabledError, "not_enabled"),
-    (TransitionRejectedError, "rejected"),
-    (InstanceStateError, "instance_state"),
-    (EventTooLargeError, "payload_too_large"),
-    (TokenDataError, "invalid_data"),
     (WaitTimeoutError, "timeout"),
 )
 
@@ -130,12 +118,15 @@ _PROTOCOL_CODES: tuple[tuple[type[Exception], str], ...] = (
 def _error_object(code: ExitCode, message: str, err: BaseException | None) -> dict[str, Any]:
     """``code`` is the protocol's error code where the engine answered one (``unknown_transition``,
     ``not_enabled``, ``invalid_data``...), else what the exit status means (``usage``, ``bad_data``...)."""
+    from ..nats._control import protocol_code
+
     if isinstance(err, (InjectError, ControlError)):
-        name = err.code
+        name: str | None = err.code
     else:  # the protocol's name for the same refusal where it has one, so a script checks one set of codes
-        name = next((known for cls, known in _PROTOCOL_CODES if isinstance(err, cls)), code.name.lower())
+        local = next((known for cls, known in _LOCAL_CODES if isinstance(err, cls)), None)
+        name = local or (protocol_code(err) if err is not None else None)
     found: dict[str, Any] = {
-        "code": name,
+        "code": name or code.name.lower(),
         "message": message,
         "exit_code": int(code),
         "type": type(err).__name__ if err is not None and not isinstance(err, _Fail) else None,

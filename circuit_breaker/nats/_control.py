@@ -82,6 +82,11 @@ _CODES: tuple[tuple[type[CircuitBreakerError], str], ...] = (
 )
 
 
+def protocol_code(err: BaseException) -> str | None:
+    """The protocol's error code for an engine's refusal (None for an error it has no code for)."""
+    return next((code for cls, code in _CODES if isinstance(err, cls)), None)
+
+
 class ControlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="ControlRequest")
 
@@ -220,15 +225,15 @@ class ControlService:
             else:
                 inst = await engine.cancel(request.instance_id, request.actor, request.reason)
         except CircuitBreakerError as err:
-            for cls, code in _CODES:
-                if isinstance(err, cls):
-                    details: dict[str, Any] | None = None
-                    if isinstance(err, TransitionRejectedError):
-                        details = {"errors": list(err.errors)}
-                    elif isinstance(err, TaskStateError):
-                        details = {"task": err.reason}
-                    return _error(code, str(err), details)
-            raise
+            code = protocol_code(err)
+            if code is None:
+                raise
+            details: dict[str, Any] | None = None
+            if isinstance(err, TransitionRejectedError):
+                details = {"errors": list(err.errors)}
+            elif isinstance(err, TaskStateError):
+                details = {"task": err.reason}
+            return _error(code, str(err), details)
         return {"instance": inst.model_dump(mode="json")}
 
 
