@@ -28,9 +28,6 @@ from .shell import (
     tail,
 )
 
-# Exceptions of a function that are worth another try when they do not say (``retryable``): the others are bugs
-# or bad data, which fail the same way again (as a script's non-zero exit does), locally and on a worker alike.
-TRANSIENT = (ConnectionError, TimeoutError)
 _FUNCTION = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 # Runs in the child: reads {function, args, kwargs, marker, sys_path} from stdin, calls the function and
@@ -74,8 +71,8 @@ try:
         import asyncio
         value = asyncio.run(_await(value))
 except BaseException as err:
-    retryable = getattr(err, "retryable", isinstance(err, (ConnectionError, TimeoutError)))
-    report(failure(type(err).__name__, err, retryable if isinstance(retryable, bool) else False))
+    retryable = getattr(err, "retryable", True)
+    report(failure(type(err).__name__, err, retryable if isinstance(retryable, bool) else True))
     sys.exit(0)
 try:
     line = json.dumps({"ok": value})
@@ -130,9 +127,7 @@ class PythonExecutor(Executor):
     A script runs as ``sys.executable script *args`` and returns what the shell executor returns, plus
     ``result`` when its last stdout line is a JSON object. A function gets JSON ``args``/``kwargs``; a dict
     return is the output, anything else comes back as ``{"result": value}`` (what it prints is not output).
-    An exception in the function fails with its type as ``kind`` and its message; it is retryable (by a retry
-    policy, or a worker's redeliveries) only when it says so (a ``retryable = True`` attribute) or is a
-    ``ConnectionError`` or ``TimeoutError``: a bug or bad data fails the same way again. ``mode="subprocess"``
+    An exception in the function fails with its type as ``kind`` and its message. ``mode="subprocess"``
     (default) isolates the engine from the code (crashes, memory, timeouts that really stop it);
     ``"inprocess"`` saves the interpreter start-up: sync functions run in a thread (a timeout then abandons,
     but cannot stop, the thread), async ones are awaited. A child can import whatever the engine can (the
@@ -302,12 +297,12 @@ class PythonExecutor(Executor):
                     kind="timeout",
                     retryable=True,
                 ) from None
-            retryable = getattr(err, "retryable", isinstance(err, TRANSIENT))
+            retryable = getattr(err, "retryable", True)
             raise ExecutorError(
                 str(err) or type(err).__name__,
                 executor=self.name,
                 kind=type(err).__name__,
-                retryable=retryable if isinstance(retryable, bool) else False,
+                retryable=retryable if isinstance(retryable, bool) else True,
                 details={"function": function, "traceback": tail("".join(traceback.format_exception(err)))},
             ) from err
         return _as_output(self.name, value)

@@ -8,10 +8,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from circuit_breaker.executors.python import PythonExecutor
-
 from .conftest import CLI, make_task, submit_task, wait_results
 
 BOOMER = '''
@@ -80,18 +76,3 @@ def test_a_metrics_port_in_use_is_a_usage_error_naming_the_port(fresh_nats: str,
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
     assert f"127.0.0.1:{port}" in lines[0] and "already in use" in lines[0]
-
-
-KEY_ERROR = {"executor": "python", "params": {"function": "operator:getitem", "args": [{}, "missing"]}}
-
-
-@pytest.mark.parametrize("mode", ["inprocess", "subprocess"])
-async def test_a_functions_exception_fails_once_on_a_worker_as_it_does_locally(spawn, js, mode: str) -> None:
-    spec = {**KEY_ERROR, "params": {**KEY_ERROR["params"], "mode": mode}}
-    local = await PythonExecutor(**spec["params"]).execute_detailed()
-    assert local.error is not None and (local.error.kind, local.error.retryable) == ("KeyError", False)
-    spawn("--executors", "python")
-    await submit_task(js, make_task(spec))
-    got = await wait_results(js, 1, timeout=20)
-    assert [(r.status, r.deliveries) for r in got] == [("failed", 1)]  # not retried max_deliver times
-    assert got[0].error is not None and (got[0].error.kind, got[0].error.retryable) == ("KeyError", False)
