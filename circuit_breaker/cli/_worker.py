@@ -29,13 +29,14 @@ __all__ = ["dlq_app", "worker"]
 log = logging.getLogger("circuit_breaker.worker")
 
 
-def _settings(nats_url: list[str] | None, **worker: Any) -> Settings:
+def _settings(nats_url: list[str] | None, project: Path | None = None, **worker: Any) -> Settings:
     """The settings with the worker flags given on top; a bad value (``--metrics-port 99999``) is a ConfigError
-    naming the setting (``worker.metrics_port``), as the environment's and the settings file's values are."""
+    naming the setting (``worker.metrics_port``), as the environment's and the settings file's values are. With
+    ``project``, its settings file and data dir (the embedded server serve shares)."""
     from ..config import load_settings
 
     given = {k: v for k, v in worker.items() if v is not None}
-    return load_settings(nats_url=nats_url or None, worker=given or None)
+    return load_settings(nats_url=nats_url or None, base_dir=project, worker=given or None)
 
 
 # -- worker --------------------------------------------------------------------------------------------------
@@ -86,7 +87,9 @@ def worker(
                     f"executor kind(s) {unknown} are not registered; known: {', '.join(known)}",
                     param_hint="--executors",
                 )
-        settings = _settings(nats_url, executors=kinds, concurrency=concurrency, metrics_port=metrics_port)
+        settings = _settings(
+            nats_url, project, executors=kinds, concurrency=concurrency, metrics_port=metrics_port
+        )
         if registry is None:
             asyncio.run(_status(settings, as_json))
             return

@@ -237,20 +237,25 @@ _in_use: list[tuple[ServerUse, NatsServer | None]] = []  # this process's uses o
 
 def leave_now() -> None:
     """For a process that exits right now (a second Ctrl-C): leave the embedded servers it uses to the other
-    processes that use them; one that nobody else uses gets SIGTERM (a child of this process is then reaped at
-    exit by ``_server``)."""
+    processes that use them; one that nobody else uses is stopped first, and only then is the lock let go, so
+    nobody joins a server about to stop."""
     while _in_use:
         use, server = _in_use.pop()
         if not use.leave():
             if server is not None:
                 server.detach()
             continue
-        if server is None:
+        if server is not None:
+            server.stop_now()
+        else:
             holder = running_server(use.data_dir)
             pid = holder.get("pid") if holder else None
             if isinstance(pid, int):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 2.0
+                while running_server(use.data_dir) is not None and time.monotonic() < deadline:
+                    time.sleep(0.02)
         use.release()
 
 

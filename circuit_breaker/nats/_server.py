@@ -303,6 +303,25 @@ class NatsServer:
             if lock is not None:
                 lock.release()
 
+    def stop_now(self, timeout: float = 2.0) -> None:
+        """:meth:`stop` without an event loop, for a process that exits at once: SIGTERM, then SIGKILL."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5.0)
+        finally:
+            _unregister(proc)
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
+
     def detach(self) -> None:
         """Leave the process running for other processes that use it (see ``_sharing``): this object no longer
         stops it, nor does this interpreter's exit. Its lock stays with the server, which says who it is."""
@@ -522,6 +541,9 @@ class _DataDirLock:
                 f"data dir {data_dir} is in use by another nats-server{who}; two servers must not share a "
                 "JetStream store: connect to that one or choose another data dir"
             ) from None
+        # What a server that is gone wrote (one stopped by pid, or killed, leaves it): others must not read its
+        # URL as this one's, which is written once the process runs.
+        os.ftruncate(fd, 0)
         return cls(path, fd)
 
     def describe(self, **holder: Any) -> None:

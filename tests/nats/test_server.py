@@ -198,3 +198,19 @@ async def test_r3_stream_survives_the_loss_of_its_leader_and_the_node_catches_up
         assert (await restarted.stream_state("R3") or {}).get("messages") == 6
     finally:
         await nc.close()
+
+
+def test_a_new_lock_holder_never_shows_the_url_of_a_server_that_is_gone(tmp_path: Path) -> None:
+    """Found in a review: a server stopped by pid (or killed) left its URL in the lock file, and a command that
+    looked while the next server was starting took that dead URL as the new one's."""
+    from circuit_breaker.nats._server import LOCK_NAME, _DataDirLock
+
+    (tmp_path / LOCK_NAME).write_text('{"pid": 1, "url": "nats://127.0.0.1:1", "monitor_url": null}')
+    lock = _DataDirLock.acquire(tmp_path)
+    try:
+        assert running_server(tmp_path) == {"pid": None, "url": None, "monitor_url": None}  # starting: no URL yet
+        lock.describe(pid=os.getpid(), url="nats://127.0.0.1:2", monitor_url=None)
+        assert (running_server(tmp_path) or {}).get("url") == "nats://127.0.0.1:2"
+    finally:
+        lock.release()
+    assert running_server(tmp_path) is None

@@ -76,3 +76,23 @@ def test_a_metrics_port_in_use_is_a_usage_error_naming_the_port(fresh_nats: str,
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
     assert f"127.0.0.1:{port}" in lines[0] and "already in use" in lines[0]
+
+
+def test_worker_project_uses_the_projects_settings_and_embedded_server(tmp_path: Path) -> None:
+    """Found in a review: `worker --project DIR` read the settings and made the embedded store of the current
+    directory, so serve --project DIR and worker --project DIR run elsewhere used two different servers."""
+    project, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "circuit_breaker.toml").write_text('data_dir = "state"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CB_")}
+    out = subprocess.run(
+        [CLI, "worker", "--project", str(project), "--status", "--json"],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (project / "state" / "nats").is_dir() and not (elsewhere / ".circuit_breaker").exists()
