@@ -1,8 +1,10 @@
 """The inbox: fire-and-forget injection through the stream ``CB_INBOX``, drained by every engine together.
 
 Publishers put an inject request on ``cb.inbox.<workflow>`` with ``Nats-Msg-Id: <dedupe id>`` (the server
-drops a repeat within the duplicate window). Every engine pulls from one durable consumer, so each message is
-handled by one engine at a time, and acknowledges it only after the instance exists; an engine that dies
+drops a repeat within the duplicate window). Each workflow has its own durable consumer, which the engines
+that run the workflow share, so each message is handled by one of them at a time, and only by one that runs
+it: engines of other projects on the same NATS never see it, and a message for a workflow no engine runs waits
+in the stream until one does. An engine acknowledges a message only after the instance exists; one that dies
 mid-way leaves the message to be redelivered. Redelivery cannot start a second instance: the instance id is
 derived from the dedupe id (or, without one, from the message's place in the stream).
 
@@ -38,7 +40,7 @@ from ._pull import Puller, delivery
 from ._store import ensure_stream
 from ._subjects import INBOX_PREFIX, INBOX_STREAM
 
-__all__ = ["INBOX_SUBJECTS", "InboxConsumer", "ensure_inbox_stream"]
+__all__ = ["INBOX_SUBJECTS", "InboxConsumer", "ensure_inbox_stream", "inbox_durable", "retire_shared_consumer"]
 
 log = logging.getLogger("circuit_breaker.nats.inbox")
 
@@ -68,8 +70,28 @@ async def ensure_inbox_stream(js: Any, settings: StreamSettings, name: str = INB
     )
 
 
+def inbox_durable(durable: str, workflow: str) -> str:
+    """The name of ``workflow``'s inbox consumer, shared by the engines (queue ``durable``) that run it."""
+    return f"{durable}-{workflow}"
+
+
+async def retire_shared_consumer(js: Any, durable: str) -> None:
+    """Delete the one consumer over all of ``cb.inbox.>`` that engines shared before each workflow had its own:
+    a work-queue stream takes no consumers whose filters overlap. Its messages stay in the stream, for the new
+    consumers; a message it had in hand is delivered again."""
+    try:
+        info = await js.consumer_info(INBOX_STREAM, durable)
+    except NotFoundError:
+        return
+    config = info.config
+    if config.filter_subject == INBOX_SUBJECTS[0] or not (config.filter_subject or config.filter_subjects):
+        await js.delete_consumer(INBOX_STREAM, durable)
+        log.info("removed the inbox consumer %s that all workflows shared (each workflow has its own now)", durable)
+
+
 class InboxConsumer:
-    """Pulls inbox messages through the durable consumer ``durable`` and hands each to ``handler``.
+    """Pulls ``workflow``'s inbox messages (all of the inbox when None) through the durable consumer ``durable``
+    and hands each to ``handler``.
 
     One pull request (see ``Puller``) asks for as many messages as there are free handler slots, and each message
     is handled as it arrives. The puller is made again (and the stream and consumer re-ensured) after any
@@ -83,6 +105,7 @@ class InboxConsumer:
         *,
         settings: StreamSettings,
         durable: str,
+        workflow: str | None = None,
         concurrency: int = 64,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         retry_unknown_workflow: bool = False,
@@ -94,6 +117,7 @@ class InboxConsumer:
         self.handler = handler
         self.settings = settings
         self.durable = durable
+        self.filter_subject = INBOX_SUBJECTS[0] if workflow is None else f"{INBOX_PREFIX}.{workflow}"
         self.concurrency = concurrency
         self.max_payload = max_payload
         self.retry_unknown_workflow = retry_unknown_workflow
@@ -108,7 +132,7 @@ class InboxConsumer:
     async def start(self) -> None:
         """Subscribe now, so an incompatible stream fails the start instead of a background loop."""
         await self._subscribe()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="cb-inbox")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"cb-inbox {self.filter_subject}")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop fetching, let messages in hand finish for up to ``grace`` seconds; the rest are redelivered."""
@@ -129,12 +153,12 @@ class InboxConsumer:
     async def _subscribe(self) -> None:
         info = await ensure_inbox_stream(self.js, self.settings)
         self._stream_created = info.created.isoformat() if info.created is not None else ""
-        try:  # every engine shares it: one that is there is used as it is
+        try:  # the engines share it: one that is there is used as it is
             await self.js.consumer_info(INBOX_STREAM, self.durable)
         except NotFoundError:
             config = ConsumerConfig(
                 durable_name=self.durable,
-                filter_subject=INBOX_SUBJECTS[0],
+                filter_subject=self.filter_subject,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.ack_wait,
                 max_ack_pending=max(self.concurrency * 4, 256),

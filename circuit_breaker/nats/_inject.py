@@ -37,7 +37,7 @@ from ..errors import (
     TokenDataError,
     UnknownWorkflowError,
 )
-from ._inbox import InboxConsumer
+from ._inbox import InboxConsumer, ensure_inbox_stream, inbox_durable, retire_shared_consumer
 from ._protocol import DEFAULT_MAX_PAYLOAD, ErrorCode, InjectAccepted, InjectRequest, error_reply, parse_request
 from ._subjects import INJECT_PREFIX, inject_subject, instance_id_for
 
@@ -87,21 +87,23 @@ async def start_instance(
     return InjectAccepted(instance_id=instance.id, duplicate=False)
 
 
-UNKNOWN_ANSWER_DELAY = 0.25  # seconds before answering unknown_workflow (an engine that runs it answers first)
+UNKNOWN_ANSWER_DELAY = 0.25  # seconds before answering unknown_workflow (an engine that serves it answers first)
+FOLLOW_EVERY = 1.0  # seconds between two looks for workflows registered after the service started
 
 
 class InjectService:
     """Serves inject requests and drains the inbox for ``engine``, on ``connection``.
 
-    ``async with InjectService(engine, nc):`` or ``start()`` / ``stop()``. ``queue`` is the queue group and the
-    inbox's durable consumer name that engines share; ``max_payload`` bounds a request's size in bytes;
+    ``async with InjectService(engine, nc):`` or ``start()`` / ``stop()``. ``queue`` is the queue group, and the
+    prefix of the inbox's durable consumers, that engines share; ``max_payload`` bounds a request's size in bytes;
     ``concurrency`` bounds the injections handled at once (per way in).
 
-    It answers on ``cb.inject.<workflow>`` for the workflows registered when it starts. With ``answer_unknown``
-    (the default) it also answers requests for a workflow that no engine runs, ``unknown_workflow`` naming the
-    ones that run (in its own queue group, after UNKNOWN_ANSWER_DELAY, and only when no live engine it hears of
-    runs the workflow: engines of other projects on the same NATS answer for theirs). An inbox message for a
-    workflow this engine does not run is handed back for one that does, never dropped.
+    It answers on ``cb.inject.<workflow>`` and drains ``cb.inbox.<workflow>`` (a consumer per workflow) for the
+    engine's workflows, also those registered later (within FOLLOW_EVERY seconds). With ``answer_unknown`` (the
+    default) it also answers a request for a workflow that no engine takes injections for, ``unknown_workflow``
+    naming the ones they do (in its own queue group, after UNKNOWN_ANSWER_DELAY, and only when no live engine
+    it hears of serves the workflow: engines of other projects on the same NATS answer for theirs). An inbox
+    message for a workflow no engine runs waits in the stream for one that does.
     """
 
     def __init__(
@@ -122,58 +124,91 @@ class InjectService:
         self.queue = queue
         self.max_payload = max_payload
         self.answer_unknown = answer_unknown
+        self.inbox = inbox
         self.concurrency = concurrency
         self._subs: list[Any] = []
-        self._served: set[str] = set()  # the workflows it subscribed to at start
+        self._served: set[str] = set()  # the workflows it answers and drains the inbox for
+        self._inboxes: list[InboxConsumer] = []
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inbox = (
-            InboxConsumer(
-                connection,
-                self._from_inbox,
-                settings=self.settings,
-                durable=queue,
-                concurrency=concurrency,
-                max_payload=max_payload,
-                retry_unknown_workflow=True,  # (another project's engine, maybe down now, runs it)
-            )
-            if inbox
-            else None
-        )
+        self._follower: asyncio.Task[None] | None = None
+        self._adding = asyncio.Lock()
 
     @property
     def subjects(self) -> list[str]:
-        """The subjects the service answers on (``cb.inject.*`` only for workflows that no engine runs)."""
+        """The subjects the service answers on (``cb.inject.*`` only for workflows that no engine serves)."""
         own = [inject_subject(w) for w in self.engine.workflows]
         return [*own, inject_subject("*")] if self.answer_unknown else own
 
     async def start(self) -> None:
         if self._subs:
             return
-        self._served = set(self.engine.workflows)
-        for workflow in sorted(self._served):
-            sub = await self.connection.subscribe(inject_subject(workflow), queue=self.queue, cb=self._on_request)
-            self._subs.append(sub)
+        if self.inbox:
+            await ensure_inbox_stream(self.connection.jetstream(), self.settings)
+            await retire_shared_consumer(self.connection.jetstream(), self.queue)
+        await self._serve_new()
         if self.answer_unknown:
-            # Its own queue group: a request for a workflow some engine runs reaches that engine in the main
-            # group whatever happens here; here one engine only looks whether anybody runs it at all.
+            # Its own queue group: a request for a workflow some engine serves reaches that engine in the main
+            # group whatever happens here; here one engine only looks whether anybody serves it at all.
             unknown = f"{self.queue}-unknown"
             sub = await self.connection.subscribe(inject_subject("*"), queue=unknown, cb=self._on_any_request)
             self._subs.append(sub)
-        if self._inbox is not None:
-            await self._inbox.start()
+        serve_injections = getattr(self.engine.store, "serve_injections", None)
+        if serve_injections is not None:
+            serve_injections(lambda: sorted(self._served))  # (the peers' unknown answers leave these to this one)
+        self._follower = asyncio.get_running_loop().create_task(self._follow_registrations())
         log.info("serving inject requests on %s and the inbox for %s", ", ".join(self.subjects), self.engine.workflows)
+
+    async def _serve_new(self) -> None:
+        """Answer requests and drain the inbox for the engine's workflows not served yet (registered later)."""
+        async with self._adding:
+            for workflow in sorted(set(self.engine.workflows) - self._served):
+                sub = await self.connection.subscribe(inject_subject(workflow), queue=self.queue, cb=self._on_request)
+                self._subs.append(sub)
+                if self.inbox:
+                    consumer = InboxConsumer(
+                        self.connection,
+                        self._from_inbox,
+                        settings=self.settings,
+                        durable=inbox_durable(self.queue, workflow),
+                        workflow=workflow,
+                        concurrency=self.concurrency,
+                        max_payload=self.max_payload,
+                    )
+                    await consumer.start()
+                    self._inboxes.append(consumer)
+                self._served.add(workflow)
+                advertise = getattr(self.engine.store, "advertise", None)
+                if advertise is not None:
+                    advertise()
+
+    async def _follow_registrations(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_EVERY)
+            if set(self.engine.workflows) - self._served:
+                try:
+                    await self._serve_new()
+                except Exception:  # (NATS trouble: the next round tries again)
+                    log.warning("could not serve injections for a newly registered workflow", exc_info=True)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests; those in hand get ``grace`` seconds to be answered."""
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+            self._follower = None
         subs, self._subs = self._subs, []
         for sub in subs:
             try:
                 await sub.unsubscribe()
             except Exception as err:  # a closed connection has no subscriptions left anyway
                 log.debug("unsubscribing %s: %s", sub.subject, err)
-        if self._inbox is not None:
-            await self._inbox.stop(grace)
+        serve_injections = getattr(self.engine.store, "serve_injections", None)
+        if serve_injections is not None:
+            serve_injections(None)
+        inboxes, self._inboxes = self._inboxes, []
+        await asyncio.gather(*(inbox.stop(grace) for inbox in inboxes))
+        self._served.clear()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -206,32 +241,32 @@ class InjectService:
         workflow = msg.subject[len(INJECT_PREFIX) + 1 :]
         if workflow in self._served:
             return  # answered through its own subscription
-        if workflow in self.engine.workflows:
-            await self._on_request(msg)  # registered after the service started
-            return
-        task = asyncio.get_running_loop().create_task(self._answer_unknown(msg, workflow))
+        if workflow in self.engine.workflows:  # registered a moment ago: serve it from now on
+            task = asyncio.get_running_loop().create_task(self._serve_new())
+        else:
+            task = asyncio.get_running_loop().create_task(self._answer_unknown(msg, workflow))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _answer_unknown(self, msg: Msg, workflow: str) -> None:
-        """``unknown_workflow``, unless an engine this one hears of runs the workflow (it answers); a moment late,
-        so that an engine that started a moment ago, and has not been heard of yet, answers first."""
-        if not msg.reply:
+        """``unknown_workflow``, unless an engine this one hears of serves the workflow (it answers); a moment
+        late, so that an engine that started a moment ago, and has not been heard of yet, answers first."""
+        if not msg.reply or len(self._tasks) > self.concurrency:  # (a flood of them gets no answer)
             return
         await asyncio.sleep(UNKNOWN_ANSWER_DELAY)
-        running = self._run_elsewhere()
-        if running is None or workflow in running or workflow in self.engine.workflows:
+        serving = self._served_elsewhere() | self._served
+        if workflow in serving or workflow in self.engine.workflows:
             return
-        known = sorted(running | set(self.engine.workflows))
+        known = sorted(serving)
         err = InjectError(ErrorCode.UNKNOWN_WORKFLOW, str(UnknownWorkflowError(workflow, known)))
         log.info("inject request on %s refused: %s: %s", msg.subject, err.code, err.message)
         with contextlib.suppress(Exception):  # the requester is gone or the connection dropped
             await msg.respond(error_reply(err).model_dump_json(exclude_none=True).encode())
 
-    def _run_elsewhere(self) -> set[str] | None:
-        """The workflows the other live engines on this NATS run (None when one did not say which)."""
-        peer_workflows = getattr(self.engine.store, "peer_workflows", None)
-        return set() if peer_workflows is None else peer_workflows()
+    def _served_elsewhere(self) -> set[str]:
+        """The workflows the other live engines on this NATS take injections for."""
+        peer_injects = getattr(self.engine.store, "peer_injects", None)
+        return set() if peer_injects is None else peer_injects()
 
     async def _answer(self, msg: Msg) -> None:
         workflow = msg.subject[len(INJECT_PREFIX) + 1 :]

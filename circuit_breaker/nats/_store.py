@@ -260,6 +260,8 @@ class JetStreamStore:
         self.gone: set[str] = set()  # engines that said bye or stopped beating
         self._peers: dict[str, float] = {}
         self._takes: dict[str, set[str]] = {}  # peer -> the workflows it takes over (absent: it did not say)
+        self._injects: dict[str, set[str]] = {}  # peer -> the workflows it takes injections for
+        self._serving_injections: Callable[[], Collection[str]] | None = None
         self._takes_over = False  # whether this engine takes over instances others leave (see announce's on_gone)
         self._beats: asyncio.Task[None] | None = None
         self._beat_message: Callable[[], bytes] | None = None  # (set by announce)
@@ -414,12 +416,21 @@ class JetStreamStore:
             self._wrote(event)
 
     def _presence(self, takes_over: bool, workflows: Callable[[], Collection[str]] | None, **fields: Any) -> bytes:
-        """A hello, heartbeat or answer: this engine's origin, ``fields``, and the workflows it takes over."""
+        """A hello, heartbeat or answer: this engine's origin, ``fields``, the workflows it takes over, and those
+        it takes injections for."""
         if not takes_over:
             fields["takes_over"] = []
         elif workflows is not None:
             fields["takes_over"] = sorted(workflows())
+        serving = self._serving_injections
+        fields["injects"] = sorted(serving()) if serving is not None else []
         return json.dumps({"origin": self.origin, **fields}).encode()
+
+    def serve_injections(self, workflows: Callable[[], Collection[str]] | None) -> None:
+        """This engine's inject service takes injections for ``workflows()`` (None: it stopped); the peers
+        hear it at once, and leave requests for those workflows to it."""
+        self._serving_injections = workflows
+        self.advertise()
 
     async def _poked(self, on_poke: Callable[[str, str, bool], bool], msg: Any) -> None:
         try:
@@ -777,6 +788,8 @@ class JetStreamStore:
             takes = hello.get("takes_over")
             if isinstance(takes, list):
                 self._takes[origin] = {str(w) for w in takes}
+            injects = hello.get("injects")
+            self._injects[origin] = {str(w) for w in injects} if isinstance(injects, list) else set()
             if hello.get("beat"):
                 if not known:
                     on_peer(self.watched_up_to)  # a peer this engine missed the hello of: follow from here on
@@ -866,6 +879,7 @@ class JetStreamStore:
     def _gone_now(self, origin: str, on_gone: Callable[[str], None] | None) -> None:
         self.gone.add(origin)
         self._takes.pop(origin, None)
+        self._injects.pop(origin, None)
         if on_gone is None:
             return
         try:
@@ -945,6 +959,10 @@ class JetStreamStore:
         task = asyncio.get_running_loop().create_task(nc.publish(HELLO_SUBJECT, beat()))
         self._telling.add(task)
         task.add_done_callback(self._telling.discard)
+
+    def peer_injects(self) -> set[str]:
+        """The workflows the live engines this one hears of take injections for."""
+        return {w for origin in self._peers for w in self._injects.get(origin, ())}
 
     def peer_workflows(self) -> set[str] | None:
         """The workflows the live driving engines this one hears of run (what they take over: none while they
