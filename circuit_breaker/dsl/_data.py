@@ -97,7 +97,9 @@ def validate_token_data(cw: CompiledWorkflow, data: Any) -> dict[str, Any]:
         raise TokenDataError(
             f"token data for workflow {cw.name!r} fails {model.__name__}: {details}", workflow=cw.name, field=field
         ) from err
-    checked: dict[str, Any] = validated.model_dump(mode="json")
+    # By alias: the data is validated again at every merge (an action's result, a manual firing's data), and a
+    # model reads its fields by alias, so a field stored under its name would fall back to its default.
+    checked: dict[str, Any] = validated.model_dump(mode="json", by_alias=True)
     if model.model_config.get("extra") is None:
         # A model that does not say what to do with fields it does not declare (pydantic would drop them) keeps
         # them as given: an action's result, a reviewer's comment must not vanish without a word. A model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from circuit_breaker import Engine, EventType, InstanceStatus, RetryPolicy, RuleSet, Workflow
 from circuit_breaker.errors import (
@@ -262,6 +262,21 @@ async def test_a_token_model_keeps_fields_it_does_not_declare_unless_it_says_oth
     with pytest.raises(TokenDataError, match="Extra inputs are not permitted") as err:
         await engine.start(reviewed(Strict), {"sku": "C", "channel": "web"})
     assert err.value.field == "channel"
+
+
+async def test_a_token_models_aliased_field_survives_every_merge(engine: Engine) -> None:
+    """Found in a walk-through: the data was stored under the field's name, the model reads its alias, so the
+    next validation (a manual firing's data merged in) put the default back, without a word."""
+
+    class Labelled(BaseModel):
+        label: str = Field("unlabelled", alias="Label")
+
+    wf = Workflow("labelled", token_model=Labelled)
+    new, done = wf.states("new", "done")
+    wf.flow(new >> done, "approve", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {"Label": "fragile"})).id, timeout=5)
+    fired = await engine.fire(inst.id, "approve", data={"comment": "ok"})
+    assert fired.tokens[0].data == {"Label": "fragile", "comment": "ok"}
 
 
 async def test_data_json_cannot_carry_names_the_field(engine: Engine) -> None:
