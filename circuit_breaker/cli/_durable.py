@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..events import Event
     from ..nats._control import Verb
 
-__all__ = ["SchemaName", "load_project_workflows", "nats_session", "project_engine"]
+__all__ = ["SchemaName", "load_project_workflows", "nats_session", "project_dir", "project_engine"]
 
 T = TypeVar("T")
 log = logging.getLogger("circuit_breaker.serve")
@@ -62,6 +62,14 @@ ProjectOpt = Annotated[
 ]
 
 
+ServingProjectOpt = Annotated[
+    Path,
+    typer.Option(
+        "--project", metavar="DIR", help="The project whose settings (NATS, its embedded server) to use."
+    ),
+]
+
+
 class SchemaName(StrEnum):
     inject = "inject"
     reply = "reply"
@@ -72,7 +80,16 @@ def settings_for(nats_url: list[str] | None, project: Path | None = None, **over
     """The settings of a command; with ``project`` (its ``--project``), the project's settings file and data dir."""
     from ..config import load_settings
 
+    if project is not None:
+        project_dir(project)
     return load_settings(nats_url=nats_url or None, base_dir=project, **overrides)
+
+
+def project_dir(project: Path) -> Path:
+    """A --project that is no directory is a usage error: a typo must not start an empty server somewhere."""
+    if not project.is_dir():
+        raise ConfigError(f"--project {str(project)!r} is not a directory", setting="project")
+    return project
 
 
 @asynccontextmanager
@@ -371,6 +388,7 @@ def inject(
         float, typer.Option(metavar="SECONDS", help="How long to wait for an engine.", callback=positive_seconds)
     ] = 10.0,
     nats_url: NatsUrlOpt = None,
+    project: ServingProjectOpt = Path(),
     as_json: JsonOpt = False,
 ) -> None:
     """Start an instance on a serving engine (request/reply on cb.inject.WORKFLOW); prints its id."""
@@ -379,7 +397,7 @@ def inject(
     subject_name("workflow", workflow, "WORKFLOW")
     with _errors(as_json):
         token_data = _parse_data(data)
-        settings = settings_for(nats_url)
+        settings = settings_for(nats_url, project)
         reply = asyncio.run(_inject(settings, workflow, token_data, dedupe_id, actor, timeout))
     if as_json:
         _print_json(reply.model_dump())
@@ -408,6 +426,7 @@ def events(
         str, typer.Option(metavar="start|new|SEQ", help="Where to begin: everything, only new, or a stream sequence.")
     ] = "start",
     nats_url: NatsUrlOpt = None,
+    project: ServingProjectOpt = Path(),
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     """Print stored events (oldest first), optionally filtered; with --follow, then live ones."""
@@ -427,7 +446,7 @@ def events(
         if name not in known:
             raise typer.BadParameter(f"unknown event type {name!r} (known: {', '.join(known)})", param_hint="--type")
     with _errors(as_json), contextlib.suppress(KeyboardInterrupt):
-        settings = settings_for(nats_url)
+        settings = settings_for(nats_url, project)
         asyncio.run(_events(settings, workflow, instance, types, follow, start, as_json))
 
 
@@ -636,10 +655,11 @@ def fire(
     actor: ActorOpt = "cli",
     timeout: TimeoutOpt = 30.0,
     nats_url: NatsUrlOpt = None,
+    project: ServingProjectOpt = Path(),
     as_json: JsonOpt = False,
 ) -> None:
     """Fire a manual transition through a serving engine; prints the instance afterwards."""
-    _control("fire", instance, actor, timeout, nats_url, as_json, transition=transition, data=data)
+    _control("fire", instance, actor, timeout, nats_url, project, as_json, transition=transition, data=data)
 
 
 def _control(
@@ -648,6 +668,7 @@ def _control(
     actor: str | None,
     timeout: float,
     nats_url: list[str] | None,
+    project: Path,
     as_json: bool,
     *,
     data: str | None = None,
@@ -666,7 +687,7 @@ def _control(
     with _errors(as_json):
         merged = _parse_data(data) if data is not None else None
         request = control_request(instance_id=instance, actor=actor, data=merged, **extra)
-        done = Instance.model_validate(asyncio.run(ask(request, settings_for(nats_url))))
+        done = Instance.model_validate(asyncio.run(ask(request, settings_for(nats_url, project))))
     if as_json:
         _print_json(done.summary())
     else:
@@ -681,9 +702,10 @@ def _control_command(verb: Verb, doc: str) -> Callable[..., None]:
         actor: ActorOpt = "cli",
         timeout: TimeoutOpt = 30.0,
         nats_url: NatsUrlOpt = None,
+        project: ServingProjectOpt = Path(),
         as_json: JsonOpt = False,
     ) -> None:
-        _control(verb, instance, actor, timeout, nats_url, as_json)
+        _control(verb, instance, actor, timeout, nats_url, project, as_json)
 
     command.__name__ = command.__qualname__ = verb
     command.__doc__ = doc
@@ -703,10 +725,11 @@ def cancel(
     actor: ActorOpt = "cli",
     timeout: TimeoutOpt = 30.0,
     nats_url: NatsUrlOpt = None,
+    project: ServingProjectOpt = Path(),
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel an instance: running actions are stopped and no token moves any more."""
-    _control("cancel", instance, actor, timeout, nats_url, as_json, reason=reason)
+    _control("cancel", instance, actor, timeout, nats_url, project, as_json, reason=reason)
 
 
 # -- schema --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._durable import ActorOpt, JsonOpt, NatsUrlOpt, TimeoutOpt, nats_session
+from ._durable import ActorOpt, JsonOpt, NatsUrlOpt, TimeoutOpt, nats_session, project_dir
 from ._signals import stop_signals
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ def _settings(nats_url: list[str] | None, project: Path | None = None, **worker:
     naming the setting (``worker.metrics_port``), as the environment's and the settings file's values are. With
     ``project``, its settings file and data dir (the embedded server serve shares)."""
     from ..config import load_settings
-
+    if project is not None:
+        project_dir(project)
     given = {k: v for k, v in worker.items() if v is not None}
     return load_settings(nats_url=nats_url or None, base_dir=project, worker=given or None)
 
@@ -78,6 +79,7 @@ def worker(
 
     with _errors(as_json):
         kinds = [k.strip() for k in executors.split(",") if k.strip()] if executors else None
+        project_dir(project)
         registry = None if status else _registry(project)  # (--status runs no executor)
         if kinds and registry is not None:  # checked before NATS is reached (or an embedded server started)
             known = registry.names()

@@ -117,6 +117,9 @@ def test_bad_options_are_usage_errors_not_tracebacks(project: Path, served: str)
         (("inject", "a.b", "--data", "{}"), "'a.b' is invalid"),
         (("inject", "data_pipeline", "--data", "{}", "--timeout", "0"), "more than 0 seconds"),
         (("fire", "0" * 32, "approve", "--timeout", "-1"), "more than 0 seconds"),
+        # A --project that is no directory (found in a walk-through: a traceback, or an empty server made there).
+        (("status", "0" * 32, "--project", str(project / "workflows" / "data_pipeline.py")), "is not a directory"),
+        (("inject", "data_pipeline", "--data", "{}", "--project", str(project / "nowhere")), "is not a directory"),
     ]
     before = len(cli(project, served, "instances", "--json").json())  # type: ignore[attr-defined]
     for args, named in cases:

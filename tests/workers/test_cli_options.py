@@ -96,3 +96,10 @@ def test_worker_project_uses_the_projects_settings_and_embedded_server(tmp_path:
     )
     assert out.returncode == 0, out.stderr
     assert (project / "state" / "nats").is_dir() and not (elsewhere / ".circuit_breaker").exists()
+
+
+def test_a_worker_project_that_is_no_directory_is_a_usage_error(fresh_nats: str, tmp_path: Path) -> None:
+    """Found in a walk-through: a typo in --project gave an idle worker on a new, empty embedded server there."""
+    out = run_worker(fresh_nats, tmp_path, "--executors", "set", "--project", str(tmp_path / "nowhere"))
+    assert out.returncode == 2 and "is not a directory" in out.stderr, out
+    assert not (tmp_path / "nowhere").exists()
