@@ -266,6 +266,18 @@ class Worker:
         except NotFoundError:
             return own
         current = float(info.config.ack_wait or own)
+        if current > own and not info.num_ack_pending and not info.num_waiting:
+            # No task in hand and no worker pulling: nobody relies on the longer one (found in a walk-through:
+            # the durable consumer outlives its workers, so "stop them all first" never lowered it).
+            log.info(
+                "consumer %s: ack_wait %gs -> %gs (no other worker of %s is running)",
+                worker_durable(kind),
+                current,
+                own,
+                kind,
+                extra={"worker": self.worker_id, "executor": kind},
+            )
+            return own
         if current > own and kind not in self._kept_ack_wait:
             self._kept_ack_wait.add(kind)
             log.warning(

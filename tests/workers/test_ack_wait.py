@@ -68,3 +68,13 @@ async def test_heartbeats_follow_an_ack_wait_lowered_while_a_task_runs(spawn, js
     await asyncio.sleep(1.0)
     assert [(r.status, r.deliveries) for r in got] == [("succeeded", 1)]
     assert runs.read_text().count("ran") == 1  # the worker beat every 2 s from then on: never redelivered
+
+
+async def test_with_no_other_worker_running_a_shorter_ack_wait_is_taken(spawn, js) -> None:
+    """Found in a walk-through: the durable consumer outlives its workers, so the advice "stop every worker of
+    the kind first" never lowered ack_wait. With no task in hand and nobody pulling, a worker sets its own."""
+    first = spawn("--executors", "shell", env={"CB_WORKER__ACK_WAIT": "30"})
+    assert first.terminate() == 0
+    later = spawn("--executors", "shell", env={"CB_WORKER__ACK_WAIT": "3"})
+    assert (await js.consumer_info("CB_TASKS", "cb-workers-shell")).config.ack_wait == 3
+    assert "keeps ack_wait" not in later.log()
