@@ -62,6 +62,9 @@ def remote_action(handler: Any, *, deadline: float | None, transition: str, work
     )
 
 
+_NAMES_A_PLACE = ("_FILE", "_PATH", "_DIR")
+
+
 def _literal_secrets(key: object, value: Any, where: str) -> list[str]:
     """Where a plain string sits under a key the masker calls secret (``env={"API_TOKEN": "..."}``, an
     ``Authorization`` header): the masker hides it in output, but a remote spec is stored as it is. A template
@@ -69,6 +72,8 @@ def _literal_secrets(key: object, value: Any, where: str) -> list[str]:
     from ..secrets import default_masker
 
     if isinstance(key, str) and isinstance(value, str) and value and "{{" not in value:
+        if key.upper().endswith(_NAMES_A_PLACE):  # (GIT_CREDENTIALS_FILE names where a secret is, not it)
+            return []
         return [where] if default_masker().is_secret_name(key) else []
     if isinstance(value, dict):
         return [found for k, v in value.items() for found in _literal_secrets(k, v, f"{where}[{k!r}]")]

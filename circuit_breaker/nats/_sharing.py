@@ -53,18 +53,21 @@ class ServerUse:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.data_dir / USERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise NatsServerError(
-                        f"the nats-server in {self.data_dir} is being stopped by another process and did not stop "
-                        f"within {timeout:g}s"
-                    ) from None
-                await asyncio.sleep(0.05)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise NatsServerError(
+                            f"the nats-server in {self.data_dir} is being stopped by another process and did not "
+                            f"stop within {timeout:g}s"
+                        ) from None
+                    await asyncio.sleep(0.05)
+        except BaseException:  # (also a cancelled wait: the descriptor must not leak)
+            os.close(fd)
+            raise
         self._fd = fd
 
     def leave(self) -> bool:

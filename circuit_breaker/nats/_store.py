@@ -328,6 +328,9 @@ class JetStreamStore:
 
     async def close(self) -> None:
         self._js = None
+        self._beat_message = None  # (advertise says nothing more)
+        if self._telling:
+            await asyncio.gather(*self._telling, return_exceptions=True)
         if self._beats is not None:
             self._beats.cancel()
             with contextlib.suppress(BaseException):

@@ -413,7 +413,11 @@ def test_only_an_executor_can_run_remotely_and_never_with_secrets_in_its_spec() 
         )
     # A template is filled on the worker, and other names are fine.
     wf2.flow(c >> d, "templ").action(
-        ShellExecutor(argv=["true"], env={"API_TOKEN": "{{ token_ref }}", "REGION": "eu-1"}), remote=True
+        ShellExecutor(
+            argv=["true"],
+            env={"API_TOKEN": "{{ token_ref }}", "REGION": "eu-1", "AWS_SECRET_ACCESS_KEY_FILE": "/run/secrets/aws"},
+        ),
+        remote=True,
     )
 
 
