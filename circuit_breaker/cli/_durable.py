@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from enum import StrEnum
@@ -200,7 +200,8 @@ def serve(
     Ctrl-C or SIGTERM: nothing new starts; manual firings being answered and local actions running get
     CB_STOP_GRACE seconds (default 10) to finish. Local actions still running then are cancelled and run
     again when an engine loads their instances; a manual firing still running is not stored (its asker is
-    answered "unavailable"). A second Ctrl-C or SIGTERM stops at once (exit 1). Settings: CB_* variables or
+    answered "unavailable"). A second Ctrl-C or SIGTERM stops at once (exit 1), telling the askers of
+    control requests in hand "unavailable" first. Settings: CB_* variables or
     circuit_breaker.toml.
     """
     from ._app import _errors
@@ -228,7 +229,8 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
     loop = asyncio.get_running_loop()
     threads = _CountingExecutor()
     loop.set_default_executor(threads)
-    stopper = _stopper(stop, loop, settings.stop_grace)
+    last_words: list[Callable[[], Awaitable[None]]] = []
+    stopper = _stopper(stop, loop, settings.stop_grace, last_words)
     for sig in stop_signals():
         loop.add_signal_handler(sig, _first_only(stop, stopper) if sig == signal.SIGHUP else stopper)
     async with nats_session(settings) as nc, project_engine(nc, settings, project, drive=True) as engine:
@@ -237,6 +239,7 @@ async def _serve(settings: Settings, project: Path, as_json: bool) -> None:
         ops, probe = await _start_ops(settings, engine, nc)  # (first: a port it cannot have stops serve here)
         inject = InjectService(engine, nc, settings=settings.stream, answer_unknown=settings.answer_unknown)
         control = ControlService(engine, nc)
+        last_words.append(control.answer_unavailable)
         await inject.start()
         await control.start()
         if settings.gc_tuning:
@@ -306,24 +309,50 @@ def _exit_if_threads_run(threads: _CountingExecutor) -> None:
 SHUTDOWN_LIMIT = 30.0  # seconds serve may take to stop after Ctrl-C or SIGTERM before it exits regardless
 
 
-def _stopper(stop: asyncio.Event, loop: asyncio.AbstractEventLoop, grace: float = 0.0) -> Callable[[], None]:
-    """The first Ctrl-C or SIGTERM stops serve cleanly; a second one, or a clean stop that takes longer than
-    SHUTDOWN_LIMIT past the ``grace`` running actions get (NATS gone, say), ends the process at once. Nothing
-    is lost: the events are the state."""
+LAST_WORDS = 1.0  # seconds a process stopping at once gives its last words (answers to requests in hand)
 
-    def now(why: str) -> None:
+
+def _stopper(
+    stop: asyncio.Event,
+    loop: asyncio.AbstractEventLoop,
+    grace: float = 0.0,
+    last_words: list[Callable[[], Awaitable[None]]] | None = None,
+) -> Callable[[], None]:
+    """The first Ctrl-C or SIGTERM stops serve cleanly; a second one, or a clean stop that takes longer than
+    SHUTDOWN_LIMIT past the ``grace`` running actions get (NATS gone, say), ends the process at once, after at
+    most LAST_WORDS seconds of ``last_words`` (telling the askers of requests in hand). Nothing is lost: the
+    events are the state."""
+    words = last_words if last_words is not None else []
+
+    def exit_now() -> None:
         from ..nats._embedded import leave_now
         from ..nats._server import _reap_children
 
-        log.warning("stopping now (%s)", why)
         leave_now()  # an embedded server other commands still use stays up for them
         _reap_children(grace=2.0)  # one only serve used runs in its own session: it must not outlive serve
         logging.shutdown()
         os._exit(1)
 
+    async def say_then_exit() -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*(say() for say in words), return_exceptions=True), LAST_WORDS)
+        finally:
+            exit_now()
+
+    def now(why: str) -> None:
+        log.warning("stopping now (%s)", why)
+        if not words:
+            exit_now()
+        threading.Timer(LAST_WORDS + 1.0, exit_now).start()  # (should the loop not get to it)
+        ending.append(loop.create_task(say_then_exit()))
+
+    ending: list[asyncio.Task[None]] = []
+
     def signalled() -> None:
         if stop.is_set():
             now("asked twice")
+            return
         stop.set()
         limit = SHUTDOWN_LIMIT + grace
         loop.call_later(limit, now, f"not stopped after {limit:g}s")

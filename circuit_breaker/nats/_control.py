@@ -126,6 +126,7 @@ class ControlService:
         self.queue = queue
         self._subs: list[tuple[Verb, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_hand: dict[asyncio.Task[None], Msg] = {}  # the request each task answers
 
     async def start(self) -> None:
         for workflow in self.engine.workflows:
@@ -172,9 +173,26 @@ class ControlService:
             # (the client runs one subscription's callbacks one after another).
             task = asyncio.get_running_loop().create_task(self._serve(verb, workflow, msg))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._in_hand[task] = msg
+            task.add_done_callback(self._done)
 
         return handle
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_hand.pop(task, None)
+
+    async def answer_unavailable(self) -> None:
+        """The engine ends at once (a second Ctrl-C): tell the askers of the requests in hand, whose answer would
+        never come, rather than leave them to their timeouts."""
+        stopped = "the engine stopped at once, before it was done; the instance is as stored (read it), ask again"
+        body = _fitted(_error("unavailable", stopped), self.connection.max_payload)
+        for msg in list(self._in_hand.values()):
+            if msg.reply:
+                with contextlib.suppress(Exception):
+                    await msg.respond(body)
+        with contextlib.suppress(Exception):
+            await self.connection.flush(timeout=1)
 
     async def _serve(self, verb: Verb, workflow: str, msg: Msg) -> None:
         try:

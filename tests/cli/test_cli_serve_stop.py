@@ -153,3 +153,65 @@ def test_a_bad_setting_is_a_usage_error_naming_it(tmp_path: Path, command: tuple
     assert done.code == 2, done.err
     name = setting.removeprefix("CB_").lower().replace("__", ".")
     assert name in done.error_line() and "greater than or equal to 0" in done.error_line()
+
+
+SIGNOFF = '''
+import asyncio
+import os
+from pathlib import Path
+
+from circuit_breaker import Workflow
+
+signoff = Workflow("signoff")
+a, b = signoff.states("a", "b")
+
+
+@signoff.flow(a >> b, "sign", trigger="manual")
+async def sign(token):
+    Path(os.environ["STOP_LOG"]).write_text("signing")
+    await asyncio.sleep(60)
+    return {}
+'''
+
+
+def test_a_second_sigterm_answers_the_requests_in_hand_before_it_ends(tmp_path: Path, nats_url: str) -> None:
+    """A leftover of the eighth session: stopping at once left the askers of control requests in hand to their
+    timeouts (30 s for the CLI); they are told 'unavailable' first."""
+    asyncio.run(drop_streams(nats_url))
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "signoff.py").write_text(SIGNOFF)
+    log = tmp_path / "actions.log"
+    env = {**os.environ, "CB_NATS_URL": nats_url, "CB_STOP_GRACE": "30", "STOP_LOG": str(log), "NO_COLOR": "1"}
+    proc, _ = start_serve(tmp_path, env)
+    try:
+        injected = run_cli("inject", "signoff", "--data", "{}", "--json", cwd=tmp_path, env={"CB_NATS_URL": nats_url})
+        iid = injected.json()["instance_id"]
+
+        async def fire_and_stop() -> tuple[dict[str, Any], float]:
+            nc = await nats.connect(nats_url)
+            try:
+                request = json.dumps({"instance_id": iid, "transition": "sign"}).encode()
+                asked = asyncio.ensure_future(nc.request("cb.ctl.signoff.fire", request, timeout=20))
+                for _ in range(200):
+                    if log.exists():
+                        break
+                    await asyncio.sleep(0.05)
+                assert log.exists(), "the action did not begin"
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                began = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                reply = await asked
+                return json.loads(reply.data), time.monotonic() - began
+            finally:
+                await nc.close()
+
+        answer, took = asyncio.run(fire_and_stop())
+        assert answer["error"]["code"] == "unavailable" and "stopped at once" in answer["error"]["message"], answer
+        assert took < 5, took
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    asyncio.run(drop_streams(nats_url))
