@@ -166,6 +166,8 @@ def _judged(err: Exception) -> tuple[ExitCode, str]:
         code = ExitCode.BAD_DATA if bad_data else ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED
         return code, err.message  # (the protocol's code is for programs: the exit code says it)
     if isinstance(err, ControlError):
+        if err.code in ("invalid_data", "payload_too_large"):
+            return ExitCode.BAD_DATA, str(err)
         return (ExitCode.TIMEOUT if err.code == "timeout" else ExitCode.FAILED), str(err)
     if isinstance(err, WaitTimeoutError):
         return ExitCode.TIMEOUT, f"{err}; raise --timeout to wait longer"

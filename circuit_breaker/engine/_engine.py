@@ -1508,7 +1508,12 @@ class Engine:
         return task
 
     async def _after_fire(self, run: Run, ct: CompiledTransition) -> None:
-        """After a manual firing: go on automatically if it can enable something, else settle."""
+        """After a manual firing: complete the instance if every token rests in a final place now, else go on
+        automatically if it can enable something, else settle."""
+        if ct.outputs_final and run.all_final():
+            await self._settle(run)  # (also when running, after a resume the scheduler had not settled yet)
+            if run.status in TERMINAL:
+                return
         if ct.feeds_auto or run.status is RUNNING:
             if run.status is WAITING:
                 await self._set_status(run, "proceed", None, reason=f"{ct.name} fired")

@@ -304,8 +304,15 @@ async def request_control(
     """Ask a serving engine; returns the instance afterwards (``Instance`` JSON) or raises ``ControlError``."""
     name = workflow or await workflow_of(connection, request.instance_id)
     subject = control_subject(name, verb)
+    payload = request.model_dump_json(exclude_none=True).encode()
+    if len(payload) > connection.max_payload:  # (nats-py would raise its own error for it)
+        raise ControlError(
+            "payload_too_large",
+            f"the request has {len(payload)} bytes, more than the NATS server takes in one message "
+            f"(max_payload {connection.max_payload}); keep large data out of tokens",
+        )
     try:
-        msg = await connection.request(subject, request.model_dump_json(exclude_none=True).encode(), timeout=timeout)
+        msg = await connection.request(subject, payload, timeout=timeout)
     except NoRespondersError:
         raise ControlError(
             "no_responders", f"no engine serves workflow {name!r} (nothing answers on {subject})"

@@ -121,6 +121,11 @@ def test_bad_options_are_usage_errors_not_tracebacks(project: Path, served: str)
         (("status", "0" * 32, "--project", str(project / "workflows" / "data_pipeline.py")), "is not a directory"),
         (("inject", "data_pipeline", "--data", "{}", "--project", str(project / "nowhere")), "is not a directory"),
     ]
+    # Data larger than one NATS message (found in a walk-through: nats-py's MaxPayloadError as a traceback).
+    big = project / "big.json"
+    big.write_text(json.dumps({"comment": "x" * 2_000_000}))
+    too_big = cli(project, served, "fire", "0" * 32, "approve", "--data", f"@{big}", "--json")
+    assert too_big.code == 4 and too_big.json()["error"]["code"] == "payload_too_large", too_big  # type: ignore[attr-defined]
     before = len(cli(project, served, "instances", "--json").json())  # type: ignore[attr-defined]
     for args, named in cases:
         got = cli(project, served, *args)

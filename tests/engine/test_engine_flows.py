@@ -259,6 +259,19 @@ async def test_a_paused_or_cancelled_instance_offers_no_manual_transition(engine
     assert cancelled.status is InstanceStatus.CANCELLED and cancelled.enabled_manual == []
 
 
+async def test_a_firing_into_a_final_place_right_after_resume_completes_the_instance(engine: Engine) -> None:
+    """Found in a walk-through: fire() right after resume() returned 'running' with the token in a final place
+    (the scheduler had not settled the resumed instance yet); it completed a moment later."""
+    wf = Workflow("resumed_signoff")
+    review, done = wf.states("review", "done")
+    wf.flow(review >> done, "approve", trigger="manual")
+    inst = await engine.wait((await engine.start(wf, {})).id, timeout=5)
+    await engine.pause(inst.id)
+    await engine.resume(inst.id)
+    fired = await engine.fire(inst.id, "approve")
+    assert fired.status is InstanceStatus.COMPLETED and [t.place for t in fired.tokens] == ["done"]
+
+
 async def test_pause_stops_automatic_firing_until_resumed(engine: Engine) -> None:
     wf = Workflow("pausable")
     a, b, c = wf.states("a", "b", "c")
