@@ -302,8 +302,6 @@ async def request_control(
     connection: NATS, verb: Verb, request: ControlRequest, *, workflow: str | None = None, timeout: float = 30.0
 ) -> dict[str, Any]:
     """Ask a serving engine; returns the instance afterwards (``Instance`` JSON) or raises ``ControlError``."""
-    name = workflow or await workflow_of(connection, request.instance_id)
-    subject = control_subject(name, verb)
     payload = request.model_dump_json(exclude_none=True).encode()
     if len(payload) > connection.max_payload:  # (nats-py would raise its own error for it)
         raise ControlError(
@@ -311,6 +309,8 @@ async def request_control(
             f"the request has {len(payload)} bytes, more than the NATS server takes in one message "
             f"(max_payload {connection.max_payload}); keep large data out of tokens",
         )
+    name = workflow or await workflow_of(connection, request.instance_id)
+    subject = control_subject(name, verb)
     try:
         msg = await connection.request(subject, payload, timeout=timeout)
     except NoRespondersError:
