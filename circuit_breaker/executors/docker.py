@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import ExecutorError
+from ..secrets import default_masker
 from ._base import Executor, with_idempotency_key
 from ._params import param
 
@@ -60,18 +62,36 @@ class DockerExecutor(Executor):
 
     def validate(self) -> None:
         policy = type(self).policy
+        # Secret-named variables (API_TOKEN, *_PASSWORD...) are masked in results, events and logs, as the shell
+        # executor's are (found in a walk-through: a container's echo of one came out in clear).
+        default_masker().add_environment(self.environment)
         if self.network_mode == "host" and not policy.allow_host_network:
             raise ValueError("network_mode 'host' is not allowed (DockerExecutor.policy.allow_host_network)")
         if self.network_mode.startswith("container:"):
             raise ValueError("sharing another container's network namespace is not allowed")
+        sockets = self._engine_sockets()
         for host, target in self.volumes.items():
-            clean = "/" + host.strip("/") if host.startswith("/") else host
+            # As the host sees it: "/." is "/", "/var/run" may be "/run" (found in a walk-through: the check read
+            # the path as written, so "/." mounted the host's root).
+            clean = os.path.realpath(host) if host.startswith("/") else host
             if any(clean.startswith(p) for p in policy.allow_host_mounts):
                 continue
-            if clean in _FORBIDDEN_MOUNTS or clean.endswith(".sock"):
-                raise ValueError(f"mounting {host!r} is not allowed (DockerExecutor.policy.allow_host_mounts)")
+            inside = clean.rstrip("/") + "/"
+            if clean in _FORBIDDEN_MOUNTS or clean.endswith(".sock") or any(s.startswith(inside) for s in sockets):
+                raise ValueError(
+                    f"mounting {host!r} is not allowed: it is the host's root, or holds the container engine's "
+                    "socket (DockerExecutor.policy.allow_host_mounts)"
+                )
             if not target.split(":")[0].startswith("/"):
                 raise ValueError(f"volume target {target!r} must be an absolute path in the container")
+
+    def _engine_sockets(self) -> set[str]:
+        """The container engine's sockets: the usual ones, and the one ``docker_host`` (or DOCKER_HOST) names."""
+        found = {os.path.realpath(p) for p in _FORBIDDEN_MOUNTS if p != "/"}
+        for url in (self.docker_host, os.environ.get("DOCKER_HOST")):
+            if isinstance(url, str) and url.startswith("unix://"):
+                found.add(os.path.realpath(url.removeprefix("unix://")))
+        return found
 
     async def execute_internal(self) -> dict[str, Any]:
         started = time.perf_counter()

@@ -117,6 +117,26 @@ def test_unsafe_settings_are_refused_unless_the_author_allows_them() -> None:
         DockerExecutor(image=IMAGE, privileged=True)  # not a parameter: only DockerExecutor.policy can allow it
 
 
+def test_the_hosts_root_and_the_engines_socket_cannot_be_mounted_by_another_spelling(tmp_path: Path) -> None:
+    """Found in a walk-through: "/." mounted the host's root, and the directory holding the socket mounted it."""
+    for host in ("/.", "//", "/var/..", "/var/run", "/run"):
+        with pytest.raises(ExecutorConfigError, match="not allowed"):
+            DockerExecutor(image=IMAGE, volumes={host: "/host"})
+    engine_dir = tmp_path / "engine"
+    engine_dir.mkdir()
+    with pytest.raises(ExecutorConfigError, match="socket"):
+        DockerExecutor(image=IMAGE, docker_host=f"unix://{engine_dir}/podman.sock", volumes={str(engine_dir): "/s"})
+    DockerExecutor(image=IMAGE, volumes={str(tmp_path / "data"): "/data"})  # an ordinary directory is fine
+
+
+def test_secret_named_environment_values_are_masked(tmp_path: Path) -> None:
+    """Found in a walk-through: the shell executor masked them, the docker one did not."""
+    from circuit_breaker.secrets import default_masker
+
+    DockerExecutor(image=IMAGE, environment={"API_TOKEN": "ghp_container_secret_1234", "REGION": "eu-1"})
+    assert default_masker().mask_text("token is ghp_container_secret_1234 in eu-1") == "token is *** in eu-1"
+
+
 async def test_as_a_workflow_action_the_command_is_templated_and_the_output_merges(docker_host: str) -> None:
     wf = Workflow("containerised")
     raw, counted = wf.states("raw", "counted")
