@@ -34,7 +34,7 @@ class ExecutorAction:
             _DATA.reset(reset)
         if result.status != "succeeded":
             if isinstance(runnable.last_error, ExecutorError):
-                raise runnable.last_error  # its own class, kind, retryable flag and details
+                raise runnable.masked_error(result)  # its own class, kind, retryable flag and details
             error = result.error
             assert error is not None
             raise ExecutorError(

@@ -289,6 +289,16 @@ class Executor:
                 setattr(clone, key, value)
         return clone
 
+    def masked_error(self, result: ExecutionResult) -> ExecutorError:
+        """``last_error`` as the result tells it: masked with the secrets filled from the token too (found in a
+        walk-through: a key the server echoed in its 401 reached the incident and the event in clear)."""
+        err = self.last_error
+        assert isinstance(err, ExecutorError)
+        if result.error is not None:
+            err.args = (result.error.message,)
+            err.details = dict(result.error.details or {})
+        return err
+
     # -- running -----------------------------------------------------------------------------------------
     async def execute(self) -> dict[str, Any]:
         """Run (with the executor's retries and timeout) and return the output; raises ExecutorError."""
@@ -296,7 +306,7 @@ class Executor:
         if result.status == "succeeded":
             return result.output
         if isinstance(self.last_error, ExecutorError):
-            raise self.last_error  # the original class (CircuitOpenError...) with its details
+            raise self.masked_error(result)  # the original class (CircuitOpenError...) with its details
         error = result.error
         assert error is not None
         if result.status == "timed_out":

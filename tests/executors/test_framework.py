@@ -1187,3 +1187,27 @@ def test_an_action_spec_with_revealed_secrets_rebuilds_the_action_elsewhere() ->
         registry.action_from_spec(action.spec())
     rebuilt = registry.action_from_spec(action.spec(reveal_secrets=True))
     assert rebuilt.into == "out" and rebuilt.executor.password == "pw-spec-test-1"
+
+
+class _EchoesItsKey(Executor):
+    """A server that answers 401 quoting the key it was given (some do)."""
+
+    name = "echoes_its_key"
+    api_key: str = param(required=True, secret=True)
+
+    async def execute_internal(self) -> dict[str, Any]:
+        raise ExecutorError(f"401 - invalid key {self.api_key}", kind="http_status", retryable=False)
+
+
+async def test_a_secret_filled_from_the_token_stays_masked_in_the_incident_and_the_event() -> None:
+    """Found in a walk-through: the result masked it, but the action raised the original error, so the incident
+    and transition_failed showed the key from the token data in clear."""
+    wf = Workflow("keyed_call")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "call").action(_EchoesItsKey(api_key="{{ creds }}"))
+    async with Engine() as engine:
+        inst = await engine.wait((await engine.start(wf, {"creds": "sk-token-data-key-31337"})).id, timeout=5)
+        events = [e async for e in engine.events(instance=inst.id)]
+    (incident,) = inst.open_incidents
+    assert "invalid key ***" in incident.error.message and "31337" not in incident.error.message
+    assert not any("sk-token-data-key-31337" in e.model_dump_json() for e in events if e.type.value != "token_injected")
