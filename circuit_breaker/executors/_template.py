@@ -23,8 +23,8 @@ def has_template(value: Any) -> bool:
     """True when ``value`` (or anything inside it) holds a ``{{ ... }}`` template."""
     if isinstance(value, str):
         return "{{" in value and _TEMPLATE.search(value) is not None
-    if isinstance(value, Mapping):
-        return any(has_template(v) for v in value.values())
+    if isinstance(value, Mapping):  # (a template in a key counts: check_templates refuses it)
+        return any(has_template(k) or has_template(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return any(has_template(v) for v in value)
     return False
@@ -47,7 +47,12 @@ def check_templates(value: Any) -> None:
                     f"template {{{{ {expression} }}}} is not a field name, dotted path or JSONPath", field=expression
                 )
     elif isinstance(value, Mapping):
-        for item in value.values():
+        for key, item in value.items():
+            if isinstance(key, str) and "{{" in key and _TEMPLATE.search(key) is not None:
+                # Keys are not filled (found in a walk-through: {"{{ k }}": "v"} went out as it is): say so now.
+                raise TemplateError(
+                    f"template in a key ({key!r}): only values are filled from the token data", field=key
+                )
             check_templates(item)
     elif isinstance(value, (list, tuple)):
         for item in value:

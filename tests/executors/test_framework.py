@@ -1211,3 +1211,13 @@ async def test_a_secret_filled_from_the_token_stays_masked_in_the_incident_and_t
     (incident,) = inst.open_incidents
     assert "invalid key ***" in incident.error.message and "31337" not in incident.error.message
     assert not any("sk-token-data-key-31337" in e.model_dump_json() for e in events if e.type.value != "token_injected")
+
+
+def test_a_template_in_a_key_is_refused_when_the_executor_is_built() -> None:
+    """Found in a walk-through: keys are never filled, so {"{{ k }}": "v"} went out as it is, and a container
+    volume named "{{ hostdir }}" failed late with the engine's own error."""
+    from circuit_breaker.executors import ShellExecutor
+
+    with pytest.raises(TemplateError, match=r"template in a key \('\{\{ k \}\}'\)"):
+        ShellExecutor(argv=["true"], env={"{{ k }}": "v"})
+    ShellExecutor(argv=["true"], env={"K": "{{ k }}"})  # a value is filled, as always
