@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ._base import Executor
+from ._base import Executor, token_data
 from ._params import params_model
 
 __all__ = ["Tool", "as_tool", "as_tools", "parse_docstring", "tool_reference"]
@@ -171,6 +171,8 @@ def _executor_tool(executor: Executor, name: str | None, description: str | None
         if unknown:
             raise ValueError(f"unknown argument(s) {unknown}; this tool takes: {', '.join(open_params) or 'none'}")
         run = cls(**{**executor._raw, **arguments})
+        if run.templated:  # filled from the token whose action runs (found in a walk-through: left unfilled)
+            run = run.render(token_data())
         run.retry_policy = executor.retry_policy
         run.execution_timeout = executor.execution_timeout
         return await run.execute()

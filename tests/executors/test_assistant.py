@@ -164,6 +164,19 @@ async def test_an_executor_is_a_tool(server: ScriptedOpenAIServer) -> None:
     assert out["tool_calls"][0]["result"] == {"fixed": 1}
 
 
+async def test_an_executor_tool_gets_its_templates_from_the_token(server: ScriptedOpenAIServer) -> None:
+    """Found in a walk-through: a tool's templates were never filled, so the tool failed with 'render(data) it
+    with token data first'. They are filled from the data of the token whose action calls the model."""
+    wf = Workflow("tool_templates")
+    a, b = wf.states("a", "b")
+    wf.flow(a >> b, "ask").action(assistant(server, tools=[SetExecutor(values={"fixed": "{{ order_id }}"})]))
+    server.push(tool_call(as_tool(SetExecutor(values={"fixed": 1})).name, {}), "ok")
+    async with Engine() as engine:
+        done = await engine.wait((await engine.start(wf, {"order_id": "A-17"})).id, timeout=10)
+    assert done.status is InstanceStatus.COMPLETED, done.open_incidents
+    assert done.tokens[0].data["tool_calls"][0]["result"] == {"fixed": "A-17"}
+
+
 def test_docstring_parsing() -> None:
     summary, params = parse_docstring(get_weather.__doc__)
     assert summary == "Current weather for a city."
