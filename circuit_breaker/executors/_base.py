@@ -84,7 +84,7 @@ def add_idempotency_header(headers: dict[str, str], name: str | None, key: str) 
 
 # Attributes each executor object has of its own; render() does not copy them to the clone.
 _DESCRIPTIVE_KEYS = frozenset({"type", "in", "name", "username", "user", "scheme", "header", "location"})
-_PER_INSTANCE = frozenset({"_raw", "_templated", "_own_secrets", "usage", "last_error"})
+_PER_INSTANCE = frozenset({"_raw", "_templated", "_from_token", "_own_secrets", "usage", "last_error"})
 
 
 class Executor:
@@ -152,6 +152,7 @@ class Executor:
                 ) from None
         self._raw = params
         self._templated = templated
+        self._from_token = from_token  # (render()'s clone: these parameters were filled from a token)
         self._own_secrets: tuple[str, ...] = ()
         self.retry_policy: RetryPolicy | None = type(self).default_retry
         self.execution_timeout: float | None = type(self).default_timeout
@@ -164,6 +165,17 @@ class Executor:
             self._register_secrets(values, from_token)
         if not self._templated:
             self._run_validate()
+
+    def mask_named(self, param: str, variables: Mapping[str, Any]) -> None:
+        """Mask the values of the secret-named variables (``API_TOKEN``...) of parameter ``param``: everywhere
+        from now on, or, when they were filled from a token, in this executor's results only (per-token values
+        must not pile up in the process-wide masker)."""
+        masker = default_masker()
+        if param not in self._from_token:
+            masker.add_environment(dict(variables))
+            return
+        named = [str(v) for k, v in variables.items() if masker.is_secret_name(k) and v]
+        self._own_secrets = (*self._own_secrets, *named)
 
     def _register_secrets(self, values: dict[str, Any], from_token: frozenset[str]) -> None:
         """Secret values from configuration are masked everywhere from now on (logs, events, results, CLI

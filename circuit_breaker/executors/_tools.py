@@ -170,9 +170,12 @@ def _executor_tool(executor: Executor, name: str | None, description: str | None
         unknown = sorted(set(arguments) - set(open_params))
         if unknown:
             raise ValueError(f"unknown argument(s) {unknown}; this tool takes: {', '.join(open_params) or 'none'}")
-        run = cls(**{**executor._raw, **arguments})
-        if run.templated:  # filled from the token whose action runs (found in a walk-through: left unfilled)
-            run = run.render(token_data())
+        # The author's parameters get their templates filled from the token whose action runs (found in a
+        # walk-through: left unfilled); the model's arguments are taken as they are, never as templates, so a
+        # model cannot read token data it was not given by writing "{{ api_key }}".
+        fixed = executor.render(token_data()) if executor.templated else executor
+        run = cls.__new__(cls)
+        run._setup({**fixed._raw, **arguments}, frozenset(), from_token=executor.templated)
         run.retry_policy = executor.retry_policy
         run.execution_timeout = executor.execution_timeout
         return await run.execute()

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import ExecutorError
-from ..secrets import default_masker
 from ._base import Executor, with_idempotency_key
 from ._params import param
 
@@ -64,7 +63,7 @@ class DockerExecutor(Executor):
         policy = type(self).policy
         # Secret-named variables (API_TOKEN, *_PASSWORD...) are masked in results, events and logs, as the shell
         # executor's are (found in a walk-through: a container's echo of one came out in clear).
-        default_masker().add_environment(self.environment)
+        self.mask_named("environment", self.environment)
         if self.network_mode == "host" and not policy.allow_host_network:
             raise ValueError("network_mode 'host' is not allowed (DockerExecutor.policy.allow_host_network)")
         if self.network_mode.startswith("container:"):

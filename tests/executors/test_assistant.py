@@ -177,6 +177,19 @@ async def test_an_executor_tool_gets_its_templates_from_the_token(server: Script
     assert done.tokens[0].data["tool_calls"][0]["result"] == {"fixed": "A-17"}
 
 
+async def test_a_models_tool_arguments_are_never_templates(server: ScriptedOpenAIServer) -> None:
+    """From a review: rendering the tool with the model's arguments in it let a model read token data it was
+    never given by writing "{{ api_key }}" as an argument; the arguments are taken as they are."""
+    wf = Workflow("tool_arguments")
+    a, b = wf.states("a", "b")
+    fixed = SetExecutor(paths={"order": "order_id"}, data={"order_id": "A-17"})  # the model may give values
+    wf.flow(a >> b, "ask").action(assistant(server, tools=[fixed]))
+    server.push(tool_call(as_tool(fixed).name, {"values": {"leak": "{{ api_key }}"}}), "ok")
+    async with Engine() as engine:
+        done = await engine.wait((await engine.start(wf, {"api_key": "sk-secret-123"})).id, timeout=10)
+    assert done.tokens[0].data["tool_calls"][0]["result"] == {"leak": "{{ api_key }}", "order": "A-17"}
+
+
 def test_docstring_parsing() -> None:
     summary, params = parse_docstring(get_weather.__doc__)
     assert summary == "Current weather for a city."

@@ -180,3 +180,15 @@ async def test_a_cancelled_run_still_removes_its_container(docker_host: str) -> 
             break
         await asyncio.sleep(0.1)
     assert leftover_containers(docker_host) == []
+
+
+def test_secret_named_values_filled_from_a_token_are_masked_for_that_run_only() -> None:
+    """From a review: each firing added its token's value to the process-wide masker, which then grew without
+    end and masked that value in unrelated output."""
+    from circuit_breaker.secrets import default_masker
+
+    ex = DockerExecutor(image=IMAGE, environment={"API_TOKEN": "{{ tok }}"})
+    before = default_masker().mask_text("per-token-secret-00042")
+    rendered = [ex.render({"tok": f"per-token-secret-{i:05d}"}) for i in range(50)]
+    assert default_masker().mask_text("per-token-secret-00042") == before == "per-token-secret-00042"
+    assert rendered[42]._own_secrets == ("per-token-secret-00042",)  # masked in that run's own results
