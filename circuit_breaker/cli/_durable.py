@@ -324,10 +324,14 @@ def _stopper(
     events are the state."""
     words = last_words if last_words is not None else []
 
+    exiting = threading.Lock()
+
     def exit_now() -> None:
         from ..nats._embedded import leave_now
         from ..nats._server import _reap_children
 
+        if not exiting.acquire(blocking=False):
+            return  # (the loop and the fallback timer both got here: one ends the process)
         leave_now()  # an embedded server other commands still use stays up for them
         _reap_children(grace=2.0)  # one only serve used runs in its own session: it must not outlive serve
         logging.shutdown()
@@ -344,7 +348,9 @@ def _stopper(
         log.warning("stopping now (%s)", why)
         if not words:
             exit_now()
-        threading.Timer(LAST_WORDS + 1.0, exit_now).start()  # (should the loop not get to it)
+        fallback = threading.Timer(LAST_WORDS + 1.0, exit_now)  # (should the loop not get to it)
+        fallback.daemon = True
+        fallback.start()
         ending.append(loop.create_task(say_then_exit()))
 
     ending: list[asyncio.Task[None]] = []

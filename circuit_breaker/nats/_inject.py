@@ -96,7 +96,8 @@ class InjectService:
 
     ``async with InjectService(engine, nc):`` or ``start()`` / ``stop()``. ``queue`` is the queue group, and the
     prefix of the inbox's durable consumers, that engines share; ``max_payload`` bounds a request's size in bytes;
-    ``concurrency`` bounds the injections handled at once (per way in).
+    ``concurrency`` bounds the injections handled at once per way in (request/reply; the inbox, whose share is
+    split among its workflows' consumers, at least 4 each).
 
     It answers on ``cb.inject.<workflow>`` and drains ``cb.inbox.<workflow>`` (a consumer per workflow) for the
     engine's workflows, also those registered later (within FOLLOW_EVERY seconds). With ``answer_unknown`` (the
@@ -133,6 +134,8 @@ class InjectService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._follower: asyncio.Task[None] | None = None
         self._adding = asyncio.Lock()
+        self._stopping = False
+        self._unknown_asked = 0  # unknown-workflow requests waiting for their answer
 
     @property
     def subjects(self) -> list[str]:
@@ -143,6 +146,7 @@ class InjectService:
     async def start(self) -> None:
         if self._subs:
             return
+        self._stopping = False
         if self.inbox:
             await ensure_inbox_stream(self.connection.jetstream(), self.settings)
             await retire_shared_consumer(self.connection.jetstream(), self.queue)
@@ -160,11 +164,13 @@ class InjectService:
         log.info("serving inject requests on %s and the inbox for %s", ", ".join(self.subjects), self.engine.workflows)
 
     async def _serve_new(self) -> None:
-        """Answer requests and drain the inbox for the engine's workflows not served yet (registered later)."""
+        """Answer requests and drain the inbox for the engine's workflows not served yet (registered later). The
+        inbox consumer comes first: a workflow whose consumer cannot be made is not subscribed either, and is
+        tried again at the next round."""
         async with self._adding:
             for workflow in sorted(set(self.engine.workflows) - self._served):
-                sub = await self.connection.subscribe(inject_subject(workflow), queue=self.queue, cb=self._on_request)
-                self._subs.append(sub)
+                if self._stopping:
+                    return
                 if self.inbox:
                     consumer = InboxConsumer(
                         self.connection,
@@ -172,11 +178,13 @@ class InjectService:
                         settings=self.settings,
                         durable=inbox_durable(self.queue, workflow),
                         workflow=workflow,
-                        concurrency=self.concurrency,
+                        concurrency=max(4, self.concurrency // max(1, len(self.engine.workflows))),
                         max_payload=self.max_payload,
                     )
                     await consumer.start()
                     self._inboxes.append(consumer)
+                sub = await self.connection.subscribe(inject_subject(workflow), queue=self.queue, cb=self._on_request)
+                self._subs.append(sub)
                 self._served.add(workflow)
                 advertise = getattr(self.engine.store, "advertise", None)
                 if advertise is not None:
@@ -193,11 +201,15 @@ class InjectService:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests; those in hand get ``grace`` seconds to be answered."""
+        self._stopping = True
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)
             self._follower = None
-        subs, self._subs = self._subs, []
+        async with self._adding:  # (a workflow being added meanwhile is added whole, then stopped here)
+            inboxes, self._inboxes = self._inboxes, []
+            subs, self._subs = self._subs, []
+            self._served.clear()
         for sub in subs:
             try:
                 await sub.unsubscribe()
@@ -206,9 +218,7 @@ class InjectService:
         serve_injections = getattr(self.engine.store, "serve_injections", None)
         if serve_injections is not None:
             serve_injections(None)
-        inboxes, self._inboxes = self._inboxes, []
         await asyncio.gather(*(inbox.stop(grace) for inbox in inboxes))
-        self._served.clear()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -239,21 +249,39 @@ class InjectService:
 
     async def _on_any_request(self, msg: Msg) -> None:
         workflow = msg.subject[len(INJECT_PREFIX) + 1 :]
-        if workflow in self._served:
+        if workflow in self._served or self._stopping:
             return  # answered through its own subscription
-        if workflow in self.engine.workflows:  # registered a moment ago: serve it from now on
-            task = asyncio.get_running_loop().create_task(self._serve_new())
-        else:
+        if workflow in self.engine.workflows:  # registered a moment ago: serve it from now on, and answer this
+            task = asyncio.get_running_loop().create_task(self._serve_late(msg, workflow))
+        elif self._unknown_asked < self.concurrency:  # (a flood of them gets no answer)
             task = asyncio.get_running_loop().create_task(self._answer_unknown(msg, workflow))
+        else:
+            return
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # (NATS trouble: the next look tries again)
+            log.warning("serving an inject request failed: %s", task.exception())
+
+    async def _serve_late(self, msg: Msg, workflow: str) -> None:
+        """A request for a workflow registered after the last look: serve the workflow from now on, and answer
+        this request too, unless an engine that serves it already got it (its own queue group)."""
+        await self._serve_new()
+        if workflow in self._served and workflow not in self._served_elsewhere():
+            await self._on_request(msg)
 
     async def _answer_unknown(self, msg: Msg, workflow: str) -> None:
         """``unknown_workflow``, unless an engine this one hears of serves the workflow (it answers); a moment
         late, so that an engine that started a moment ago, and has not been heard of yet, answers first."""
-        if not msg.reply or len(self._tasks) > self.concurrency:  # (a flood of them gets no answer)
+        if not msg.reply:
             return
-        await asyncio.sleep(UNKNOWN_ANSWER_DELAY)
+        self._unknown_asked += 1
+        try:
+            await asyncio.sleep(UNKNOWN_ANSWER_DELAY)
+        finally:
+            self._unknown_asked -= 1
         serving = self._served_elsewhere() | self._served
         if workflow in serving or workflow in self.engine.workflows:
             return

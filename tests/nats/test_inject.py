@@ -242,6 +242,15 @@ async def test_a_workflow_registered_while_serving_is_served_by_one_engine(fresh
         assert accepted.instance_id in {e.instance_id async for e in client.events("orders", follow=False)}
 
 
+async def test_a_request_right_after_a_workflow_is_registered_is_answered(fresh_nats: str) -> None:
+    """From a review: the first requests for a workflow registered a moment ago got no answer at all (the
+    caller waited out its timeout) until the service's next look at the registrations."""
+    async with serving(fresh_nats, orders_workflow()) as (engine, _), Client(servers=[fresh_nats]) as client:
+        engine.register(review_workflow())
+        reply = await client.inject_reply("reviews", {}, timeout=5)
+        assert not reply.duplicate and (await engine.get(reply.instance_id)).workflow == "reviews"
+
+
 async def test_a_workflow_only_an_engine_without_an_inject_service_runs_is_answered_unknown(fresh_nats: str) -> None:
     """Found in a review: such a request got no answer at all (a timeout), because the engine runs the workflow.
     What counts is which engines take injections for it, and they say so."""
