@@ -27,13 +27,19 @@ _CLIENTS_LOCK = threading.Lock()
 _FORBIDDEN_MOUNTS = ("/", "/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
 
 
+def _within(path: str, allowed: str) -> bool:
+    """Whether ``path`` is ``allowed`` or below it (a review: "/srv/data" allowed "/srv/database" too)."""
+    root = os.path.realpath(allowed) if allowed.startswith("/") else allowed
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 @dataclass(frozen=True)
 class DockerPolicy:
     """What containers may do beyond the safe defaults; set by the workflow author, in code."""
 
     allow_host_network: bool = False
     allow_privileged: bool = False
-    allow_host_mounts: tuple[str, ...] = ()  # host paths (or prefixes) that may be mounted despite the rules
+    allow_host_mounts: tuple[str, ...] = ()  # host directories that may be mounted (with what is below them)
     cap_add: tuple[str, ...] = ()
 
 
@@ -73,7 +79,7 @@ class DockerExecutor(Executor):
             # As the host sees it: "/." is "/", "/var/run" may be "/run" (found in a walk-through: the check read
             # the path as written, so "/." mounted the host's root).
             clean = os.path.realpath(host) if host.startswith("/") else host
-            if any(clean.startswith(p) for p in policy.allow_host_mounts):
+            if any(_within(clean, allowed) for allowed in policy.allow_host_mounts):
                 continue
             inside = clean.rstrip("/") + "/"
             if clean in _FORBIDDEN_MOUNTS or clean.endswith(".sock") or any(s.startswith(inside) for s in sockets):

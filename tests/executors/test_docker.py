@@ -192,3 +192,14 @@ def test_secret_named_values_filled_from_a_token_are_masked_for_that_run_only() 
     rendered = [ex.render({"tok": f"per-token-secret-{i:05d}"}) for i in range(50)]
     assert default_masker().mask_text("per-token-secret-00042") == before == "per-token-secret-00042"
     assert rendered[42]._own_secrets == ("per-token-secret-00042",)  # masked in that run's own results
+
+
+def test_an_allowed_host_mount_covers_what_is_below_it_not_its_namesakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: the allowance compared prefixes, so allowing /run/pod also allowed /run/podman, which
+    holds the engine's socket."""
+    from circuit_breaker.executors.docker import DockerPolicy
+
+    monkeypatch.setattr(DockerExecutor, "policy", DockerPolicy(allow_host_mounts=("/run/pod",)))
+    DockerExecutor(image=IMAGE, volumes={"/run/pod": "/a", "/run/pod/sub": "/b"})
+    with pytest.raises(ExecutorConfigError, match="not allowed"):
+        DockerExecutor(image=IMAGE, volumes={"/run/podman": "/a"})
