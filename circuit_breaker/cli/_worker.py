@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._durable import ActorOpt, JsonOpt, NatsUrlOpt, TimeoutOpt, nats_session, project_dir
+from ._durable import ActorOpt, JsonOpt, NatsUrlOpt, TimeoutOpt, nats_session, project_dir, settings_for
 from ._signals import stop_signals
 
 if TYPE_CHECKING:
@@ -33,11 +33,8 @@ def _settings(nats_url: list[str] | None, project: Path | None = None, **worker:
     """The settings with the worker flags given on top; a bad value (``--metrics-port 99999``) is a ConfigError
     naming the setting (``worker.metrics_port``), as the environment's and the settings file's values are. With
     ``project``, its settings file and data dir (the embedded server serve shares)."""
-    from ..config import load_settings
-    if project is not None:
-        project_dir(project)
     given = {k: v for k, v in worker.items() if v is not None}
-    return load_settings(nats_url=nats_url or None, base_dir=project, worker=given or None)
+    return settings_for(nats_url, project, worker=given or None)
 
 
 # -- worker --------------------------------------------------------------------------------------------------

@@ -411,11 +411,7 @@ class Engine:
         if self._asking:
             await asyncio.wait(set(self._asking), timeout=LEAVE_WAIT)
         store = cast(SharedStore, self.store)
-        left = [
-            run
-            for run in self._runs.values()
-            if run.local and self._could_go_on(run)
-        ]
+        left = [run for run in self._runs.values() if run.local and self._could_go_on(run)]
         if left:
             self._begin_draining()  # (nothing new starts here; what runs for them stops before a driver takes over)
             await _cancel([task for run in left for task in run.tasks])

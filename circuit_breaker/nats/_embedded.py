@@ -11,11 +11,8 @@ error. So each attempt is bounded by a timeout long enough for one pass over the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -28,7 +25,7 @@ from nats.aio.client import Client as NATS
 from ..config import Settings, connect_options, redact_url
 from ..errors import ConfigError, NatsServerError, NatsUnavailableError
 from ._server import NatsServer, running_server
-from ._sharing import ServerUse, stop_running_server
+from ._sharing import ServerUse, stop_running_server, stop_running_server_now
 
 __all__ = ["connect_nats", "ensure_server", "leave_now", "nats_connection", "server_urls"]
 
@@ -248,14 +245,7 @@ def leave_now() -> None:
         if server is not None:
             server.stop_now()
         else:
-            holder = running_server(use.data_dir)
-            pid = holder.get("pid") if holder else None
-            if isinstance(pid, int):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 2.0
-                while running_server(use.data_dir) is not None and time.monotonic() < deadline:
-                    time.sleep(0.02)
+            stop_running_server_now(use.data_dir, timeout=2.0)
         use.release()
 
 

@@ -30,7 +30,6 @@ from ..errors import InjectError
 from ._protocol import (
     DEDUPE_HEADER,
     DEFAULT_MAX_PAYLOAD,
-    ErrorCode,
     InjectAccepted,
     InjectRequest,
     dedupe_header,
@@ -108,7 +107,6 @@ class InboxConsumer:
         workflow: str | None = None,
         concurrency: int = 64,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
-        retry_unknown_workflow: bool = False,
         poll: float = 5.0,
         ack_wait: float = 30.0,
     ) -> None:
@@ -120,7 +118,6 @@ class InboxConsumer:
         self.filter_subject = INBOX_SUBJECTS[0] if workflow is None else f"{INBOX_PREFIX}.{workflow}"
         self.concurrency = concurrency
         self.max_payload = max_payload
-        self.retry_unknown_workflow = retry_unknown_workflow
         self.poll = poll
         self.ack_wait = ack_wait
         self._puller: Puller | None = None
@@ -231,15 +228,7 @@ class InboxConsumer:
             request = parse_request(msg.data, max_payload=self.max_payload)
             accepted = await self.handler(workflow, request, self._dedupe_key(msg, request))
         except InjectError as err:
-            if err.retryable or (err.code == ErrorCode.UNKNOWN_WORKFLOW and self.retry_unknown_workflow):
-                if err.code == ErrorCode.UNKNOWN_WORKFLOW and delivery(msg)[0] == 1:
-                    log.warning(
-                        "inbox message %s on %s: this engine does not run workflow %r; it stays in the inbox for "
-                        "an engine that does",
-                        _seq(msg),
-                        msg.subject,
-                        workflow,
-                    )
+            if err.retryable:
                 await self._nak(msg, f"{err.code}: {err.message}")
             else:
                 log.warning(

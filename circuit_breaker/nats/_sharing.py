@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock; the process that starts a server stops it
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ServerUse", "stop_running_server"]
+__all__ = ["ServerUse", "stop_running_server", "stop_running_server_now"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ class ServerUse:
 async def stop_running_server(data_dir: str | os.PathLike[str], timeout: float = STOP_TIMEOUT) -> None:
     """Stop the server another process started on ``data_dir`` (it left, or died), by the pid its lock file
     names: SIGTERM, then SIGKILL after ``timeout``. Nothing when none runs."""
+    await asyncio.to_thread(stop_running_server_now, data_dir, timeout)
+
+
+def stop_running_server_now(data_dir: str | os.PathLike[str], timeout: float = STOP_TIMEOUT) -> None:
+    """:func:`stop_running_server` without an event loop (a process that exits at once)."""
     holder = running_server(data_dir)
     pid = holder.get("pid") if holder else None
     if not isinstance(pid, int):
@@ -107,6 +112,6 @@ async def stop_running_server(data_dir: str | os.PathLike[str], timeout: float =
         while running_server(data_dir) is not None:
             if time.monotonic() > deadline:
                 break
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
         else:
             return
